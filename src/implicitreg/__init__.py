@@ -1,0 +1,41 @@
+"""implicitreg — a lab for implicit regularization.
+
+Flat public API::
+
+    import implicitreg
+    result = implicitreg.run("explicit-vs-implicit", quick=True, **{"train.lr": 0.02})
+    result.verdict, result.summary, result.runs(), result.metrics()
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from implicitreg import measures
+from implicitreg.config import ConfigError, parse_sets
+from implicitreg.population import Population
+from implicitreg.runner import RunOptions, StudyResult, execute, prepare
+from implicitreg.studies import STUDIES as studies
+from implicitreg.train import train_population as train
+
+__version__ = "0.1.0"
+
+
+def run(study: str, quick: bool = False, *, seeds: int | None = None, device: str = "auto",
+        engine: str = "population", out: str | Path | None = None, resume: bool = False,
+        threads: int | None = None, **overrides: Any) -> StudyResult:
+    """Run a study as ``implicitreg run`` does; overrides use dotted keys (``**{"train.lr": 0.01}``)
+    or nested dicts (``train={"lr": 0.01}``)."""
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    options = RunOptions(study, quick, nested, seeds, device, engine, Path(out) if out else None, resume, threads)
+    return execute(prepare(options))
+
+
+__all__ = ["ConfigError", "Population", "StudyResult", "measures", "parse_sets", "run", "studies", "train"]

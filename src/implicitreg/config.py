@@ -1,0 +1,182 @@
+"""Validated configuration: pydantic models, ``--set a.b=value`` overrides, clear errors.
+
+Every config model forbids unknown keys, so a typo is an error that names the field rather
+than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error: names the field, what is allowed, what arrived."""
+
+
+class Strict(BaseModel):
+    """Base for config models: unknown keys are rejected, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+DatasetName = Literal["mnist1d", "digits", "regression", "separable", "teacher-student"]
+
+
+class DataConfig(Strict):
+    """Which data set, its size and generation seed; ``data=digits`` is shorthand for the name."""
+
+    name: DatasetName = "mnist1d"
+    n_train: int | None = Field(None, ge=2, description="train points; None = the data set's default")
+    n_test: int | None = Field(None, ge=1, description="test points; None = the data set's default")
+    dim: int = Field(20, ge=1, description="input dimension of the synthetic generators")
+    noise: float = Field(0.0, ge=0.0, description="label/target noise of the synthetic generators")
+    seed: int = Field(0, ge=0, description="seed of data generation (not of training)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class MLPConfig(Strict):
+    """A fully connected ReLU network; input and output sizes come from the data."""
+
+    hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1)
+    init_scale: float = Field(1.0, gt=0.0, description="multiplies PyTorch's default init")
+
+    @model_validator(mode="after")
+    def _positive_widths(self) -> "MLPConfig":
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"every hidden width must be >= 1, got {self.hidden}")
+        return self
+
+
+class CNNConfig(Strict):
+    """A 1-D CNN (the MNIST-1D paper's): conv layers with stride 2, then a linear read-out."""
+
+    channels: int = Field(25, ge=1)
+    layers: int = Field(3, ge=1, le=6)
+    kernel_size: int = Field(5, ge=1)
+    init_scale: float = Field(1.0, gt=0.0)
+
+
+OptimizerName = Literal["gd", "sgd", "momentum", "nesterov", "adam"]
+
+
+class TrainConfig(Strict):
+    """How every member of a population is trained (shared by all members of one population)."""
+
+    optimizer: OptimizerName = "momentum"
+    lr: float = Field(0.05, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0.0)
+    batch_size: int = Field(128, ge=1, description="ignored by gd (full batch)")
+    max_steps: int = Field(3000, ge=1)
+    target_train_acc: float | None = Field(
+        1.0, gt=0.0, le=1.0, description="a member stops once its train accuracy reaches this"
+    )
+    eval_every: int = Field(100, ge=1)
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    weight_decay_mode: Literal["coupled", "decoupled"] = "coupled"
+    dtype: Literal["float32", "float64"] = "float32"
+
+    @model_validator(mode="after")
+    def _betas_in_range(self) -> "TrainConfig":
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must lie in [0, 1), got {list(self.betas)}")
+        return self
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def parse_value(text: str) -> Any:
+    """Parse the right-hand side of ``--set``: JSON where it parses, ``[a,b]`` lists, else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    lowered = text.strip().lower()
+    if lowered in ("none", "null"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if text.startswith("[") and text.endswith("]"):
+        inner = text[1:-1].strip()
+        return [parse_value(part.strip()) for part in inner.split(",")] if inner else []
+    return text
+
+
+def parse_sets(sets: list[str]) -> dict[str, Any]:
+    """Turn ``["a.b=1", "c=x"]`` into a nested dict ``{"a": {"b": 1}, "c": "x"}``."""
+    nested: dict[str, Any] = {}
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.lr=0.01), got {item!r}")
+        key, raw = item.split("=", 1)
+        path = [part for part in key.strip().split(".")]
+        if not key.strip() or any(not part for part in path):
+            raise ConfigError(f"--set expects a dotted key such as train.lr, got {key!r}")
+        node = nested
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} was already set to a value")
+            node = child
+        node[path[-1]] = parse_value(raw.strip())
+    return nested
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``update`` into a copy of ``base``; nested dicts merge, everything else replaces.
+
+    A string shorthand (``data=digits``) replaces a dict wholesale, so the validator sees it.
+    """
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem: ``field.path: message (got value)``."""
+    lines = []
+    for problem in err.errors():
+        loc = ".".join(str(p) for p in problem["loc"] if not str(p).startswith("function-"))
+        message = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key"
+        got = problem.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{loc or '(config)'}: {message}{shown}")
+    return "; ".join(lines)
+
+
+def allowed_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted key a config model accepts, for error messages and documentation."""
+    keys = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(allowed_keys(annotation, f"{prefix}{name}."))
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def build_config(model: type[C], base: dict[str, Any], overrides: dict[str, Any]) -> C:
+    """Validate ``base`` merged with ``overrides`` into ``model``; raise :class:`ConfigError`."""
+    try:
+        return model.model_validate(deep_merge(base, overrides))
+    except ValidationError as err:
+        message = format_validation_error(err)
+        if "unknown key" in message:
+            message += f". Allowed keys: {', '.join(allowed_keys(model))}"
+        raise ConfigError(message) from None

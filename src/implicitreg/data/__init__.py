@@ -1,0 +1,34 @@
+"""Data: MNIST-1D (offline), scikit-learn digits, synthetic generators, label noise."""
+
+from __future__ import annotations
+
+from implicitreg.config import DataConfig
+from implicitreg.data.dataset import Dataset, DeviceData
+from implicitreg.data.digits import load_digits
+from implicitreg.data.label_noise import corrupt_labels
+from implicitreg.data.mnist1d import load_mnist1d
+from implicitreg.data.synthetic import regression, separable, teacher_student
+
+
+def load_dataset(config: DataConfig) -> Dataset:
+    """Build the data set a :class:`DataConfig` names."""
+    sizes = dict(n_train=config.n_train, n_test=config.n_test, seed=config.seed)
+    if config.name == "mnist1d":
+        return load_mnist1d(**sizes)
+    if config.name == "digits":
+        return load_digits(**sizes)
+    synthetic = {"regression": regression, "separable": separable, "teacher-student": teacher_student}
+    return synthetic[config.name](dim=config.dim, noise=config.noise, **sizes)
+
+
+__all__ = [
+    "Dataset",
+    "DeviceData",
+    "corrupt_labels",
+    "load_dataset",
+    "load_digits",
+    "load_mnist1d",
+    "regression",
+    "separable",
+    "teacher_student",
+]

@@ -1,0 +1,132 @@
+"""Batched forward/backward over a population's stacked parameters.
+
+Two kernels compute the same thing: per-member loss and gradient for a batch per member.
+
+- :class:`VmapKernel` works for any ``nn.Module`` whose ``forward(x, masks)`` is functional:
+  ``torch.func.vmap(grad_and_value(functional_call(...)))``.
+- :class:`MLPKernel` is the MLP written out by hand with ``baddbmm``/``bmm`` and an explicit
+  backward pass (no autograd graph, ReLU backward by ``threshold_backward``), keeping weights
+  as [P, in, out] so every matmul runs without a transposed copy where it matters. It is about
+  twice as fast as vmap on CPU (``benchmarks/population.py``).
+
+Both take parameters in *kernel layout* and convert from/to the module's own layout
+(``nn.Linear`` stores [out, in]) with ``to_kernel``/``to_module``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+Params = dict[str, torch.Tensor]
+
+
+def loss_per_sample(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
+    """Cross-entropy (integer targets) or squared error (o − y)² (real targets), per sample: [..., N]."""
+    if kind == "cross_entropy":
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none").reshape(
+            targets.shape
+        )
+    return (logits.squeeze(-1) - targets) ** 2
+
+
+class VmapKernel:
+    """Any functional ``nn.Module`` over stacked parameters, via ``torch.func``."""
+
+    def __init__(self, base: nn.Module, loss: str):
+        self.base = base
+        self.loss = loss
+
+        def member_loss(params: Params, x: torch.Tensor, y: torch.Tensor, masks) -> torch.Tensor:
+            out = functional_call(self.base, params, (x, masks))
+            return loss_per_sample(out, y, self.loss).mean()
+
+        self._grad = vmap(grad_and_value(member_loss))
+        self._grad_nomask = vmap(grad_and_value(lambda p, x, y: member_loss(p, x, y, None)))
+        self._forward = vmap(lambda p, x: functional_call(self.base, p, (x, None)), in_dims=(0, None))
+
+    def to_kernel(self, params: Params) -> Params:
+        return params
+
+    def to_module(self, params: Params) -> Params:
+        return params
+
+    def loss_and_grad(self, params: Params, x: torch.Tensor, y: torch.Tensor, masks) -> tuple[torch.Tensor, Params]:
+        """x: [P, B, ...], y: [P, B]; masks: list of [P, B, ...] or None → loss [P], grads [P, ...]."""
+        grads, loss = self._grad(params, x, y, masks) if masks is not None else self._grad_nomask(params, x, y)
+        return loss, grads
+
+    def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, ...] shared by all members → outputs [P, N, C]."""
+        return self._forward(params, x)
+
+
+class MLPKernel:
+    """Hand-batched MLP: ``h_{l+1} = relu(h_l W_l + b_l)`` with W_l: [P, in, out], b_l: [P, 1, out]."""
+
+    def __init__(self, n_layers: int, loss: str):
+        self.n_layers = n_layers
+        self.loss = loss
+        self.names = [(f"layers.{i}.weight", f"layers.{i}.bias") for i in range(n_layers)]
+
+    def to_kernel(self, params: Params) -> Params:
+        out = {}
+        for w, b in self.names:
+            out[w] = params[w].transpose(1, 2).contiguous()
+            out[b] = params[b].unsqueeze(1).contiguous()
+        return out
+
+    def to_module(self, params: Params) -> Params:
+        out = {}
+        for w, b in self.names:
+            out[w] = params[w].transpose(1, 2)
+            out[b] = params[b].squeeze(1)
+        return out
+
+    def _output_grad(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-member mean loss [P] and its gradient with respect to the outputs [P, B, C]."""
+        batch = out.shape[1]
+        if self.loss == "cross_entropy":
+            logp = torch.log_softmax(out, dim=-1)
+            loss = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(1)
+            # softmax − one-hot; a dense subtraction rather than scatter_add_, which is
+            # non-deterministic on CUDA.
+            g = logp.exp_().sub_(F.one_hot(y, out.shape[-1]).to(out.dtype))
+            return loss, g.div_(batch)
+        residual = out.squeeze(-1) - y
+        return (residual**2).mean(1), (2.0 / batch) * residual.unsqueeze(-1)
+
+    def loss_and_grad(self, params: Params, x: torch.Tensor, y: torch.Tensor, masks) -> tuple[torch.Tensor, Params]:
+        """x: [P, B, D], y: [P, B]; masks: list of [P, B, H_l] or None → loss [P], grads (kernel layout)."""
+        acts = [x]
+        h = x
+        for i, (w, b) in enumerate(self.names[:-1]):
+            h = torch.baddbmm(params[b], h, params[w]).clamp_(min=0)
+            if masks is not None:
+                h.mul_(masks[i])
+            acts.append(h)
+        w, b = self.names[-1]
+        out = torch.baddbmm(params[b], h, params[w])
+        loss, delta = self._output_grad(out, y)
+        grads: Params = {}
+        for i in range(self.n_layers - 1, -1, -1):
+            w, b = self.names[i]
+            grads[w] = torch.bmm(acts[i].transpose(1, 2), delta)
+            grads[b] = delta.sum(1, keepdim=True)
+            if i > 0:
+                back = torch.bmm(delta, params[w].transpose(1, 2))
+                if masks is not None:
+                    back.mul_(masks[i - 1])
+                # ReLU backward: zero where the (masked) activation is zero.
+                delta = torch.ops.aten.threshold_backward(back, acts[i], 0)
+        return loss, grads
+
+    def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, D] shared by all members → outputs [P, N, C]."""
+        h = x
+        for w, b in self.names[:-1]:
+            h = torch.relu(torch.matmul(h, params[w]) + params[b])
+        w, b = self.names[-1]
+        return torch.matmul(h, params[w]) + params[b]

@@ -1,0 +1,252 @@
+"""The driver: study → plan → population chunks → backend → store → analysis → report.
+
+Everything a user can get wrong is checked in :func:`prepare`, before any file is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+
+from implicitreg import provenance
+from implicitreg.backends import Backend, LocalBackend, Task
+from implicitreg.config import ConfigError, build_config
+from implicitreg.plan import Group
+from implicitreg.report.html import write_report
+from implicitreg.store import Store
+from implicitreg.studies import get_study
+from implicitreg.studies.base import Analysis, Study
+
+ENGINES = ("population", "sequential")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class RunOptions:
+    """What ``implicitreg run`` was asked to do."""
+
+    study: str
+    quick: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seeds: int | None = None
+    device: str = "auto"
+    engine: str = "population"
+    out: Path | None = None
+    resume: bool = False
+    threads: int | None = None
+
+
+@dataclass
+class Prepared:
+    """A validated run: the study, its resolved config, device, threads and output directory."""
+
+    study: Study
+    config: Any
+    device: torch.device
+    threads: int
+    out: Path
+    options: RunOptions
+
+
+def available_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name not in DEVICES:
+        raise ConfigError(f"--device: expected one of {', '.join(DEVICES)}, got {name!r}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def default_out(study: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path("runs") / f"{study}-{stamp}"
+    suffix = 1
+    while path.exists():
+        path = Path("runs") / f"{study}-{stamp}-{suffix}"
+        suffix += 1
+    return path
+
+
+def prepare(options: RunOptions) -> Prepared:
+    """Validate everything; raise :class:`ConfigError` naming the field. Writes nothing."""
+    study = get_study(options.study)
+    if options.engine not in ENGINES:
+        raise ConfigError(f"--engine: expected one of {', '.join(ENGINES)}, got {options.engine!r}")
+    if options.seeds is not None and options.seeds < 1:
+        raise ConfigError(f"--seeds: expected an integer >= 1, got {options.seeds}")
+    if options.threads is not None and options.threads < 1:
+        raise ConfigError(f"--threads: expected an integer >= 1, got {options.threads}")
+    overrides = dict(options.overrides)
+    if options.seeds is not None:
+        overrides["seeds"] = options.seeds
+    config = build_config(study.Config, study.defaults(options.quick), overrides)
+    device = resolve_device(options.device)
+    out = Path(options.out) if options.out is not None else default_out(study.name)
+    if not out.parent.exists():
+        raise ConfigError(f"--out: the parent directory {out.parent} does not exist")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} exists and is not a directory")
+    stored = out / Store.FILENAME
+    if stored.exists():
+        if not options.resume:
+            raise ConfigError(f"--out: {out} already holds results; pass --resume to continue them or choose "
+                              "another --out")
+        with Store(stored) as store:
+            meta = store.meta()
+        if meta.get("study") != study.name or meta.get("config") != json.loads(config.model_dump_json()):
+            raise ConfigError(f"--resume: {out} holds a different study or configuration "
+                              f"({meta.get('study')}); rerun with the same options or choose another --out")
+    elif out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out: {out} exists and is not empty (and holds no results to resume)")
+    return Prepared(study, config, device, options.threads or available_threads(), out, options)
+
+
+def member_bytes(group: Group, n_eval: int = 2048) -> int:
+    """Rough memory of one population member: parameters with optimizer state, and activations."""
+    itemsize = 8 if group.train.dtype == "float64" else 4
+    if group.arch == "mlp":
+        widths = list(group.model.hidden)
+        params = sum(a * b + b for a, b in zip([64, *widths], [*widths, 10]))
+        per_sample = sum(widths)
+    else:
+        params = group.model.channels * (group.model.channels * 3 + group.model.kernel_size + 2) * group.model.layers
+        per_sample = group.model.channels * 64 * group.model.layers
+    return itemsize * (params * 8 + per_sample * (4 * group.train.batch_size + n_eval))
+
+
+def max_members(group: Group, device: torch.device) -> int:
+    """Members per population chunk so that a chunk fits in a quarter of the device's memory."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = free // 2
+    else:
+        budget = min(8 << 30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4)
+    return max(1, int(budget // member_bytes(group)))
+
+
+def run_record(study: Study, group: Group, member) -> dict[str, Any]:
+    return {"run_id": member.run_id, "study": study.name, "arm": member.arm, "seed": member.seed,
+            "config": group.run_config(member)}
+
+
+def execute(prepared: Prepared, backend: Backend | None = None,
+            progress: Callable[[Task], Callable[[int, int], None]] | None = None,
+            on_outcome: Callable[[Any], None] | None = None) -> "StudyResult":
+    """Train what is not yet finished, store it, analyze and write the report."""
+    study, config, out = prepared.study, prepared.config, prepared.out
+    out.mkdir(exist_ok=True)
+    started = time.perf_counter()
+    prov = provenance.collect(prepared.device, prepared.threads)
+    with Store(out / Store.FILENAME) as store:
+        store.set_meta(study=study.name, config=json.loads(config.model_dump_json()), quick=prepared.options.quick,
+                       engine=prepared.options.engine)
+        finished = store.finished_ids()
+        tasks = []
+        for group in study.plan(config):
+            size = len(group.members) if prepared.options.engine == "sequential" else max_members(group, prepared.device)
+            for chunk in group.chunks(size):
+                if all(m.run_id in finished for m in chunk.members):
+                    continue  # chunks are fixed by the plan, so a resumed chunk reruns exactly as before
+                tasks.append(Task(chunk, prepared.options.engine, str(prepared.device), prepared.threads))
+        store.start([run_record(study, t.group, m) for t in tasks for m in t.group.members], prov)
+        failures = []
+        for outcome in (backend or LocalBackend()).run(tasks, progress):
+            ids = [m.run_id for m in outcome.task.group.members]
+            if outcome.error is not None:
+                store.fail(ids, outcome.error)
+                failures.append(outcome.error)
+            else:
+                store.finish(outcome.results)
+            if on_outcome is not None:
+                on_outcome(outcome)
+        store.set_meta(wall_seconds=round(time.perf_counter() - started, 2))
+    result = write_outputs(out)
+    result.failures = failures
+    return result
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN → None, numpy scalars → Python."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def analyze_store(directory: Path) -> tuple[Study, Any, Analysis, pd.DataFrame, pd.DataFrame, dict]:
+    """Re-analyze a directory's stored results (what ``show`` and ``report`` use)."""
+    with Store.open_existing(directory) as store:
+        meta, runs, metrics = store.meta(), store.runs(), store.metrics()
+    study = get_study(meta["study"])
+    config = study.Config.model_validate(meta["config"])
+    return study, config, study.analyze(config, runs, metrics), runs, metrics, meta
+
+
+def write_outputs(directory: Path) -> "StudyResult":
+    """Figures, ``summary.json`` and ``report.html`` from the store alone (each replaced atomically)."""
+    study, config, analysis, runs, metrics, meta = analyze_store(directory)
+    figures = study.figures(config, runs, metrics, directory / "figures") if not metrics.empty else []
+    statuses = runs["status"].value_counts().to_dict()
+    first_provenance = runs["provenance"].iloc[0] if len(runs) else {}
+    summary = _clean({
+        "study": study.name,
+        "claim": study.claim,
+        "paper": study.paper,
+        "verdict": analysis.verdict,
+        "checks": [c.as_dict() for c in analysis.checks],
+        "table": analysis.table.to_dict("records"),
+        "notes": analysis.notes,
+        "runs": {"total": len(runs), **statuses},
+        "config": meta["config"],
+        "provenance": {**first_provenance, "engine": meta.get("engine"), "quick": meta.get("quick"),
+                       "wall_seconds": meta.get("wall_seconds")},
+    })
+    tmp = directory / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, directory / "summary.json")
+    report_tmp = write_report(summary, analysis.table, figures, directory / "report.html.tmp")
+    os.replace(report_tmp, directory / "report.html")
+    return StudyResult(directory, summary)
+
+
+@dataclass
+class StudyResult:
+    """The outcome of a study run: verdict, summary, and the stored runs and metrics as DataFrames."""
+
+    out: Path
+    summary: dict[str, Any]
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        return self.summary["verdict"]
+
+    def runs(self) -> pd.DataFrame:
+        with Store.open_existing(self.out) as store:
+            return store.runs()
+
+    def metrics(self) -> pd.DataFrame:
+        with Store.open_existing(self.out) as store:
+            return store.metrics()

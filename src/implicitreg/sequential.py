@@ -1,0 +1,109 @@
+"""The sequential engine: one plain ``nn.Module`` + ``torch.optim`` loop per run.
+
+This is the loop a user would write, and the reference the population is tested against: it
+shares only the random streams (:mod:`implicitreg.sampling`) and the initial modules, and
+computes loss, gradients, updates and evaluation with stock PyTorch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from implicitreg.data import DeviceData
+from implicitreg.optim import schedule_fn
+from implicitreg.plan import Group, Member
+from implicitreg.sampling import BatchOrder, DropoutMasks, member_labels
+from implicitreg.train import MemberResult, Progress, build_members, eval_steps, torch_dtype
+
+
+def make_torch_optimizer(model: nn.Module, group: Group, member: Member) -> torch.optim.Optimizer:
+    """The ``torch.optim`` optimizer matching ``group.train`` (AdamW / decayed SGD when decoupled)."""
+    cfg = group.train
+    coupled = cfg.weight_decay_mode == "coupled"
+    wd = member.weight_decay if coupled else 0.0
+    if cfg.optimizer == "adam":
+        if coupled:
+            return torch.optim.Adam(model.parameters(), lr=member.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=wd)
+        return torch.optim.AdamW(model.parameters(), lr=member.lr, betas=cfg.betas, eps=cfg.eps,
+                                 weight_decay=member.weight_decay)
+    momentum = cfg.momentum if cfg.optimizer in ("momentum", "nesterov") else 0.0
+    return torch.optim.SGD(model.parameters(), lr=member.lr, momentum=momentum,
+                           nesterov=cfg.optimizer == "nesterov", weight_decay=wd)
+
+
+def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks, classification: bool) -> torch.Tensor:
+    out = model(x, masks)
+    return F.cross_entropy(out, y) if classification else F.mse_loss(out.squeeze(-1), y)
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, init: list[torch.Tensor], data: DeviceData, labels: torch.Tensor) -> dict[str, float]:
+    classification = data.n_classes > 0
+    values = {}
+    for split, x, y in (("train", data.x_train, labels), ("test", data.x_test, data.y_test)):
+        out = model(x)
+        values[f"{split}_loss"] = float(_loss(model, x, y, None, classification))
+        values[f"{split}_acc"] = float((out.argmax(1) == y).double().mean()) if classification else float("nan")
+    values["gap"] = (values["train_acc"] - values["test_acc"] if classification
+                     else values["test_loss"] - values["train_loss"])
+    params = list(model.parameters())
+    values["l2_norm"] = float(torch.sqrt(sum((p.double() ** 2).sum() for p in params)))
+    values["dist_init"] = float(torch.sqrt(sum(((p.double() - p0) ** 2).sum() for p, p0 in zip(params, init))))
+    return values
+
+
+def train_member(group: Group, member: Member, module: nn.Module, data: DeviceData,
+                 progress: Progress | None = None) -> MemberResult:
+    """Train one run with a stock PyTorch loop; same schedule, stopping and divergence rules."""
+    cfg = group.train
+    device = data.x_train.device
+    dtype = torch_dtype(cfg.dtype)
+    model = module.to(device=device, dtype=dtype)
+    init = [p.detach().double().clone() for p in model.parameters()]
+    classification = data.n_classes > 0
+    labels = member_labels(data.y_train, member, data.n_classes)
+    n = data.x_train.shape[0]
+    order = BatchOrder(member.seed, n, n if cfg.optimizer == "gd" else cfg.batch_size)
+    dropout = DropoutMasks(member.seed, member.dropout, model.hidden_shapes())
+    optimizer = make_torch_optimizer(model, group, member)
+    schedule = schedule_fn(cfg.schedule, cfg.max_steps)
+    evals = eval_steps(cfg.max_steps, cfg.eval_every)
+    decoupled_sgd = cfg.weight_decay_mode == "decoupled" and cfg.optimizer != "adam" and member.weight_decay > 0
+    result = MemberResult(member.run_id, "running", 0, None)
+    for step in range(1, cfg.max_steps + 1):
+        idx = order.next().to(device)
+        masks = dropout.next(len(idx))
+        masks = None if masks is None else [m.to(device=device, dtype=dtype) for m in masks]
+        for group_ in optimizer.param_groups:
+            group_["lr"] = member.lr * schedule(step - 1)
+        optimizer.zero_grad()
+        loss = _loss(model, data.x_train[idx], labels[idx], masks, classification)
+        if not torch.isfinite(loss):
+            result.status, result.final_step = "diverged", step
+            return result
+        loss.backward()
+        if decoupled_sgd:
+            # torch.optim.SGD has no decoupled decay; this is the SGDW step w ← (1 − ηλ)w − η·d.
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(1.0 - member.lr * schedule(step - 1) * member.weight_decay)
+        optimizer.step()
+        if progress is not None:
+            progress(step, cfg.max_steps)
+        if step in evals:
+            values = _evaluate(model, init, data, labels)
+            result.metrics.extend((step, name, value) for name, value in values.items())
+            target = cfg.target_train_acc
+            if target is not None and values["train_acc"] >= target:
+                result.target_step = step
+                break
+    result.status, result.final_step = "done", step
+    return result
+
+
+def train_sequential(group: Group, data: DeviceData, progress: Progress | None = None) -> list[MemberResult]:
+    """Train every member of ``group`` one after another."""
+    modules = build_members(group, data)
+    return [train_member(group, member, module, data, progress) for member, module in zip(group.members, modules)]

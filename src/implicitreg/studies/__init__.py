@@ -1,0 +1,19 @@
+"""The registry of studies: ``implicitreg list`` shows them, ``implicitreg run NAME`` runs one."""
+
+from __future__ import annotations
+
+from implicitreg.config import ConfigError
+from implicitreg.studies.base import Analysis, Check, Study
+from implicitreg.studies.explicit_vs_implicit import STUDY as EXPLICIT_VS_IMPLICIT
+
+STUDIES: dict[str, Study] = {study.name: study for study in (EXPLICIT_VS_IMPLICIT,)}
+
+
+def get_study(name: str) -> Study:
+    """The study called ``name``; :class:`ConfigError` listing the known ones otherwise."""
+    if name not in STUDIES:
+        raise ConfigError(f"unknown study {name!r}; expected one of: {', '.join(sorted(STUDIES))}")
+    return STUDIES[name]
+
+
+__all__ = ["Analysis", "Check", "STUDIES", "Study", "get_study"]

@@ -1,0 +1,84 @@
+"""What a study is: configuration, a plan of runs, and an analysis that ends in a verdict.
+
+A study never trains, measures or stores anything itself: it declares its grid of runs
+(:class:`~implicitreg.plan.Group`) and judges the stored results.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import pandas as pd
+from pydantic import BaseModel
+
+from implicitreg.plan import Group
+
+
+@dataclass(frozen=True)
+class Check:
+    """One numeric test of the claim: ``passed`` is None when the value could not be computed."""
+
+    name: str
+    value: float | None
+    threshold: str
+    passed: bool | None
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Analysis:
+    """A study's judgement of what ran: the table, the checks and the verdict they imply."""
+
+    table: pd.DataFrame
+    checks: list[Check]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        """pass if every check passed; fail if any failed; inconclusive if any could not be computed."""
+        if any(c.passed is False for c in self.checks):
+            return "fail"
+        if not self.checks or any(c.passed is None for c in self.checks):
+            return "inconclusive"
+        return "pass"
+
+
+class Study(Protocol):
+    """The interface every study implements (see :mod:`implicitreg.studies.explicit_vs_implicit`)."""
+
+    name: ClassVar[str]
+    claim: ClassVar[str]
+    paper: ClassVar[str]
+    Config: ClassVar[type[BaseModel]]
+
+    def defaults(self, quick: bool) -> dict[str, Any]: ...
+
+    def plan(self, config: Any) -> list[Group]: ...
+
+    def analyze(self, config: Any, runs: pd.DataFrame, metrics: pd.DataFrame) -> Analysis: ...
+
+    def figures(self, config: Any, runs: pd.DataFrame, metrics: pd.DataFrame, directory: Path) -> list[Path]: ...
+
+
+def final_values(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: its columns from ``runs`` plus every metric's value at the run's final step.
+
+    A run that diverged before its first evaluation has NaN metrics.
+    """
+    wide = metrics.pivot_table(index=["run_id", "step"], columns="name", values="value", dropna=False).reset_index()
+    last = wide.sort_values("step").groupby("run_id").tail(1).drop(columns="step")
+    return runs.drop(columns=["config", "provenance"]).merge(last, on="run_id", how="left")
+
+
+def mean_std(values: pd.Series) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value) over finite values."""
+    finite = values.dropna()
+    if finite.empty:
+        return math.nan, math.nan
+    return float(finite.mean()), float(finite.std(ddof=1)) if len(finite) > 1 else 0.0

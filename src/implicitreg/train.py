@@ -1,0 +1,172 @@
+"""The training loop of a population: batches, schedule, stopping targets, divergence, hooks.
+
+No printing and no file I/O: progress goes to a callback, results come back as values, and the
+driver decides what to store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+
+from implicitreg.data import DeviceData
+from implicitreg.measures.basic import evaluate_population
+from implicitreg.models import build_model
+from implicitreg.optim import apply_updates, make_optimizer
+from implicitreg.plan import Group
+from implicitreg.population import Population
+from implicitreg.sampling import BatchOrder, DropoutMasks, member_labels
+from implicitreg.seeding import generator
+
+Progress = Callable[[int, int], None]
+
+
+class Hook(Protocol):
+    """A measurement taken every ``every`` steps: returns named per-member values, each [P]."""
+
+    name: str
+    every: int
+
+    def __call__(self, population: Population, context: "LoopContext") -> dict[str, torch.Tensor]: ...
+
+
+@dataclass
+class LoopContext:
+    """What hooks may read: the data, each member's labels [P, n], initial parameters, the step."""
+
+    data: DeviceData
+    labels: torch.Tensor
+    init_params: dict[str, torch.Tensor]
+    step: int = 0
+
+
+@dataclass
+class MemberResult:
+    """Everything one run produced; ``metrics`` rows are (step, name, value)."""
+
+    run_id: str
+    status: str
+    final_step: int
+    target_step: int | None
+    metrics: list[tuple[int, str, float]] = field(default_factory=list)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+def build_members(group: Group, data: DeviceData) -> list[torch.nn.Module]:
+    """Each member's initial module, drawn from its own init stream (shared with the sequential engine)."""
+    out_dim = data.n_classes or 1
+    modules = []
+    for member in group.members:
+        config = group.model.model_copy(update={"init_scale": member.init_scale})
+        modules.append(build_model(group.arch, config, data.x_train.shape[1], out_dim, generator(member.seed, "init")))
+    return modules
+
+
+def eval_steps(max_steps: int, every: int) -> set[int]:
+    """Steps (counted after the update) at which a population is evaluated: every ``every`` and the last."""
+    return {*range(every, max_steps + 1, every), max_steps}
+
+
+def train_population(
+    group: Group,
+    data: DeviceData,
+    hooks: tuple[Hook, ...] = (),
+    progress: Progress | None = None,
+    kernel: str = "auto",
+) -> list[MemberResult]:
+    """Train the members of ``group`` in lockstep and return one :class:`MemberResult` each.
+
+    A member stops when its train accuracy reaches ``train.target_train_acc`` (checked at each
+    evaluation); a member whose loss turns non-finite is frozen at its last finite weights and
+    reported ``diverged``; the others train on unaffected.
+    """
+    cfg = group.train
+    device, dtype = data.x_train.device, torch_dtype(cfg.dtype)
+    members = group.members
+    pop = Population(build_members(group, data), loss="cross_entropy" if data.n_classes else "mse",
+                     device=device, dtype=dtype, kernel=kernel)
+    n = data.x_train.shape[0]
+    labels = torch.stack([member_labels(data.y_train, m, data.n_classes) for m in members])
+    batch_size = n if cfg.optimizer == "gd" else cfg.batch_size
+    orders = [BatchOrder(m.seed, n, batch_size) for m in members]
+    droppers = [DropoutMasks(m.seed, m.dropout, pop.hidden_shapes) for m in members]
+    hyper = lambda name: torch.tensor([getattr(m, name) for m in members], device=device, dtype=dtype)  # noqa: E731
+    optimizer = make_optimizer(cfg, hyper("lr"), hyper("weight_decay"))
+    state = optimizer.init(pop.params)
+    context = LoopContext(data, labels, {k: v.clone() for k, v in pop.module_params().items()})
+
+    active = torch.ones(len(members), dtype=torch.bool, device=device)
+    diverged = torch.zeros_like(active)
+    diverged_at = torch.zeros(len(members), dtype=torch.int64, device=device)
+    results = [MemberResult(m.run_id, "running", 0, None) for m in members]
+    open_members = set(range(len(members)))
+    evals = eval_steps(cfg.max_steps, cfg.eval_every)
+    full_batch = orders[0].full_batch
+    fixed_idx = torch.arange(n, device=device).expand(len(members), n) if full_batch else None
+
+    for step in range(1, cfg.max_steps + 1):
+        idx = fixed_idx if full_batch else torch.stack([o.next() for o in orders]).to(device)
+        x, y = data.x_train[idx], labels.gather(1, idx)
+        loss, grads = pop.loss_and_grad(x, y, _stack_masks(droppers, idx.shape[1], device, dtype))
+        finite = torch.isfinite(loss)
+        diverged_at = torch.where(active & ~finite, step, diverged_at)
+        diverged |= active & ~finite
+        active = active & finite
+        updates, state = optimizer.update(grads, state, pop.params, step - 1)
+        pop.params = apply_updates(pop.params, updates, active)
+        if progress is not None:
+            progress(step, cfg.max_steps)
+        due_hooks = [h for h in hooks if step % h.every == 0]
+        if step not in evals and not due_hooks:
+            continue
+        context.step = step
+        values = evaluate_population(pop, context) if step in evals else {}
+        for hook in due_hooks:
+            values.update(hook(pop, context))
+        _record(results, open_members, values, step, diverged)
+        if step in evals and cfg.target_train_acc is not None and "train_acc" in values:
+            reached = values["train_acc"] >= cfg.target_train_acc
+            for i in sorted(open_members):
+                if bool(reached[i]) and not bool(diverged[i]):
+                    results[i].target_step = step
+                    results[i].status, results[i].final_step = "done", step
+                    open_members.discard(i)
+            active = active & ~reached.to(device)
+        for i in sorted(open_members):
+            if bool(diverged[i]):
+                results[i].status, results[i].final_step = "diverged", int(diverged_at[i])
+                open_members.discard(i)
+        if not open_members:
+            break
+    for i in open_members:
+        results[i].status, results[i].final_step = "done", cfg.max_steps
+    return results
+
+
+def _record(results: list[MemberResult], open_members: set[int], values: dict[str, torch.Tensor], step: int,
+            diverged: torch.Tensor) -> None:
+    """Append this step's values of members still training (a diverged member records no more)."""
+    cpu = {name: v.detach().double().cpu().tolist() for name, v in values.items()}
+    for i in open_members:
+        if bool(diverged[i]):
+            continue
+        results[i].metrics.extend((step, name, column[i]) for name, column in cpu.items())
+
+
+def _stack_masks(droppers: list[DropoutMasks], batch: int, device, dtype) -> list[torch.Tensor] | None:
+    """Per-layer masks [P, B, ...] of all members; ones for members without dropout; None if none."""
+    if all(d.rate == 0 for d in droppers):
+        return None
+    drawn = [d.next(batch) for d in droppers]
+    layers = len(droppers[0].shapes)
+    stacked = []
+    for layer in range(layers):
+        shape = (batch, *droppers[0].shapes[layer])
+        per_member = [m[layer] if m is not None else torch.ones(shape, dtype=torch.float64) for m in drawn]
+        stacked.append(torch.stack(per_member).to(device=device, dtype=dtype))
+    return stacked
