@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -18,28 +19,43 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+HEADERS = {"train_acc": "train %", "test_acc": "test %", "gap": "gap %", "l2_norm": "‖θ‖₂",
+           "dist_init": "‖θ−θ₀‖₂", "steps": "steps", "reached_target": "hit"}
+PERCENT = ("train_acc", "test_acc", "gap")
+
+
+def _cell(row: dict[str, Any], column: str) -> str:
+    mean, std = row[f"{column}_mean"], row[f"{column}_std"]
+    if column in PERCENT:
+        mean, std = (None if v is None else 100 * v for v in (mean, std))
+    digits = 0 if column == "steps" else 1
+    return f"{_fmt(mean, digits)}±{_fmt(std, digits)}"
+
+
 def results_table(summary: dict[str, Any]) -> Table:
-    """Columns ``X_mean``/``X_std`` of the summary table are shown as ``mean ± std``."""
+    """Columns ``X_mean``/``X_std`` of the summary table are shown as ``mean±std``."""
     rows = summary["table"]
-    table = Table(title=f"{summary['study']} — mean ± std over seeds", title_justify="left")
+    table = Table(title=f"{summary['study']} — mean±std over seeds", title_justify="left", box=box.SIMPLE_HEAD,
+                  padding=(0, 1), collapse_padding=True, show_edge=False, pad_edge=False)
     if not rows:
         return table
-    plain = [c for c in rows[0] if not c.endswith(("_mean", "_std"))]
+    plain = [c for c in rows[0] if not c.endswith(("_mean", "_std")) and c not in ("runs", "diverged")]
     paired = [c[: -len("_mean")] for c in rows[0] if c.endswith("_mean")]
     for column in plain:
-        table.add_column(column)
+        table.add_column(HEADERS.get(column, column), no_wrap=True)
     for column in paired:
-        table.add_column(column, justify="right")
+        table.add_column(HEADERS.get(column, column), justify="right", no_wrap=True)
     for row in rows:
         cells = [_fmt(row[c]) for c in plain]
-        digits = lambda name: 0 if name == "steps" else 3  # noqa: E731
-        cells += [f"{_fmt(row[f'{c}_mean'], digits(c))} ± {_fmt(row[f'{c}_std'], digits(c))}" for c in paired]
+        if row.get("diverged"):
+            cells[-1] += f" ({row['diverged']} div.)"
+        cells += [_cell(row, c) for c in paired]
         table.add_row(*cells)
     return table
 
 
 def checks_table(summary: dict[str, Any]) -> Table:
-    table = Table(title="checks", title_justify="left")
+    table = Table(title="checks", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("check", "value", "threshold", "passed", "detail"):
         table.add_column(column)
     marks = {True: "[green]yes[/]", False: "[red]no[/]", None: "[yellow]n/a[/]"}
@@ -55,8 +71,13 @@ def print_summary(console: Console, summary: dict[str, Any], out: str) -> None:
     for note in summary.get("notes", []):
         console.print(f"[dim]{note}[/]")
     verdict = summary["verdict"]
-    numbers = "; ".join(f"{c['name']} = {_fmt(c['value'], 4)} ({c['threshold']})" for c in summary["checks"])
-    console.print(f"verdict: [{VERDICT_STYLE[verdict]}]{verdict.upper()}[/] — {numbers}")
+    checks = summary["checks"]
+    passed = sum(c["passed"] is True for c in checks)
+    shown = [c for c in checks if c["passed"] is not True] or checks
+    numbers = "; ".join(f"{c['name']} = {_fmt(c['value'], 4)} (needs {c['threshold']})" for c in shown)
+    label = "failed or missing" if verdict != "pass" else "all"
+    console.print(f"verdict: [{VERDICT_STYLE[verdict]}]{verdict.upper()}[/] — {passed}/{len(checks)} checks passed; "
+                  f"{label}: {numbers}")
     runs = summary.get("runs", {})
     wall = summary.get("provenance", {}).get("wall_seconds")
     console.print(f"runs: {runs}; wall time: {wall} s")

@@ -62,14 +62,20 @@ def add_decayed_weights(weight_decay: torch.Tensor) -> Transform:
 
 
 def trace(momentum: float, nesterov: bool = False) -> Transform:
-    """Heavy-ball momentum buffer b ← μ·b + g (the first step sets b = g), as torch.optim.SGD."""
+    """Heavy-ball momentum buffer b ← μ·b + g (the first step sets b = g), as torch.optim.SGD.
+
+    The buffer is updated in place (it belongs to the state); the updates it returns alias it,
+    so later transforms must not modify their input in place.
+    """
 
     def init(params: Params) -> dict:
         return {"step": 0, "buf": {k: torch.zeros_like(v) for k, v in params.items()}}
 
     def update(g: Params, state: dict, p: Params, step: int) -> tuple[Params, dict]:
-        first = state["step"] == 0
-        buf = {k: g[k].clone() if first else state["buf"][k] * momentum + g[k] for k in g}
+        if state["step"] == 0:
+            buf = {k: g[k].clone() for k in g}
+        else:
+            buf = {k: state["buf"][k].mul_(momentum).add_(g[k]) for k in g}
         out = {k: g[k] + momentum * buf[k] for k in g} if nesterov else buf
         return out, {"step": state["step"] + 1, "buf": buf}
 
@@ -85,8 +91,8 @@ def scale_by_adam(b1: float, b2: float, eps: float) -> Transform:
 
     def update(g: Params, state: dict, p: Params, step: int) -> tuple[Params, dict]:
         t = state["t"] + 1
-        m = {k: torch.lerp(state["m"][k], g[k], 1 - b1) for k in g}
-        v = {k: state["v"][k] * b2 + (1 - b2) * g[k] * g[k] for k in g}
+        m = {k: state["m"][k].lerp_(g[k], 1 - b1) for k in g}  # moments live in the state: in place
+        v = {k: state["v"][k].mul_(b2).addcmul_(g[k], g[k], value=1 - b2) for k in g}
         bc1, bc2_sqrt = 1 - b1**t, math.sqrt(1 - b2**t)
         out = {k: m[k] / ((v[k].sqrt() / bc2_sqrt) + eps) / bc1 for k in g}
         return out, {"t": t, "m": m, "v": v}
@@ -124,17 +130,23 @@ def make_optimizer(config: TrainConfig, lr: torch.Tensor, weight_decay: torch.Te
     """The transform a :class:`TrainConfig` describes, with per-member ``lr`` and ``weight_decay`` [P]."""
     schedule = schedule_fn(config.schedule, config.max_steps)
     coupled = config.weight_decay_mode == "coupled"
-    pieces: list[Transform] = [add_decayed_weights(weight_decay)] if coupled else []
+    decay = bool(weight_decay.any())  # no decay transform at all when every λ is 0
+    pieces: list[Transform] = [add_decayed_weights(weight_decay)] if coupled and decay else []
     if config.optimizer == "adam":
         pieces.append(scale_by_adam(config.betas[0], config.betas[1], config.eps))
     elif config.optimizer in ("momentum", "nesterov"):
         pieces.append(trace(config.momentum, nesterov=config.optimizer == "nesterov"))
     pieces.append(scale_by_lr(lr, schedule))
-    if not coupled:
+    if not coupled and decay:
         pieces.append(add_decoupled_decay(lr, weight_decay, schedule))
     return chain(*pieces)
 
 
 def apply_updates(params: Params, updates: Params, active: torch.Tensor) -> Params:
-    """w ← w + u for active members ([P] bool); frozen members keep their weights exactly."""
+    """w ← w + u for active members ([P] bool); frozen members keep their weights exactly.
+
+    When every member is active the parameters are updated in place (and returned).
+    """
+    if bool(active.all()):
+        return {k: params[k].add_(updates[k]) for k in params}
     return {k: torch.where(per_member(active, params[k]), params[k] + updates[k], params[k]) for k in params}

@@ -69,6 +69,11 @@ class Population:
         """Outputs of every member on shared inputs x: [N, ...] → [P, N, C], in row chunks."""
         return torch.cat([self.kernel.forward(self.params, x[i : i + chunk]) for i in range(0, len(x), chunk)], dim=1)
 
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only the members at positions ``keep`` ([K] int64), in that order."""
+        self.params = {k: v[keep] for k, v in self.params.items()}
+        self.size = int(keep.shape[0])
+
     def member(self, index: int) -> nn.Module:
         """A plain module holding member ``index``'s current parameters (a copy)."""
         module = copy.deepcopy(self.template).to(self.device)

@@ -83,7 +83,8 @@ def train_population(
 
     A member stops when its train accuracy reaches ``train.target_train_acc`` (checked at each
     evaluation); a member whose loss turns non-finite is frozen at its last finite weights and
-    reported ``diverged``; the others train on unaffected.
+    reported ``diverged``; the others train on unaffected. Members that stopped are dropped from
+    the population at the next evaluation, so they cost nothing afterwards.
     """
     cfg = group.train
     device, dtype = data.x_train.device, torch_dtype(cfg.dtype)
@@ -91,31 +92,33 @@ def train_population(
     pop = Population(build_members(group, data), loss="cross_entropy" if data.n_classes else "mse",
                      device=device, dtype=dtype, kernel=kernel)
     n = data.x_train.shape[0]
-    labels = torch.stack([member_labels(data.y_train, m, data.n_classes) for m in members])
     batch_size = n if cfg.optimizer == "gd" else cfg.batch_size
-    orders = [BatchOrder(m.seed, n, batch_size) for m in members]
-    droppers = [DropoutMasks(m.seed, m.dropout, pop.hidden_shapes) for m in members]
-    hyper = lambda name: torch.tensor([getattr(m, name) for m in members], device=device, dtype=dtype)  # noqa: E731
-    optimizer = make_optimizer(cfg, hyper("lr"), hyper("weight_decay"))
+    live = _Live(
+        index=list(range(len(members))),
+        orders=[BatchOrder(m.seed, n, batch_size) for m in members],
+        droppers=[DropoutMasks(m.seed, m.dropout, pop.hidden_shapes) for m in members],
+        lr=torch.tensor([m.lr for m in members], device=device, dtype=dtype),
+        weight_decay=torch.tensor([m.weight_decay for m in members], device=device, dtype=dtype),
+    )
+    optimizer = make_optimizer(cfg, live.lr, live.weight_decay)
     state = optimizer.init(pop.params)
+    labels = torch.stack([member_labels(data.y_train, m, data.n_classes) for m in members])
     context = LoopContext(data, labels, {k: v.clone() for k, v in pop.module_params().items()})
-
     active = torch.ones(len(members), dtype=torch.bool, device=device)
-    diverged = torch.zeros_like(active)
     diverged_at = torch.zeros(len(members), dtype=torch.int64, device=device)
     results = [MemberResult(m.run_id, "running", 0, None) for m in members]
-    open_members = set(range(len(members)))
     evals = eval_steps(cfg.max_steps, cfg.eval_every)
-    full_batch = orders[0].full_batch
-    fixed_idx = torch.arange(n, device=device).expand(len(members), n) if full_batch else None
+    full_batch = batch_size == n
 
     for step in range(1, cfg.max_steps + 1):
-        idx = fixed_idx if full_batch else torch.stack([o.next() for o in orders]).to(device)
-        x, y = data.x_train[idx], labels.gather(1, idx)
-        loss, grads = pop.loss_and_grad(x, y, _stack_masks(droppers, idx.shape[1], device, dtype))
+        if full_batch:
+            idx = torch.arange(n, device=device).expand(len(live.index), n)
+        else:
+            idx = torch.stack([o.next() for o in live.orders]).to(device)
+        x, y = data.x_train[idx], context.labels.gather(1, idx)
+        loss, grads = pop.loss_and_grad(x, y, _stack_masks(live.droppers, idx.shape[1], device, dtype))
         finite = torch.isfinite(loss)
         diverged_at = torch.where(active & ~finite, step, diverged_at)
-        diverged |= active & ~finite
         active = active & finite
         updates, state = optimizer.update(grads, state, pop.params, step - 1)
         pop.params = apply_updates(pop.params, updates, active)
@@ -128,34 +131,66 @@ def train_population(
         values = evaluate_population(pop, context) if step in evals else {}
         for hook in due_hooks:
             values.update(hook(pop, context))
-        _record(results, open_members, values, step, diverged)
+        stopped = ~active.cpu()
+        _record(results, live.index, values, step, stopped)
+        for pos, i in enumerate(live.index):
+            if stopped[pos]:
+                results[i].status, results[i].final_step = "diverged", int(diverged_at[pos])
         if step in evals and cfg.target_train_acc is not None and "train_acc" in values:
-            reached = values["train_acc"] >= cfg.target_train_acc
-            for i in sorted(open_members):
-                if bool(reached[i]) and not bool(diverged[i]):
-                    results[i].target_step = step
-                    results[i].status, results[i].final_step = "done", step
-                    open_members.discard(i)
-            active = active & ~reached.to(device)
-        for i in sorted(open_members):
-            if bool(diverged[i]):
-                results[i].status, results[i].final_step = "diverged", int(diverged_at[i])
-                open_members.discard(i)
-        if not open_members:
+            reached = (values["train_acc"] >= cfg.target_train_acc).cpu() & ~stopped
+            for pos, i in enumerate(live.index):
+                if reached[pos]:
+                    results[i].status, results[i].final_step, results[i].target_step = "done", step, step
+            stopped |= reached
+        if bool(stopped.all()):
             break
-    for i in open_members:
-        results[i].status, results[i].final_step = "done", cfg.max_steps
+        if bool(stopped.any()):
+            keep = torch.nonzero(~stopped).squeeze(1)
+            pop.select(keep.to(device))
+            state = _select_state(state, keep.to(device))
+            live = live.select(keep.tolist())
+            optimizer = make_optimizer(cfg, live.lr, live.weight_decay)
+            context.labels, context.init_params = context.labels[keep], {k: v[keep] for k, v in context.init_params.items()}
+            active, diverged_at = active[keep], diverged_at[keep]
+    for i in live.index:
+        if results[i].status == "running":
+            results[i].status, results[i].final_step = "done", cfg.max_steps
     return results
 
 
-def _record(results: list[MemberResult], open_members: set[int], values: dict[str, torch.Tensor], step: int,
-            diverged: torch.Tensor) -> None:
-    """Append this step's values of members still training (a diverged member records no more)."""
+@dataclass
+class _Live:
+    """The members still training, in population order, with their per-member streams and hyperparameters."""
+
+    index: list[int]
+    orders: list[BatchOrder]
+    droppers: list[DropoutMasks]
+    lr: torch.Tensor
+    weight_decay: torch.Tensor
+
+    def select(self, keep: list[int]) -> "_Live":
+        return _Live([self.index[k] for k in keep], [self.orders[k] for k in keep],
+                     [self.droppers[k] for k in keep], self.lr[keep], self.weight_decay[keep])
+
+
+def _select_state(state, keep: torch.Tensor):
+    """Index every per-member tensor of an optimizer state (a tree of tuples/dicts) by ``keep``."""
+    if isinstance(state, torch.Tensor):
+        return state[keep]
+    if isinstance(state, dict):
+        return {k: _select_state(v, keep) for k, v in state.items()}
+    if isinstance(state, tuple):
+        return tuple(_select_state(v, keep) for v in state)
+    return state
+
+
+def _record(results: list[MemberResult], index: list[int], values: dict[str, torch.Tensor], step: int,
+            stopped: torch.Tensor) -> None:
+    """Append this step's values of the live members (a diverged member records no more)."""
     cpu = {name: v.detach().double().cpu().tolist() for name, v in values.items()}
-    for i in open_members:
-        if bool(diverged[i]):
-            continue
-        results[i].metrics.extend((step, name, column[i]) for name, column in cpu.items())
+    for pos, i in enumerate(index):
+        if not stopped[pos]:
+            results[i].metrics.extend((step, name, column[pos]) for name, column in cpu.items())
 
 
 def _stack_masks(droppers: list[DropoutMasks], batch: int, device, dtype) -> list[torch.Tensor] | None:
