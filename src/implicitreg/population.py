@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.func import stack_module_state
 
-from implicitreg.kernels import MLPKernel, Params, VmapKernel
-from implicitreg.models import MLP
+from implicitreg.kernels import CNNKernel, MLPKernel, Params, VmapKernel
+from implicitreg.models import CNN1D, MLP
 
 
 class Population:
@@ -24,7 +24,8 @@ class Population:
         modules: P modules of identical architecture (their values are copied, not shared).
         loss: "cross_entropy" (classification) or "mse" (regression).
         device, dtype: where and in what precision the population lives.
-        kernel: "auto" (hand-batched for :class:`~implicitreg.models.MLP`, vmap otherwise) or "vmap".
+        kernel: "auto" (hand-batched for :class:`~implicitreg.models.MLP` and
+            :class:`~implicitreg.models.CNN1D`, vmap otherwise) or "vmap".
     """
 
     def __init__(self, modules: list[nn.Module], loss: str = "cross_entropy", device="cpu",
@@ -39,7 +40,9 @@ class Population:
         if buffers:
             raise ValueError(f"modules with buffers are not supported yet: {sorted(buffers)}")
         if kernel == "auto" and isinstance(self.template, MLP):
-            self.kernel: MLPKernel | VmapKernel = MLPKernel(len(self.template.layers), loss)
+            self.kernel: MLPKernel | CNNKernel | VmapKernel = MLPKernel(len(self.template.layers), loss)
+        elif kernel == "auto" and isinstance(self.template, CNN1D):
+            self.kernel = CNNKernel(self.template, loss)
         elif kernel in ("auto", "vmap"):
             self.kernel = VmapKernel(copy.deepcopy(self.template).to("meta"), loss)
         else:

@@ -27,6 +27,7 @@ from implicitreg.studies import get_study
 from implicitreg.studies.base import Analysis, Study
 
 ENGINES = ("population", "sequential")
+QUICK_NOTE = "--quick: a smoke test with fewer seeds and steps; the full run's verdict is the study's."
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -217,7 +218,7 @@ def write_outputs(directory: Path) -> "StudyResult":
         "verdict": analysis.verdict,
         "checks": [c.as_dict() for c in analysis.checks],
         "table": analysis.table.to_dict("records"),
-        "notes": analysis.notes,
+        "notes": analysis.notes + ([QUICK_NOTE] if meta.get("quick") else []),
         "runs": {"total": len(runs), **statuses},
         "config": meta["config"],
         "provenance": {**first_provenance, "engine": meta.get("engine"), "quick": meta.get("quick"),
