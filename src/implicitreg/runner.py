@@ -19,7 +19,9 @@ import torch
 
 from implicitreg import provenance
 from implicitreg.backends import Backend, LocalBackend, Task
+from implicitreg.backends.local import cached_dataset
 from implicitreg.config import ConfigError, build_config
+from implicitreg.models import build_model
 from implicitreg.plan import Group
 from implicitreg.report.html import write_report
 from implicitreg.store import Store
@@ -120,20 +122,20 @@ def prepare(options: RunOptions) -> Prepared:
 
 
 def member_bytes(group: Group, n_eval: int = 2048) -> int:
-    """Rough memory of one population member: parameters with optimizer state, and activations."""
+    """Rough memory of one population member: parameters with gradient, optimizer state and
+    initial copy (×8), plus activations of a training batch (×4 for backward) and of an
+    evaluation chunk of ``n_eval`` points."""
+    data = cached_dataset(group.data)
+    model = build_model(group.arch, group.model, data.input_dim, data.n_classes or 1)
+    params = sum(p.numel() for p in model.parameters())
+    activations = sum(math.prod(shape) for shape in model.hidden_shapes())
     itemsize = 8 if group.train.dtype == "float64" else 4
-    if group.arch == "mlp":
-        widths = list(group.model.hidden)
-        params = sum(a * b + b for a, b in zip([64, *widths], [*widths, 10]))
-        per_sample = sum(widths)
-    else:
-        params = group.model.channels * (group.model.channels * 3 + group.model.kernel_size + 2) * group.model.layers
-        per_sample = group.model.channels * 64 * group.model.layers
-    return itemsize * (params * 8 + per_sample * (4 * group.train.batch_size + n_eval))
+    return itemsize * (8 * params + activations * (4 * group.train.batch_size + n_eval))
 
 
 def max_members(group: Group, device: torch.device) -> int:
-    """Members per population chunk so that a chunk fits in a quarter of the device's memory."""
+    """Members per population chunk so that a chunk fits in a quarter of host memory (at most
+    8 GiB) or half of the GPU's free memory."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         budget = free // 2

@@ -20,12 +20,17 @@ def _dataset(config_json: str) -> Dataset:
     return load_dataset(DataConfig.model_validate_json(config_json))
 
 
+def cached_dataset(config: DataConfig) -> Dataset:
+    """The data set of ``config``, loaded once per process."""
+    return _dataset(config.model_dump_json())
+
+
 def run_task(task: Task, progress=None) -> TaskOutcome:
     """Train one task in this process. Any exception becomes a failed outcome, not a crash."""
     try:
         torch.set_num_threads(task.threads)
         group = task.group
-        data = _dataset(group.data.model_dump_json()).tensors(task.device, torch_dtype(group.train.dtype))
+        data = cached_dataset(group.data).tensors(task.device, torch_dtype(group.train.dtype))
         if task.engine == "sequential":
             results = train_sequential(group, data, progress)
         else:
