@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from implicitreg.config import ConfigError, parse_sets
 from implicitreg.display import print_summary
-from implicitreg.runner import RunOptions, analyze_store, execute, prepare, write_outputs
+from implicitreg.runner import RunOptions, execute, prepare, summarize, write_outputs
 from implicitreg.studies import STUDIES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -78,7 +78,13 @@ def run(
             for task_id in progress.task_ids:
                 progress.update(task_id, total=progress.tasks[task_id].completed)
 
-        result = execute(prepared, progress=progress_for, on_outcome=finished)
+        try:
+            result = execute(prepared, progress=progress_for, on_outcome=finished)
+        except KeyboardInterrupt:
+            progress.stop()
+            err_console.print(f"interrupted: finished populations are stored in {prepared.out}; "
+                              f"continue with --resume --out {prepared.out}")
+            raise typer.Exit(130) from None
     if as_json:
         print(json.dumps(result.summary, indent=2))
     else:
@@ -92,11 +98,9 @@ def run(
 @app.command()
 def show(directory: Path = typer.Argument(..., help="the --out directory of a run"),
          as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")) -> None:
-    """Tables, checks and verdict of a finished (or interrupted) run."""
+    """Tables, checks and verdict of a finished (or interrupted) run, from its stored results."""
     try:
-        result = write_outputs(directory) if not (directory / "summary.json").exists() else None
-        summary = result.summary if result else json.loads((directory / "summary.json").read_text())
-        analyze_store(directory)  # the directory must hold a store, not just a summary
+        summary = summarize(directory)[0]
     except FileNotFoundError as err:
         fail(str(err))
     if as_json:

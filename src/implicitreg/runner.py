@@ -198,20 +198,14 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def analyze_store(directory: Path) -> tuple[Study, Any, Analysis, pd.DataFrame, pd.DataFrame, dict]:
-    """Re-analyze a directory's stored results (what ``show`` and ``report`` use)."""
+def summarize(directory: Path) -> tuple[dict[str, Any], Study, Any, Analysis, pd.DataFrame, pd.DataFrame]:
+    """Re-analyze a directory's stored results; returns the summary (as in ``summary.json``) and
+    what it was computed from. Writes nothing."""
     with Store.open_existing(directory) as store:
         meta, runs, metrics = store.meta(), store.runs(), store.metrics()
     study = get_study(meta["study"])
     config = study.Config.model_validate(meta["config"])
-    return study, config, study.analyze(config, runs, metrics), runs, metrics, meta
-
-
-def write_outputs(directory: Path) -> "StudyResult":
-    """Figures, ``summary.json`` and ``report.html`` from the store alone (each replaced atomically)."""
-    study, config, analysis, runs, metrics, meta = analyze_store(directory)
-    figures = study.figures(config, runs, metrics, directory / "figures") if not metrics.empty else []
-    statuses = runs["status"].value_counts().to_dict()
+    analysis = study.analyze(config, runs, metrics)
     first_provenance = runs["provenance"].iloc[0] if len(runs) else {}
     summary = _clean({
         "study": study.name,
@@ -221,11 +215,18 @@ def write_outputs(directory: Path) -> "StudyResult":
         "checks": [c.as_dict() for c in analysis.checks],
         "table": analysis.table.to_dict("records"),
         "notes": analysis.notes + ([QUICK_NOTE] if meta.get("quick") else []),
-        "runs": {"total": len(runs), **statuses},
+        "runs": {"total": len(runs), **runs["status"].value_counts().to_dict()},
         "config": meta["config"],
         "provenance": {**first_provenance, "engine": meta.get("engine"), "quick": meta.get("quick"),
                        "wall_seconds": meta.get("wall_seconds")},
     })
+    return summary, study, config, analysis, runs, metrics
+
+
+def write_outputs(directory: Path) -> "StudyResult":
+    """Figures, ``summary.json`` and ``report.html`` from the store alone (each replaced atomically)."""
+    summary, study, config, analysis, runs, metrics = summarize(directory)
+    figures = study.figures(config, runs, metrics, directory / "figures") if not metrics.empty else []
     tmp = directory / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, directory / "summary.json")
