@@ -19,7 +19,7 @@ class ConfigError(ValueError):
 class Strict(BaseModel):
     """Base for config models: unknown keys are rejected, values are validated on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 DatasetName = Literal["mnist1d", "digits", "regression", "separable", "teacher-student"]
@@ -127,6 +127,8 @@ def parse_sets(sets: list[str]) -> dict[str, Any]:
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {key}: {part!r} was already set to a value")
             node = child
+        if isinstance(node.get(path[-1]), dict):
+            raise ConfigError(f"--set {key}=…: would discard the earlier --set {key}.… ; set {key} first")
         node[path[-1]] = parse_value(raw.strip())
     return nested
 
@@ -172,9 +174,13 @@ def allowed_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
 
 
 def build_config(model: type[C], base: dict[str, Any], overrides: dict[str, Any]) -> C:
-    """Validate ``base`` merged with ``overrides`` into ``model``; raise :class:`ConfigError`."""
+    """Validate the model's defaults, updated by ``base`` then ``overrides``; raise :class:`ConfigError`.
+
+    Starting from the full defaults matters: ``--set train.lr=…`` must change one field of the
+    study's training config, not rebuild it from the class defaults.
+    """
     try:
-        return model.model_validate(deep_merge(base, overrides))
+        return model.model_validate(deep_merge(deep_merge(model().model_dump(), base), overrides))
     except ValidationError as err:
         message = format_validation_error(err)
         if "unknown key" in message:

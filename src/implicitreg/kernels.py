@@ -10,8 +10,8 @@ Two kernels compute the same thing: per-member loss and gradient for a batch per
   generic path slow.
 - :class:`MLPKernel` is the MLP written out by hand with ``baddbmm``/``bmm`` and an explicit
   backward pass (no autograd graph, ReLU backward by ``threshold_backward``), keeping weights
-  as [P, in, out] so every matmul runs without a transposed copy where it matters. It is about
-  twice as fast as vmap on CPU (``benchmarks/population.py``).
+  as [P, in, out] so every matmul runs without a transposed copy where it matters, and reusing
+  its output buffers between steps (``benchmarks/population.py`` compares it with vmap).
 
 Both take parameters in *kernel layout* and convert from/to the module's own layout
 (``nn.Linear`` stores [out, in]) with ``to_kernel``/``to_module``.
@@ -43,6 +43,24 @@ def loss_per_sample(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> t
             return -log_softmax_last(logits).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         return F.cross_entropy(logits, targets, reduction="none")
     return (logits.squeeze(-1) - targets) ** 2
+
+
+class Buffers:
+    """Output tensors reused from call to call, keyed by name.
+
+    Fresh multi-megabyte allocations every step cost page faults on CPU (measured: a third of
+    the weight-gradient ``bmm`` time at H = 512); a buffer is reallocated only when its shape,
+    dtype or device changes (e.g. after finished members leave the population).
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[str, torch.Tensor] = {}
+
+    def __call__(self, key: str, shape, like: torch.Tensor) -> torch.Tensor:
+        t = self._store.get(key)
+        if t is None or t.shape != torch.Size(shape) or t.dtype != like.dtype or t.device != like.device:
+            t = self._store[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return t
 
 
 class VmapKernel:
@@ -83,6 +101,7 @@ class MLPKernel:
         self.n_layers = n_layers
         self.loss = loss
         self.names = [(f"layers.{i}.weight", f"layers.{i}.bias") for i in range(n_layers)]
+        self.buffers = Buffers()
 
     def to_kernel(self, params: Params) -> Params:
         out = {}
@@ -112,11 +131,17 @@ class MLPKernel:
         return (residual**2).mean(1), (2.0 / batch) * residual.unsqueeze(-1)
 
     def loss_and_grad(self, params: Params, x: torch.Tensor, y: torch.Tensor, masks) -> tuple[torch.Tensor, Params]:
-        """x: [P, B, D], y: [P, B]; masks: list of [P, B, H_l] or None → loss [P], grads (kernel layout)."""
+        """x: [P, B, D], y: [P, B]; masks: list of [P, B, H_l] or None → loss [P], grads (kernel layout).
+
+        Activations and gradients are written into buffers reused from call to call: the
+        returned gradients are valid until the next call.
+        """
+        buf = self.buffers
         acts = [x]
         h = x
         for i, (w, b) in enumerate(self.names[:-1]):
-            h = torch.baddbmm(params[b], h, params[w]).clamp_(min=0)
+            h = torch.baddbmm(params[b], h, params[w], out=buf(f"act{i}", (*h.shape[:2], params[w].shape[2]), h))
+            h.clamp_(min=0)
             if masks is not None:
                 h.mul_(masks[i])
             acts.append(h)
@@ -126,14 +151,15 @@ class MLPKernel:
         grads: Params = {}
         for i in range(self.n_layers - 1, -1, -1):
             w, b = self.names[i]
-            grads[w] = torch.bmm(acts[i].transpose(1, 2), delta)
-            grads[b] = delta.sum(1, keepdim=True)
+            grads[w] = torch.bmm(acts[i].transpose(1, 2), delta, out=buf(w, params[w].shape, delta))
+            grads[b] = torch.sum(delta, 1, keepdim=True, out=buf(b, params[b].shape, delta))
             if i > 0:
-                back = torch.bmm(delta, params[w].transpose(1, 2))
+                back = torch.bmm(delta, params[w].transpose(1, 2), out=buf(f"back{i}", acts[i].shape, delta))
                 if masks is not None:
                     back.mul_(masks[i - 1])
                 # ReLU backward: zero where the (masked) activation is zero.
-                delta = torch.ops.aten.threshold_backward(back, acts[i], 0)
+                delta = torch.ops.aten.threshold_backward.grad_input(
+                    back, acts[i], 0, grad_input=buf(f"delta{i}", back.shape, back))
         return loss, grads
 
     def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:

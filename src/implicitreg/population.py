@@ -64,7 +64,10 @@ class Population:
         return self.kernel.to_module(self.params)
 
     def loss_and_grad(self, x: torch.Tensor, y: torch.Tensor, masks=None) -> tuple[torch.Tensor, Params]:
-        """Per-member mean loss [P] and gradients (kernel layout) on per-member batches x: [P, B, ...]."""
+        """Per-member mean loss [P] and gradients (kernel layout) on per-member batches x: [P, B, ...].
+
+        The gradients may live in buffers the kernel reuses: they are valid until the next call.
+        """
         return self.kernel.loss_and_grad(self.params, x, y, masks)
 
     @torch.no_grad()

@@ -98,11 +98,13 @@ def prepare(options: RunOptions) -> Prepared:
         raise ConfigError(f"--threads: expected an integer >= 1, got {options.threads}")
     overrides = dict(options.overrides)
     if options.seeds is not None:
+        if "seeds" in overrides:
+            raise ConfigError("seeds: given both as --seeds and as --set seeds=…; use one")
         overrides["seeds"] = options.seeds
     config = build_config(study.Config, study.defaults(options.quick), overrides)
     device = resolve_device(options.device)
     out = Path(options.out) if options.out is not None else default_out(study.name)
-    if not out.parent.exists():
+    if options.out is not None and not out.parent.exists():
         raise ConfigError(f"--out: the parent directory {out.parent} does not exist")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} exists and is not a directory")
@@ -118,6 +120,11 @@ def prepare(options: RunOptions) -> Prepared:
                               f"({meta.get('study')}); rerun with the same options or choose another --out")
     elif out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out: {out} exists and is not empty (and holds no results to resume)")
+    for group in study.plan(config):
+        try:
+            cached_dataset(group.data)  # sizes a data set cannot provide fail here, before any file exists
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     return Prepared(study, config, device, options.threads or available_threads(), out, options)
 
 
@@ -134,8 +141,8 @@ def member_bytes(group: Group, n_eval: int = 2048) -> int:
 
 
 def max_members(group: Group, device: torch.device) -> int:
-    """Members per population chunk so that a chunk fits in a quarter of host memory (at most
-    8 GiB) or half of the GPU's free memory."""
+    """Members per population chunk: a chunk takes at most a quarter of host memory (and at
+    most 8 GiB), or half of the GPU's free memory."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         budget = free // 2
@@ -154,7 +161,7 @@ def execute(prepared: Prepared, backend: Backend | None = None,
             on_outcome: Callable[[Any], None] | None = None) -> "StudyResult":
     """Train what is not yet finished, store it, analyze and write the report."""
     study, config, out = prepared.study, prepared.config, prepared.out
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     prov = provenance.collect(prepared.device, prepared.threads)
     with Store(out / Store.FILENAME) as store:

@@ -54,8 +54,11 @@ class Store:
 
     FILENAME = "results.sqlite"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, readonly: bool = False):
         self.path = Path(path)
+        if readonly:
+            self.conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+            return
         self.conn = sqlite3.connect(self.path, timeout=30.0)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -67,8 +70,12 @@ class Store:
         path = Path(directory) / cls.FILENAME
         if not path.is_file():
             raise FileNotFoundError(f"{directory}: no {cls.FILENAME} here (expected the --out directory of a run)")
-        store = cls(path)
-        if store.meta().get("study") is None:
+        store = cls(path, readonly=True)
+        try:
+            meta = store.meta()
+        except sqlite3.DatabaseError:
+            meta = {}
+        if meta.get("study") is None:
             store.close()
             raise FileNotFoundError(f"{path}: holds no study results")
         return store
@@ -149,7 +156,7 @@ class Store:
         return frame
 
     def metrics(self) -> pd.DataFrame:
-        """Long format: run_id, step, name, value (NaN where a value was not finite)."""
+        """Long format: run_id, step, name, value (NaN is stored as NULL and read back as NaN; ±inf stays)."""
         frame = pd.read_sql_query("SELECT run_id, step, name, value FROM metrics ORDER BY run_id, step, name",
                                   self.conn)
         frame["value"] = frame["value"].astype(float)

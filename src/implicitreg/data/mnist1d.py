@@ -7,7 +7,9 @@ same data from the templates that ship with the package.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +37,11 @@ def load_mnist1d(n_train: int | None = None, n_test: int | None = None, seed: in
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
-    args.num_samples = n_train + n_test
-    args.train_split = n_train / (n_train + n_test)
+    # The generator makes num_samples // 10 examples per class and splits at int(N · train_split);
+    # asking for a multiple of 10 and splitting by index gives exactly n_train / n_test (and, for
+    # the default 4000 / 1000, exactly the paper's data set).
+    args.num_samples = 10 * math.ceil((n_train + n_test) / 10)
+    args.train_split = n_train / args.num_samples
     if seed:
         args.seed = seed
     key = hashlib.sha256(repr(sorted(vars(args).items())).encode()).hexdigest()[:16]
@@ -44,8 +49,10 @@ def load_mnist1d(n_train: int | None = None, n_test: int | None = None, seed: in
     if path.exists():
         arrays = dict(np.load(path))
     else:
-        raw = make_dataset(args)
-        arrays = {k: np.asarray(raw[k]) for k in ("x", "y", "x_test", "y_test")}
+        raw = _generate(make_dataset, args)
+        x, y = np.concatenate([raw["x"], raw["x_test"]]), np.concatenate([raw["y"], raw["y_test"]])
+        arrays = {"x": x[:n_train], "y": y[:n_train], "x_test": x[n_train : n_train + n_test],
+                  "y_test": y[n_train : n_train + n_test]}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez(tmp, **arrays)
@@ -58,3 +65,14 @@ def load_mnist1d(n_train: int | None = None, n_test: int | None = None, seed: in
         y_test=arrays["y_test"].astype(np.int64),
         n_classes=10,
     )
+
+
+def _generate(make_dataset, args) -> dict:
+    """Run the generator without disturbing the caller's global random state (it reseeds
+    ``random`` and ``numpy.random``)."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        return make_dataset(args)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)

@@ -90,7 +90,8 @@ class ExplicitVsImplicit:
         return group_runs(runs)
 
     def analyze(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame) -> Analysis:
-        final = _with_model(final_values(runs, metrics))
+        final = _with_model(final_values(runs, metrics)).reindex(
+            columns=[*runs.columns.drop(["config", "provenance"]), "model", *TABLE_METRICS])  # NaN if never evaluated
         rows = []
         for (model, arm), part in final.groupby(["model", "arm"], sort=False):
             row: dict[str, Any] = {"model": model, "arm": arm, "runs": len(part),

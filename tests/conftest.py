@@ -1,0 +1,96 @@
+"""Shared fixtures: a per-session data cache and helpers that run the CLI as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+# A tiny sweep of the explicit-vs-implicit study: one MLP population of 5 runs (one seed per arm)
+# on 200 MNIST-1D points, 40 steps. ~3 s of imports + ~1 s of training + ~2 s of figures.
+TINY = [
+    "run", "explicit-vs-implicit", "--quick", "--seeds", "1", "--threads", "1",
+    "--set", "models=[mlp]", "--set", "mlp.hidden=[16]",
+    "--set", "data.n_train=200", "--set", "data.n_test=100",
+    "--set", "train.max_steps=40", "--set", "train.eval_every=20",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory) -> Path:
+    """Point ``IMPLICITREG_CACHE`` at a session-wide tmp dir (never ~/.cache); subprocesses inherit it.
+
+    Shared across the session because generating MNIST-1D takes seconds.
+    """
+    path = tmp_path_factory.mktemp("implicitreg-cache")
+    previous = os.environ.get("IMPLICITREG_CACHE")
+    os.environ["IMPLICITREG_CACHE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("IMPLICITREG_CACHE", None)
+    else:
+        os.environ["IMPLICITREG_CACHE"] = previous
+
+
+@dataclass
+class CliResult:
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def __str__(self) -> str:  # shown by pytest when an assertion on the result fails
+        return (f"implicitreg {' '.join(self.args)}\n-> exit {self.returncode}\n"
+                f"--- stdout ---\n{self.stdout[-3000:]}\n--- stderr ---\n{self.stderr[-3000:]}")
+
+    __repr__ = __str__
+
+
+def cli_command(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "implicitreg.cli", *map(str, args)]
+
+
+def cli_env() -> dict[str, str]:
+    # a wide, plain terminal so that rich neither wraps lines nor adds colour codes
+    return {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb", "PYTHONHASHSEED": "0"}
+
+
+def run_cli(args: list[str], cwd: Path | str | None = None, timeout: float = 180) -> CliResult:
+    """Run ``implicitreg ARGS`` in a fresh interpreter; capture exit code, stdout and stderr."""
+    proc = subprocess.run(cli_command(args), capture_output=True, text=True, cwd=cwd, env=cli_env(),
+                          timeout=timeout)
+    return CliResult([str(a) for a in args], proc.returncode, proc.stdout, proc.stderr)
+
+
+def start_cli(args: list[str], log: Path, cwd: Path | str | None = None) -> subprocess.Popen:
+    """Start ``implicitreg ARGS`` without waiting; stdout and stderr go to the file ``log``.
+
+    (A file, not a pipe: nobody reads the output while it runs, and a full pipe would block it.)
+    """
+    with open(log, "w") as handle:
+        return subprocess.Popen(cli_command(args), stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=cli_env())
+
+
+def run_cli_many(commands: list[list[str]], workers: int = 2) -> list[CliResult]:
+    """Run several CLI commands concurrently (2 at a time: the test machine has 2 cores)."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(run_cli, commands))
+
+
+def read_store(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The runs and metrics tables of ``DIRECTORY/results.sqlite``, read with plain sqlite3 (read-only)."""
+    conn = sqlite3.connect(f"file:{directory / 'results.sqlite'}?mode=ro", uri=True)
+    try:
+        runs = pd.read_sql_query("SELECT * FROM runs ORDER BY run_id", conn)
+        metrics = pd.read_sql_query("SELECT run_id, step, name, value FROM metrics ORDER BY run_id, step, name",
+                                    conn)
+    finally:
+        conn.close()
+    return runs, metrics

@@ -1,0 +1,325 @@
+"""Data: MNIST-1D offline + cache, digits splits, synthetic generators, label noise, random streams."""
+
+import math
+import os
+from pathlib import Path
+
+import mnist1d.data
+import numpy as np
+import pytest
+import torch
+
+from implicitreg.config import DataConfig
+from implicitreg.data import (corrupt_labels, load_dataset, load_digits, load_mnist1d, regression, separable,
+                              teacher_student)
+from implicitreg.data.mnist1d import cache_dir
+from implicitreg.sampling import BatchOrder, DropoutMasks
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    """MNIST-1D must be synthesized offline: ``get_dataset`` (which downloads) is forbidden."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("mnist1d.data.get_dataset downloads; implicitreg must not call it")
+    monkeypatch.setattr(mnist1d.data, "get_dataset", forbidden)
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch) -> Path:
+    """An empty cache for one test (the session cache would hide whether generation happens)."""
+    monkeypatch.setenv("IMPLICITREG_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def forbid_generation(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("make_dataset called although the data set is cached")
+    monkeypatch.setattr(mnist1d.data, "make_dataset", forbidden)
+
+
+# -- MNIST-1D ---------------------------------------------------------------------------------------
+
+def test_cache_dir_follows_the_environment(data_cache):
+    assert cache_dir() == data_cache  # the session fixture keeps tests away from ~/.cache
+
+
+def test_mnist1d_default_shapes_classes_and_cache(no_download, data_cache, monkeypatch):
+    data = load_mnist1d()
+    assert data.x_train.shape == (4000, 40) and data.x_test.shape == (1000, 40)
+    assert data.y_train.shape == (4000,) and data.y_test.shape == (1000,)
+    assert data.x_train.dtype == np.float64 and data.y_train.dtype == np.int64
+    assert data.n_classes == 10 and data.input_dim == 40
+    assert set(np.unique(data.y_train)) == set(range(10)) and set(np.unique(data.y_test)) == set(range(10))
+    # the generator balances classes: 500 per class over the 5000 samples
+    counts = np.bincount(np.concatenate([data.y_train, data.y_test]), minlength=10)
+    assert (counts == 500).all()
+    # make_dataset standardizes the whole set (mean 0, std 1) before splitting
+    everything = np.concatenate([data.x_train, data.x_test])
+    assert abs(everything.mean()) < 1e-6 and abs(everything.std() - 1) < 1e-6
+    assert len(list(data_cache.glob("mnist1d-*.npz"))) >= 1
+
+    forbid_generation(monkeypatch)  # the second load can only come from the cache file
+    again = load_mnist1d()
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(data, name))
+
+
+def test_mnist1d_generation_writes_one_cache_file_and_is_deterministic(no_download, fresh_cache, monkeypatch):
+    first = load_mnist1d(n_train=200, n_test=100)
+    files = list(fresh_cache.glob("*"))
+    assert [f.suffix for f in files] == [".npz"], files  # no leftover temporary file
+    os.remove(files[0])
+    regenerated = load_mnist1d(n_train=200, n_test=100)  # generated again from scratch
+    np.testing.assert_array_equal(regenerated.x_train, first.x_train)
+    np.testing.assert_array_equal(regenerated.y_test, first.y_test)
+    assert first.x_train.shape == (200, 40) and first.x_test.shape == (100, 40)
+
+    forbid_generation(monkeypatch)
+    cached = load_mnist1d(n_train=200, n_test=100)
+    np.testing.assert_array_equal(cached.x_test, first.x_test)
+
+
+def test_mnist1d_seed_changes_the_data(fresh_cache):
+    a = load_mnist1d(n_train=100, n_test=100, seed=0)
+    b = load_mnist1d(n_train=100, n_test=100, seed=1)
+    assert not np.array_equal(a.x_train, b.x_train)
+    assert len(list(fresh_cache.glob("*.npz"))) == 2  # the seed is part of the cache key
+
+
+@pytest.mark.parametrize("n_train,n_test", [
+    pytest.param(205, 100, id="total-not-multiple-of-10"),
+    pytest.param(29, 71, id="float-split-truncates"),
+])
+def test_mnist1d_returns_exactly_the_requested_sizes(fresh_cache, n_train, n_test):
+    data = load_mnist1d(n_train=n_train, n_test=n_test)
+    assert (len(data.x_train), len(data.x_test)) == (n_train, n_test)
+
+
+def test_load_dataset_dispatches_on_the_config_name():
+    assert load_dataset(DataConfig(name="digits", n_train=50, n_test=20)).name == "digits"
+    synthetic = load_dataset(DataConfig(name="regression", n_train=30, n_test=10, dim=7, noise=0.0, seed=4))
+    assert synthetic.name == "regression" and synthetic.x_train.shape == (30, 7)
+    np.testing.assert_array_equal(synthetic.x_train, regression(n_train=30, n_test=10, dim=7, seed=4).x_train)
+
+
+# -- digits -----------------------------------------------------------------------------------------
+
+def test_digits_default_split_covers_every_image_once():
+    from sklearn.datasets import load_digits as sk_digits
+
+    data = load_digits()
+    assert data.x_train.shape == (1797 - 360, 64) and data.x_test.shape == (360, 64)
+    assert data.n_classes == 10 and data.x_train.min() >= 0 and data.x_train.max() <= 1
+    # train ∪ test is the full data set, each image exactly once (compare as sorted rows)
+    full = sk_digits()
+    ours = np.concatenate([np.column_stack([data.x_train * 16, data.y_train]),
+                           np.column_stack([data.x_test * 16, data.y_test])])
+    theirs = np.column_stack([full.data, full.target])
+    np.testing.assert_array_equal(ours[np.lexsort(ours.T)], theirs[np.lexsort(theirs.T)])
+
+
+def test_digits_sizes_and_determinism():
+    a = load_digits(n_train=100, n_test=50, seed=3)
+    b = load_digits(n_train=100, n_test=50, seed=3)
+    c = load_digits(n_train=100, n_test=50, seed=4)
+    assert a.x_train.shape == (100, 64) and a.x_test.shape == (50, 64)
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    np.testing.assert_array_equal(a.y_test, b.y_test)
+    assert not np.array_equal(a.x_train, c.x_train)
+    # a smaller train set is a prefix of the larger one with the same seed and test set
+    bigger = load_digits(n_train=300, n_test=50, seed=3)
+    np.testing.assert_array_equal(bigger.x_train[:100], a.x_train)
+
+
+def test_digits_too_many_points_names_the_field():
+    with pytest.raises(ValueError, match=r"data\.n_train.*1437"):
+        load_digits(n_train=1500)
+
+
+# -- synthetic --------------------------------------------------------------------------------------
+
+def test_regression_without_noise_is_exactly_linear():
+    data = regression(n_train=100, n_test=200, dim=20, noise=0.0, seed=1)
+    assert data.n_classes == 0 and data.y_train.dtype == np.float64
+    x = np.vstack([data.x_train, data.x_test])
+    y = np.concatenate([data.y_train, data.y_test])
+    w, *_ = np.linalg.lstsq(x, y, rcond=None)  # 300 equations, 20 unknowns: overdetermined
+    # float64 rounding of x·w* is ~1e-16 relative; 1e-10 leaves room for lstsq's conditioning
+    assert np.abs(x @ w - y).max() < 1e-10
+    # train and test come from the same w*, and w* ~ N(0, I/dim) has norm ≈ 1 (chi_20/sqrt(20))
+    w_train, *_ = np.linalg.lstsq(data.x_train, data.y_train, rcond=None)
+    np.testing.assert_allclose(w_train, w, atol=1e-10)
+    assert 0.4 < np.linalg.norm(w) < 1.8
+
+
+def test_regression_noise_has_the_requested_scale():
+    clean = regression(n_train=2000, n_test=2000, dim=10, noise=0.0, seed=2)
+    noisy = regression(n_train=2000, n_test=2000, dim=10, noise=0.5, seed=2)
+    np.testing.assert_array_equal(clean.x_train, noisy.x_train)  # noise is drawn after x
+    residual = noisy.y_train - clean.y_train
+    # residual = 0.5·ε over 2000 draws: sample std within 0.5·(1 ± 0.1), ~6 standard errors
+    assert abs(residual.std() - 0.5) < 0.05 and abs(residual.mean()) < 0.05
+
+
+def test_regression_underdetermined_when_dim_exceeds_n():
+    data = regression(n_train=10, n_test=5, dim=50, seed=0)
+    assert data.x_train.shape == (10, 50) and np.linalg.matrix_rank(data.x_train) == 10
+
+
+def max_margin(x: np.ndarray, y01: np.ndarray) -> tuple[float, float]:
+    """Train accuracy and geometric margin min_i y_i(w·x_i+b)/|w| of a (near) hard-margin linear SVM."""
+    from sklearn.svm import SVC
+
+    svm = SVC(kernel="linear", C=1e8, tol=1e-8).fit(x, y01)
+    w, b = svm.coef_[0], svm.intercept_[0]
+    signed = 2 * y01 - 1
+    return svm.score(x, y01), float(np.min(signed * (x @ w + b)) / np.linalg.norm(w))
+
+
+def test_separable_is_separable_with_the_requested_margin():
+    margin = 0.3
+    data = separable(n_train=2000, n_test=100, dim=5, margin=margin, seed=3)
+    assert data.n_classes == 2 and set(np.unique(data.y_train)) == {0, 1}
+    assert 0.4 < data.y_train.mean() < 0.6  # labels are the sign of a random direction: balanced
+    accuracy, found = max_margin(data.x_train, data.y_train)
+    assert accuracy == 1.0
+    # the generator's w* separates with margin >= 0.3, so the max margin is >= 0.3; the solver's
+    # hyperplane is within 1e-3 of optimal. With 2000 points in 5-D the band edge is densely
+    # populated, so the max margin is also not much above the requested one (units: unit-norm w*).
+    assert margin * (1 - 1e-3) <= found <= margin * 1.05
+
+
+def test_separable_test_set_is_separable_too_and_noise_flips_only_test_labels():
+    clean = separable(n_train=300, n_test=2000, dim=4, margin=0.2, seed=5, noise=0.0)
+    noisy = separable(n_train=300, n_test=2000, dim=4, margin=0.2, seed=5, noise=0.25)
+    accuracy, found = max_margin(np.vstack([clean.x_train, clean.x_test]),
+                                 np.concatenate([clean.y_train, clean.y_test]))
+    assert accuracy == 1.0 and found >= 0.2 * (1 - 1e-3)
+    np.testing.assert_array_equal(noisy.x_test, clean.x_test)
+    np.testing.assert_array_equal(noisy.y_train, clean.y_train)
+    flipped = (noisy.y_test != clean.y_test).mean()
+    # Binomial(2000, 0.25)/2000 has std 0.0097; 0.05 is ~5 std
+    assert abs(flipped - 0.25) < 0.05
+
+
+def test_teacher_student_labels():
+    data = teacher_student(n_train=500, n_test=300, dim=8, seed=0, classes=7)
+    assert data.n_classes == 7 and data.y_train.dtype == np.int64
+    for y in (data.y_train, data.y_test):
+        assert y.min() >= 0 and y.max() < 7
+    assert len(np.unique(data.y_train)) >= 3  # a random teacher uses several classes
+    again = teacher_student(n_train=500, n_test=300, dim=8, seed=0, classes=7)
+    np.testing.assert_array_equal(again.y_train, data.y_train)
+
+
+def test_teacher_student_noise_corrupts_train_labels_only():
+    clean = teacher_student(n_train=4000, n_test=500, dim=8, seed=1, noise=0.0)
+    noisy = teacher_student(n_train=4000, n_test=500, dim=8, seed=1, noise=0.5)
+    np.testing.assert_array_equal(noisy.x_train, clean.x_train)
+    np.testing.assert_array_equal(noisy.y_test, clean.y_test)
+    changed = (noisy.y_train != clean.y_train).mean()
+    # each label is replaced w.p. 0.5 by a uniform class (same w.p. 1/10): expected 0.45,
+    # Binomial std over 4000 labels is 0.0079; 0.04 is ~5 std
+    assert abs(changed - 0.45) < 0.04
+
+
+# -- label noise ------------------------------------------------------------------------------------
+
+def labels(n=10_000, k=10, seed=0):
+    return torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def test_corrupt_labels_fraction_zero_is_unchanged_copy():
+    y = labels()
+    out = corrupt_labels(y, 0.0, 10, torch.Generator().manual_seed(1))
+    assert torch.equal(out, y) and out.data_ptr() != y.data_ptr()
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 1.0])
+def test_corrupt_labels_changes_the_expected_fraction(fraction):
+    n, k = 10_000, 10
+    y = labels(n, k)
+    before = y.clone()
+    out = corrupt_labels(y, fraction, k, torch.Generator().manual_seed(7))
+    assert torch.equal(y, before)  # the input is not modified
+    assert out.dtype == torch.int64 and out.min() >= 0 and out.max() < k
+    changed = int((out != y).sum())
+    chosen = round(fraction * n)
+    # exactly `chosen` labels are redrawn uniformly; each differs from the old label w.p. 1-1/k,
+    # so changed ~ Binomial(chosen, 0.9); allow 5 standard deviations
+    mean, std = chosen * (1 - 1 / k), math.sqrt(chosen * (1 - 1 / k) / k)
+    assert changed <= chosen
+    assert abs(changed - mean) <= 5 * std, (changed, mean, std)
+
+
+def test_corrupt_labels_is_fixed_by_the_generator_seed():
+    y = labels()
+    a = corrupt_labels(y, 0.3, 10, torch.Generator().manual_seed(11))
+    b = corrupt_labels(y, 0.3, 10, torch.Generator().manual_seed(11))
+    c = corrupt_labels(y, 0.3, 10, torch.Generator().manual_seed(12))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.5])
+def test_corrupt_labels_rejects_fractions_outside_unit_interval(fraction):
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        corrupt_labels(labels(100), fraction, 10, torch.Generator().manual_seed(0))
+
+
+# -- random streams: batch order and dropout masks -------------------------------------------------------
+
+@pytest.mark.parametrize("n,batch", [(12, 4), (10, 3), (7, 7), (100, 1)])
+def test_batch_order_each_epoch_is_a_permutation_without_partial_batches(n, batch):
+    order = BatchOrder(seed=5, n=n, batch_size=batch)
+    per_epoch = n // batch
+    epochs = []
+    for _ in range(3):
+        batches = [order.next() for _ in range(per_epoch)]
+        assert all(b.shape == (batch,) and b.dtype == torch.int64 for b in batches)
+        seen = torch.cat(batches)
+        assert len(set(seen.tolist())) == len(seen) == per_epoch * batch  # no index twice in an epoch
+        assert seen.min() >= 0 and seen.max() < n
+        if per_epoch * batch == n:
+            assert sorted(seen.tolist()) == list(range(n))  # every index exactly once
+        epochs.append(seen)
+    if n > batch:
+        assert not torch.equal(epochs[0], epochs[1])  # a fresh permutation each epoch
+
+
+def test_batch_order_same_seed_same_order():
+    a, b, c = BatchOrder(3, 50, 8), BatchOrder(3, 50, 8), BatchOrder(4, 50, 8)
+    first = [a.next() for _ in range(20)]
+    assert all(torch.equal(x, b.next()) for x in first)
+    assert not all(torch.equal(x, c.next()) for x in first)
+
+
+def test_batch_order_full_batch_is_everything_in_order():
+    order = BatchOrder(0, 9, 64)
+    assert order.full_batch
+    for _ in range(3):
+        assert torch.equal(order.next(), torch.arange(9))
+
+
+def test_dropout_masks_are_inverted_dropout():
+    rate = 0.3
+    masks = DropoutMasks(seed=1, rate=rate, hidden_shapes=[(500,), (4, 25)]).next(batch=200)
+    assert [m.shape for m in masks] == [(200, 500), (200, 4, 25)]
+    for mask in masks:
+        assert mask.dtype == torch.float64
+        values = set(mask.unique().tolist())
+        assert values == {0.0, 1 / (1 - rate)}
+        # N = 100000 or 20000 Bernoulli(0.7) draws: zero fraction std <= 0.0033, mask-mean std
+        # <= 0.0047; 0.02 is > 4 std for the smaller mask
+        assert abs((mask == 0).double().mean().item() - rate) < 0.02
+        assert abs(mask.mean().item() - 1.0) < 0.02
+
+
+def test_dropout_masks_deterministic_per_seed_and_none_at_rate_zero():
+    a = DropoutMasks(2, 0.5, [(10,)])
+    b = DropoutMasks(2, 0.5, [(10,)])
+    c = DropoutMasks(3, 0.5, [(10,)])
+    for _ in range(3):
+        ma, mb, mc = a.next(16), b.next(16), c.next(16)
+        assert torch.equal(ma[0], mb[0])
+    assert not torch.equal(ma[0], mc[0])
+    assert DropoutMasks(2, 0.0, [(10,)]).next(16) is None
