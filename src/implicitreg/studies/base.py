@@ -67,13 +67,12 @@ class Study(Protocol):
 
 
 def final_values(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: its columns from ``runs`` plus every metric's value at the run's final step.
-
-    A run that diverged before its first evaluation has NaN metrics.
+    """One row per run: its columns from ``runs`` plus every metric's value at the run's last
+    recorded step (runs stop at different steps). A run with no metrics has NaN values.
     """
-    wide = metrics.pivot_table(index=["run_id", "step"], columns="name", values="value", dropna=False).reset_index()
-    last = wide.sort_values("step").groupby("run_id").tail(1).drop(columns="step")
-    return runs.drop(columns=["config", "provenance"]).merge(last, on="run_id", how="left")
+    last_step = metrics.groupby("run_id")["step"].transform("max")
+    last = metrics[metrics["step"] == last_step].pivot(index="run_id", columns="name", values="value")
+    return runs.drop(columns=["config", "provenance"]).merge(last.reset_index(), on="run_id", how="left")
 
 
 def mean_std(values: pd.Series) -> tuple[float, float]:
