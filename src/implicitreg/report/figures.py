@@ -28,22 +28,31 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def curves(metrics: pd.DataFrame, name: str, panel: str, line: str, path: Path, title: str = "") -> Path:
+def curves(metrics: pd.DataFrame, name: str, panel: str, line: str, path: Path, title: str = "",
+           order: dict[str, list] | None = None, reference: tuple[float, str] | None = None) -> Path:
     """Mean of ``name`` over seeds against step, one line per ``line`` value, ±1 std band.
 
     ``metrics`` is long format with columns step, name, value, ``panel`` and ``line``. Runs that
     stopped early leave the band, so late points average over the runs still training.
+    ``order`` fixes the order (and so the colours) of panel and line values; ``reference`` draws
+    a dashed horizontal line (value, label), e.g. chance accuracy.
     """
     data = metrics[metrics["name"] == name]
-    keys = list(dict.fromkeys(data[panel]))
+    order = order or {}
+    keys = [k for k in order.get(panel, dict.fromkeys(data[panel])) if k in set(data[panel])]
+    lines = [k for k in order.get(line, dict.fromkeys(data[line])) if k in set(data[line])]
     fig, axes = _panels(max(1, len(keys)))
     for ax, key in zip(axes, keys):
         part = data[data[panel] == key]
-        for label, lines in part.groupby(line, sort=False):
-            stats = lines.groupby("step")["value"].agg(["mean", "std", "count"]).reset_index()
-            ax.plot(stats["step"], stats["mean"], label=f"{label}", marker="o", markersize=2.5)
+        for colour, label in enumerate(lines):
+            stats = part[part[line] == label].groupby("step")["value"].agg(["mean", "std"]).reset_index()
+            if stats.empty:
+                continue
+            ax.plot(stats["step"], stats["mean"], label=f"{label}", marker="o", markersize=2.5, color=f"C{colour}")
             ax.fill_between(stats["step"], stats["mean"] - stats["std"].fillna(0),
-                            stats["mean"] + stats["std"].fillna(0), alpha=0.2)
+                            stats["mean"] + stats["std"].fillna(0), alpha=0.2, color=f"C{colour}")
+        if reference is not None:
+            ax.axhline(reference[0], color="grey", linestyle="--", linewidth=1, label=reference[1])
         ax.set_title(f"{key}")
         ax.set_xlabel("step")
         ax.set_ylabel(LABELS.get(name, name))

@@ -67,7 +67,7 @@ class ExplicitVsImplicit:
     def defaults(self, quick: bool) -> dict[str, Any]:
         if not quick:
             return {}
-        return {"seeds": 2, "train": {"max_steps": 1500, "eval_every": 250}}
+        return {"seeds": 2, "train": {"max_steps": 1250, "eval_every": 250}}
 
     def plan(self, config: Config) -> list[Group]:
         hyper = {
@@ -114,11 +114,14 @@ class ExplicitVsImplicit:
     def figures(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame, directory: Path) -> list[Path]:
         labelled = metrics.merge(_with_model(runs)[["run_id", "model", "arm"]], on="run_id")
         final = _with_model(final_values(runs, metrics))
+        order = {"model": list(config.models), "arm": list(ARMS)}
+        chance = (1.0 / _n_classes(config), "chance")
         paths = []
         for name, title in (("test_acc", "test accuracy"), ("train_acc", "train accuracy"),
-                            ("l2_norm", "parameter ℓ2 norm")):
+                            ("l2_norm", "parameter ℓ2 norm"), ("dist_init", "distance from initialization")):
             paths.append(fig.curves(labelled, name, panel="model", line="arm", title=f"{title} along training",
-                                    path=directory / f"curves_{name}.png"))
+                                    path=directory / f"curves_{name}.png", order=order,
+                                    reference=chance if name.endswith("acc") else None))
         paths.append(fig.bars(final, ["test_acc", "gap", "l2_norm", "dist_init"], panel="model", bar="arm",
                               path=directory / "by_arm.png", title="final values by arm (mean ± std over seeds)"))
         return paths
