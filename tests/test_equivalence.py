@@ -94,3 +94,17 @@ def test_divergent_member_frozen_others_unaffected(digits64):
     assert pair[1].final_step == seq[1].final_step
     assert pair[0].status == "done"
     assert final_values(pair)["calm"] == pytest.approx(final_values(alone)["calm"], rel=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_members_leaving_keep_the_others_optimizer_state(digits64, optimizer):
+    """The decayed, fast member stops first; the others go on with their own momentum / moments."""
+    train = TrainConfig(optimizer=optimizer, lr=0.05, max_steps=300, eval_every=10, batch_size=64, dtype="float64",
+                        target_train_acc=0.9)
+    fast = 0.2 if optimizer == "momentum" else 0.02
+    group = Group("mlp", MLPConfig(hidden=[32]), DataConfig(), train,
+                  (Member("fast-decayed", 0, fast, weight_decay=1e-3), Member("slow", 1, fast / 20),
+                   Member("slower", 2, fast / 40)))
+    pop, seq = train_population(group, digits64), train_sequential(group, digits64)
+    assert_close(pop, seq, rel=1e-10)
+    assert pop[0].final_step < pop[1].final_step, "the decayed member must leave first"

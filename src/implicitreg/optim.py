@@ -126,11 +126,17 @@ def schedule_fn(name: str, total_steps: int) -> Callable[[int], float]:
     raise ValueError(f"train.schedule: expected constant, cosine or linear, got {name!r}")
 
 
-def make_optimizer(config: TrainConfig, lr: torch.Tensor, weight_decay: torch.Tensor) -> Transform:
-    """The transform a :class:`TrainConfig` describes, with per-member ``lr`` and ``weight_decay`` [P]."""
+def make_optimizer(config: TrainConfig, lr: torch.Tensor, weight_decay: torch.Tensor,
+                   decay: bool | None = None) -> Transform:
+    """The transform a :class:`TrainConfig` describes, with per-member ``lr`` and ``weight_decay`` [P].
+
+    ``decay`` says whether the chain has a weight-decay piece; by default, whether any λ is
+    non-zero. A state stays valid only for a chain of the same structure, so whoever rebuilds
+    an optimizer for a subset of members passes the original ``decay``.
+    """
     schedule = schedule_fn(config.schedule, config.max_steps)
     coupled = config.weight_decay_mode == "coupled"
-    decay = bool(weight_decay.any())  # no decay transform at all when every λ is 0
+    decay = bool(weight_decay.any()) if decay is None else decay
     pieces: list[Transform] = [add_decayed_weights(weight_decay)] if coupled and decay else []
     if config.optimizer == "adam":
         pieces.append(scale_by_adam(config.betas[0], config.betas[1], config.eps))

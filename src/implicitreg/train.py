@@ -100,7 +100,8 @@ def train_population(
         lr=torch.tensor([m.lr for m in members], device=device, dtype=dtype),
         weight_decay=torch.tensor([m.weight_decay for m in members], device=device, dtype=dtype),
     )
-    optimizer = make_optimizer(cfg, live.lr, live.weight_decay)
+    decay = bool(live.weight_decay.any())
+    optimizer = make_optimizer(cfg, live.lr, live.weight_decay, decay)
     state = optimizer.init(pop.params)
     labels = torch.stack([member_labels(data.y_train, m, data.n_classes) for m in members])
     context = LoopContext(data, labels, {k: v.clone() for k, v in pop.module_params().items()})
@@ -149,8 +150,9 @@ def train_population(
             pop.select(keep.to(device))
             state = _select_state(state, keep.to(device))
             live = live.select(keep.tolist())
-            optimizer = make_optimizer(cfg, live.lr, live.weight_decay)
-            context.labels, context.init_params = context.labels[keep], {k: v[keep] for k, v in context.init_params.items()}
+            optimizer = make_optimizer(cfg, live.lr, live.weight_decay, decay)  # same structure as `state`
+            context.labels = context.labels[keep]
+            context.init_params = {k: v[keep] for k, v in context.init_params.items()}
             active, diverged_at = active[keep], diverged_at[keep]
     for i in live.index:
         if results[i].status == "running":
