@@ -80,7 +80,8 @@ def test_build_config_applies_overrides_over_defaults():
     assert config.train.lr == 0.01
     assert config.models == ["mlp"] and config.mlp.hidden == [8, 8] and config.seeds == 1
     # quick defaults survive where not overridden, study defaults where quick says nothing
-    assert config.train.max_steps == 1500 and config.train.eval_every == 250
+    quick = STUDY.defaults(quick=True)["train"]
+    assert (config.train.max_steps, config.train.eval_every) == (quick["max_steps"], quick["eval_every"])
     assert config.train.batch_size == 128 and config.dropout == 0.5
 
 
