@@ -7,7 +7,7 @@ import torch
 
 from implicitreg.config import CNNConfig, DataConfig, MLPConfig, TrainConfig
 from implicitreg.data import load_dataset
-from implicitreg.measures.basic import l2_norm
+from implicitreg.measures.size import params_l2
 from implicitreg.optim import schedule_fn
 from implicitreg.plan import Group, Member, group_runs
 from implicitreg.train import eval_steps, train_population
@@ -29,7 +29,7 @@ class NormHook:
 
     def __call__(self, population, context):
         self.calls.append(context.step)
-        return {"hook_norm": l2_norm(population.module_params())}
+        return {"hook_norm": params_l2(population.module_params())}
 
 
 def test_hooks_run_at_their_cadence_and_are_recorded(digits):

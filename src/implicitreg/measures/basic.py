@@ -9,20 +9,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from implicitreg.kernels import loss_per_sample
+from implicitreg.measures.size import params_distance, params_l2
 
 if TYPE_CHECKING:
     from implicitreg.population import Population
     from implicitreg.train import LoopContext
-
-
-def l2_norm(params: dict[str, torch.Tensor]) -> torch.Tensor:
-    """‖θ‖₂ over all parameters (weights and biases) of each member: [P]."""
-    return torch.sqrt(sum(p.detach().flatten(1).pow(2).sum(1) for p in params.values()))
-
-
-def distance_from_init(params: dict[str, torch.Tensor], init: dict[str, torch.Tensor]) -> torch.Tensor:
-    """‖θ − θ₀‖₂ of each member: [P] (Nagarajan & Kolter 2019)."""
-    return torch.sqrt(sum((params[k].detach() - init[k]).flatten(1).pow(2).sum(1) for k in params))
 
 
 def accuracy_and_loss(outputs: torch.Tensor, targets: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,6 +48,6 @@ def evaluate_population(population: "Population", context: "LoopContext") -> dic
         "test_loss": test_loss,
         "test_acc": test_acc,
         "gap": gap,
-        "l2_norm": l2_norm(params),
-        "dist_init": distance_from_init(params, context.init_params),
+        "l2_norm": params_l2(params),
+        "dist_init": params_distance(params, context.init_params),
     }

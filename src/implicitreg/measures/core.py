@@ -1,0 +1,106 @@
+"""What every measure is built on: one view of a plain ``nn.Module`` or a population as stacked
+parameters, and a registry of measures with their metadata.
+
+A measure is a pure function of a :class:`Stacked` view (plus data, a loss) that returns one
+value per member, shape [P]. Called on a plain module it returns a 0-d tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+if TYPE_CHECKING:
+    from implicitreg.population import Population
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """A model or population seen as stacked parameters.
+
+    Attributes:
+        template: a module with the architecture (its own parameter values are not used).
+        params: name → [P, ...] in the module's own layout (``nn.Linear`` weights are [out, in]).
+        single: True when built from a plain module (results are then squeezed to 0-d).
+    """
+
+    template: nn.Module
+    params: dict[str, torch.Tensor]
+    single: bool
+    population: Any = field(default=None, compare=False)
+
+    @property
+    def size(self) -> int:
+        return next(iter(self.params.values())).shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs of every member on shared inputs x: [N, ...] → [P, N, C]."""
+        if self.population is not None:
+            return self.population.forward(x)
+        return vmap(lambda p: functional_call(self.template, p, (x,)))(self.params)
+
+    def finish(self, values: torch.Tensor) -> torch.Tensor:
+        """[P] → 0-d for a plain module, [P] for a population."""
+        return values[0] if self.single else values
+
+    def weights(self) -> list[tuple[str, torch.Tensor]]:
+        """The weight tensors (dim ≥ 2 per member: linear and convolution kernels), in module order."""
+        return [(name, p) for name, p in self.params.items() if p.dim() >= 3]
+
+
+def stacked(model: "nn.Module | Population | Stacked") -> Stacked:
+    """View a plain module (P = 1) or a :class:`~implicitreg.population.Population` as :class:`Stacked`."""
+    from implicitreg.population import Population
+
+    if isinstance(model, Stacked):
+        return model
+    if isinstance(model, Population):
+        return Stacked(model.template, {k: v.detach() for k, v in model.module_params().items()}, False, model)
+    if isinstance(model, nn.Module):
+        params = {k: v.detach().unsqueeze(0) for k, v in model.named_parameters()}
+        if not params:
+            raise ValueError("the model has no parameters to measure")
+        return Stacked(model, params, True)
+    raise TypeError(f"expected an nn.Module or a Population, got {type(model).__name__}")
+
+
+Needs = Literal["params", "init", "data", "loss", "hvp"]
+
+
+@dataclass(frozen=True)
+class MeasureInfo:
+    """Metadata of a registered measure.
+
+    Attributes:
+        needs: what it reads besides the parameters ("init", "data", "loss", "hvp").
+        lower_is_simpler: True when a lower value means a simpler model (norms); False for margins
+            and flatness radii, None where it does not apply (counts, gaps).
+        cost: "cheap" (a pass over the parameters), "forward" (passes over data), "hvp"
+            (Hessian-vector products).
+    """
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    needs: tuple[Needs, ...]
+    lower_is_simpler: bool | None
+    cost: Literal["cheap", "forward", "hvp"]
+    summary: str
+
+
+REGISTRY: dict[str, MeasureInfo] = {}
+
+
+def register(name: str, needs: tuple[Needs, ...] = ("params",), lower_is_simpler: bool | None = True,
+             cost: Literal["cheap", "forward", "hvp"] = "cheap"):
+    """Decorator adding a measure to :data:`REGISTRY` (its docstring's first line is the summary)."""
+
+    def wrap(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        REGISTRY[name] = MeasureInfo(name, fn, needs, lower_is_simpler, cost, summary)
+        return fn
+
+    return wrap
