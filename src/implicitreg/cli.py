@@ -40,6 +40,24 @@ def list_studies() -> None:
         out_console.print(f"[bold]{name}[/] — {study.claim} [dim]({study.paper})[/]")
 
 
+@app.command("measures")
+def list_measures() -> None:
+    """The complexity measures: what each needs, whether lower means simpler, its cost."""
+    from rich import box
+    from rich.table import Table
+
+    from implicitreg.measures import REGISTRY
+
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("measure", no_wrap=True)
+    for column in ("needs", "lower is simpler", "cost", "what it is"):
+        table.add_column(column)
+    for info in sorted(REGISTRY.values(), key=lambda i: i.name):
+        simpler = {True: "yes", False: "no (higher)", None: "–"}[info.lower_is_simpler]
+        table.add_row(info.name, ", ".join(info.needs), simpler, info.cost, info.summary)
+    out_console.print(table)
+
+
 @app.command()
 def run(
     study: str = typer.Argument(..., help="study name (see `implicitreg list`)"),

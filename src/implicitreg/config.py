@@ -83,6 +83,18 @@ class TrainConfig(Strict):
     schedule: Literal["constant", "cosine", "linear"] = "constant"
     weight_decay_mode: Literal["coupled", "decoupled"] = "coupled"
     dtype: Literal["float32", "float64"] = "float32"
+    track: list[str] = Field(default_factory=list, description="measures (implicitreg measures) tracked along training")
+    track_every: int = Field(250, ge=1, description="cadence of tracked measures that need no Hessian")
+    track_expensive_every: int = Field(1000, ge=1, description="cadence of tracked Hessian-based measures")
+
+    @model_validator(mode="after")
+    def _known_measures(self) -> "TrainConfig":
+        from implicitreg.measures import REGISTRY
+
+        unknown = [name for name in self.track if name not in REGISTRY]
+        if unknown:
+            raise ValueError(f"track: unknown measure(s) {unknown}; expected any of {sorted(REGISTRY)}")
+        return self
 
     @model_validator(mode="after")
     def _betas_in_range(self) -> "TrainConfig":
@@ -152,7 +164,7 @@ def format_validation_error(err: ValidationError) -> str:
     lines = []
     for problem in err.errors():
         loc = ".".join(str(p) for p in problem["loc"] if not str(p).startswith("function-"))
-        message = problem["msg"]
+        message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             message = "unknown key"
         got = problem.get("input")

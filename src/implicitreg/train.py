@@ -13,6 +13,7 @@ import torch
 
 from implicitreg.data import DeviceData
 from implicitreg.measures.basic import evaluate_population
+from implicitreg.measures.tracking import tracking_hooks
 from implicitreg.models import build_model
 from implicitreg.optim import apply_updates, make_optimizer
 from implicitreg.plan import Group
@@ -87,6 +88,7 @@ def train_population(
     the population at the next evaluation, so they cost nothing afterwards.
     """
     cfg = group.train
+    hooks = (*hooks, *tracking_hooks(cfg))
     device, dtype = data.x_train.device, torch_dtype(cfg.dtype)
     members = group.members
     pop = Population(build_members(group, data), loss="cross_entropy" if data.n_classes else "mse",

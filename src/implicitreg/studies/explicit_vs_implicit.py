@@ -117,8 +117,10 @@ class ExplicitVsImplicit:
         order = {"model": list(config.models), "arm": list(ARMS)}
         chance = (1.0 / _n_classes(config), "chance")
         paths = []
+        tracked = tuple((name, name.replace("_", " ")) for name in config.train.track)
         for name, title in (("test_acc", "test accuracy"), ("train_acc", "train accuracy"),
-                            ("l2_norm", "parameter ℓ2 norm"), ("dist_init", "distance from initialization")):
+                            ("l2_norm", "parameter ℓ2 norm"), ("dist_init", "distance from initialization"),
+                            *tracked):
             paths.append(fig.curves(labelled, name, panel="model", line="arm", title=f"{title} along training",
                                     path=directory / f"curves_{name}.png", order=order,
                                     reference=chance if name.endswith("acc") else None))
