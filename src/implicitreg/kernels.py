@@ -71,12 +71,13 @@ class VmapKernel:
         self.loss = loss
 
         def member_loss(params: Params, x: torch.Tensor, y: torch.Tensor, masks) -> torch.Tensor:
-            out = functional_call(self.base, params, (x, masks))
+            # a user's module need not take masks: they are passed only when there are any
+            out = functional_call(self.base, params, (x,) if masks is None else (x, masks))
             return loss_per_sample(out, y, self.loss).mean()
 
         self._grad = vmap(grad_and_value(member_loss))
         self._grad_nomask = vmap(grad_and_value(lambda p, x, y: member_loss(p, x, y, None)))
-        self._forward = vmap(lambda p, x: functional_call(self.base, p, (x, None)), in_dims=(0, None))
+        self._forward = vmap(lambda p, x: functional_call(self.base, p, (x,)), in_dims=(0, None))
 
     def to_kernel(self, params: Params) -> Params:
         return params

@@ -9,6 +9,8 @@ evaluation every run tracks.
 from implicitreg.measures.basic import accuracy_and_loss, evaluate_population
 from implicitreg.measures.core import REGISTRY, MeasureInfo, Stacked, register, stacked
 from implicitreg.measures.size import distance_from_init, l1_norm, l2_norm, param_count
+from implicitreg.measures.tracking import compute
 
-__all__ = ["REGISTRY", "MeasureInfo", "Stacked", "accuracy_and_loss", "distance_from_init", "evaluate_population",
+__all__ = ["REGISTRY", "MeasureInfo", "Stacked", "accuracy_and_loss", "compute", "distance_from_init",
+           "evaluate_population",
            "l1_norm", "l2_norm", "param_count", "register", "stacked"]

@@ -24,9 +24,32 @@ def loss_fn_for(n_classes: int):
     return lambda out, y: F.mse_loss(out.squeeze(-1), y)
 
 
+def compute(names: list[str], model, *, init=None, data=None, loss_fn=None) -> dict[str, torch.Tensor]:
+    """Evaluate registered measures by name, passing each what its metadata says it needs.
+
+    Args:
+        model: an ``nn.Module`` or a population. init: the initial model (for "init" measures).
+        data: ``(x, y)`` training data. loss_fn: ``loss_fn(outputs, y)`` → mean loss.
+    Returns:
+        name → 0-d tensor (module) or [P] (population).
+    """
+    given = {"init": init, "data": data, "loss": loss_fn}
+    values = {}
+    for name in names:
+        if name not in REGISTRY:
+            raise ValueError(f"unknown measure {name!r}; expected any of {sorted(REGISTRY)}")
+        info = REGISTRY[name]
+        missing = [need for need in info.needs if need in given and given[need] is None]
+        if missing:
+            raise ValueError(f"measure {name!r} needs {', '.join(missing)}")
+        args = [model] + [given[need] for need in ("init", "loss", "data") if need in info.needs]
+        values[name] = info.fn(*args)
+    return values
+
+
 @dataclass
 class MeasureHook:
-    """Calls one registered measure on the population; arguments follow its declared needs."""
+    """Calls one registered measure on the population at its cadence."""
 
     info: MeasureInfo
     every: int
@@ -36,17 +59,14 @@ class MeasureHook:
         return self.info.name
 
     def __call__(self, population: "Population", context: "LoopContext") -> dict[str, torch.Tensor]:
-        args: list = [population]
-        if "init" in self.info.needs:
-            args.append(Stacked(population.template, context.init_params, single=False))
-        if "loss" in self.info.needs:
-            args.append(loss_fn_for(context.data.n_classes))
-        if "data" in self.info.needs:
-            labels = context.labels
-            # members share labels unless some are corrupted; measures then see each member's own
-            shared = bool((labels == labels[:1]).all())
-            args.append((context.data.x_train, labels[0] if shared else labels))
-        return {self.name: self.info.fn(*args).detach().reshape(-1)}
+        labels = context.labels
+        # members share labels unless some are corrupted; measures then see each member's own
+        shared = bool((labels == labels[:1]).all())
+        values = compute([self.name], population,
+                         init=Stacked(population.template, context.init_params, single=False),
+                         data=(context.data.x_train, labels[0] if shared else labels),
+                         loss_fn=loss_fn_for(context.data.n_classes))
+        return {self.name: values[self.name].detach().reshape(-1)}
 
 
 def tracking_hooks(config: "TrainConfig") -> tuple[MeasureHook, ...]:
