@@ -8,9 +8,55 @@ evaluation every run tracks.
 
 from implicitreg.measures.basic import accuracy_and_loss, evaluate_population
 from implicitreg.measures.core import REGISTRY, MeasureInfo, Stacked, register, stacked
+from implicitreg.measures.curvature import (
+    EigResult,
+    TraceResult,
+    hessian_eigenvalues,
+    hessian_trace,
+    hessian_vector_product,
+    top_hessian_eigenvalue,
+)
+from implicitreg.measures.flatness import (
+    FlatnessResult,
+    epsilon_sharpness,
+    pac_bayes_bound_terms,
+    pac_bayes_flatness,
+    pac_bayes_init,
+    pac_bayes_mag_flatness,
+    pac_bayes_mag_init,
+    pac_bayes_mag_orig,
+    pac_bayes_orig,
+    pac_bayes_sigma,
+    pac_bayes_sigma_result,
+)
+from implicitreg.measures.layers import (
+    frobenius_norms,
+    frobenius_product,
+    spectral_norms,
+    spectral_product,
+    sum_of_frobenius,
+    sum_of_spectral,
+)
+from implicitreg.measures.margins import margin, normalized_margin, spectral_complexity
+from implicitreg.measures.path_norm import path_norm
+from implicitreg.measures.rank import (
+    effective_rank,
+    effective_ranks,
+    end_to_end_matrix,
+    nuclear_norm,
+    nuclear_norms,
+    stable_rank,
+    stable_ranks,
+)
 from implicitreg.measures.size import distance_from_init, l1_norm, l2_norm, param_count
 from implicitreg.measures.tracking import compute
 
-__all__ = ["REGISTRY", "MeasureInfo", "Stacked", "accuracy_and_loss", "compute", "distance_from_init",
-           "evaluate_population",
+__all__ = ["REGISTRY", "FlatnessResult", "MeasureInfo", "Stacked", "accuracy_and_loss", "compute",
+           "distance_from_init", "epsilon_sharpness", "evaluate_population", "pac_bayes_bound_terms",
+           "pac_bayes_flatness", "pac_bayes_init", "pac_bayes_mag_flatness", "pac_bayes_mag_init", "pac_bayes_mag_orig",
+           "pac_bayes_orig", "pac_bayes_sigma", "pac_bayes_sigma_result", "frobenius_norms", "frobenius_product",
+           "spectral_norms", "spectral_product", "sum_of_frobenius", "sum_of_spectral", "margin", "normalized_margin",
+           "spectral_complexity", "path_norm", "effective_rank", "effective_ranks", "end_to_end_matrix",
+           "nuclear_norm", "nuclear_norms", "stable_rank", "stable_ranks", "EigResult", "TraceResult",
+           "hessian_eigenvalues", "hessian_trace", "hessian_vector_product", "top_hessian_eigenvalue",
            "l1_norm", "l2_norm", "param_count", "register", "stacked"]

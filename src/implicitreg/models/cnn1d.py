@@ -25,6 +25,7 @@ class CNN1D(nn.Module):
             lengths.append(length)
             in_ch = channels
         self.convs = nn.ModuleList(convs)
+        self.input_len = input_len  # operator norms depend on it (lengths 39 and 40 both give 19)
         self.lengths = lengths
         self.readout = nn.Linear(channels * length, output_dim)
 

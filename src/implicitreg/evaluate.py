@@ -1,0 +1,109 @@
+"""How well a complexity measure predicts generalization: Kendall's τ between a measure and the
+generalization gap over many trained models, and Jiang et al.'s granulated τ (Ψ), which only
+compares models that differ in one hyperparameter.
+
+References:
+    Kendall (1945). The treatment of ties in ranking problems. Biometrika. (τ-b)
+    Jiang, Neyshabur, Mobahi, Krishnan, Bengio (2020). Fantastic generalization measures and
+    where to find them. ICLR. (Section 4: ranking correlation and granulated ranking correlation Ψ.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+def _as_vector(values, name: str) -> np.ndarray:
+    if hasattr(values, "detach"):  # torch tensors, on any device
+        values = values.detach().cpu().numpy()
+    array = np.asarray(values, dtype=float)
+    if array.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-d sequence of numbers, got shape {array.shape}")
+    return array
+
+
+def kendall_tau(measure_values, gen_gaps) -> float:
+    """Kendall's τ-b between a measure and the generalization gap over models.
+
+    τ-b (ties in either variable handled as in ``scipy.stats.kendalltau``, which computes it).
+    Positive τ: models with a larger measure have a larger gap (the measure predicts the gap
+    when lower means simpler). NaN when fewer than two models, when either input is constant,
+    or when any value is NaN.
+
+    Args:
+        measure_values: [M] one value per model (array, list or tensor).
+        gen_gaps: [M] the generalization gap of the same models.
+
+    Returns:
+        τ in [−1, 1], or NaN.
+    """
+    a, b = _as_vector(measure_values, "measure_values"), _as_vector(gen_gaps, "gen_gaps")
+    if a.shape != b.shape:
+        raise ValueError(f"measure_values and gen_gaps must have the same length, got {len(a)} and {len(b)}")
+    if len(a) < 2 or np.isnan(a).any() or np.isnan(b).any() or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return math.nan
+    return float(stats.kendalltau(a, b)[0])
+
+
+@dataclass(frozen=True)
+class GranulatedTau:
+    """Jiang et al.'s granulated Kendall coefficient of one measure.
+
+    Attributes:
+        psi: Ψ, the mean of ``per_hyperparameter`` over the hyperparameters that have a value
+            (NaN if none has).
+        per_hyperparameter: ψᵢ for each hyperparameter i: the mean τ over the groups of models that
+            share every other hyperparameter (NaN if no group has a defined τ).
+        n_groups: per hyperparameter, the number of groups whose τ entered the mean (groups of
+            one model, or with a constant measure or gap, have no τ and are left out).
+    """
+
+    psi: float
+    per_hyperparameter: dict[str, float]
+    n_groups: dict[str, int]
+
+
+def granulated_kendall_tau(frame: pd.DataFrame, measure: str, gap: str,
+                           hyperparameters: Sequence[str]) -> GranulatedTau:
+    """Jiang et al. (2020)'s granulated τ: Ψ = (1/n) Σᵢ ψᵢ over the n hyperparameters, with
+
+    ψᵢ = mean over the groups of rows that agree on every hyperparameter except the i-th of
+    τ(measure, gap) within the group (:func:`kendall_tau`).
+
+    Rows that also agree on the i-th hyperparameter (e.g. seeds not listed as a hyperparameter)
+    stay in the same group. With a single hyperparameter the one group is the whole frame, and
+    Ψ = ψ is the plain τ.
+
+    Args:
+        frame: one row per model.
+        measure, gap: column names of the measure and of the generalization gap.
+        hyperparameters: column names of the hyperparameters that were varied.
+
+    Returns:
+        :class:`GranulatedTau` (Ψ, ψ per hyperparameter, groups counted).
+    """
+    hyperparameters = list(hyperparameters)
+    if not hyperparameters:
+        raise ValueError("hyperparameters: expected at least one column name, got none")
+    if len(set(hyperparameters)) != len(hyperparameters):
+        raise ValueError(f"hyperparameters: duplicate names in {hyperparameters}")
+    missing = [c for c in [measure, gap, *hyperparameters] if c not in frame.columns]
+    if missing:
+        raise ValueError(f"columns {missing} not in the frame; it has {list(frame.columns)}")
+    per: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for hp in hyperparameters:
+        others = [h for h in hyperparameters if h != hp]
+        groups = frame.groupby(others, dropna=False, sort=False) if others else [((), frame)]
+        taus = [kendall_tau(group[measure].to_numpy(), group[gap].to_numpy()) for _, group in groups]
+        defined = [t for t in taus if not math.isnan(t)]
+        per[hp] = float(np.mean(defined)) if defined else math.nan
+        counts[hp] = len(defined)
+    values = [v for v in per.values() if not math.isnan(v)]
+    return GranulatedTau(float(np.mean(values)) if values else math.nan, per, counts)

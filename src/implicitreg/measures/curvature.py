@@ -1,0 +1,447 @@
+"""Curvature (sharpness) measures: top Hessian eigenvalues and the Hessian trace.
+
+All of them see the Hessian of the mean training loss with respect to *all* parameters only
+through Hessian-vector products (HVPs), computed with ``torch.func`` forward-over-reverse
+(``jvp`` of ``grad`` over ``functional_call``). On a population the HVPs of all P members are one
+``vmap`` over members (each member's own parameters, the same inputs), and the Lanczos and power
+recurrences run batched over members as [P, n] tensors: a sweep's sharpness costs about one
+member's worth of Python overhead.
+
+- :func:`hessian_eigenvalues`: top-k (largest algebraic) eigenvalues by Lanczos with full
+  reorthogonalization and a residual-based stopping rule, or by power iteration with deflation
+  and PyHessian's stopping rule (kept for comparison; it stops on a small relative change of the
+  estimate, which is not a bound on the error, so its true residuals are reported too).
+- :func:`hessian_trace`: Hutchinson's estimator with Rademacher probes, with its standard error.
+
+Non-convergence is never silent: :class:`EigResult` carries per-eigenvalue ``converged`` flags,
+the HVPs spent and the relative residuals; the registered scalar wrappers warn.
+
+The recurrences are also exposed on any batched symmetric operator (:func:`lanczos`,
+:func:`power_iteration`), which is how they are tested against dense eigensolvers.
+
+References:
+    Lanczos (1950); Parlett, *The Symmetric Eigenvalue Problem* (1998), ch. 13 (residual bound
+    ‖H y − θ y‖ = |β_m s_m|). Yao, Gholami, Keutzer & Mahoney, *PyHessian* (2020) (power iteration
+    and its stopping rule). Hutchinson (1989) (trace estimator).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch.func import functional_call, grad, jvp, vmap
+
+from implicitreg.measures.core import Stacked, register, stacked
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+MatVec = Callable[[torch.Tensor], torch.Tensor]
+Record = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+# PyHessian adds this to the denominator of its relative-change test (hessian.eigenvalues).
+_PYHESSIAN_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class EigResult:
+    """Top-k Hessian eigenvalues and how far to trust them.
+
+    Attributes:
+        values: eigenvalues, largest first: [k] for a module, [P, k] for a population.
+        converged: bool, same shape as ``values``: whether that eigenvalue met the method's own
+            stopping rule (Lanczos: relative residual bound < tol; power: PyHessian's relative
+            change < tol — which does not bound the error, see ``residuals``).
+        n_hvp: Hessian-vector products each member's result used: an ``int`` for a module, an
+            int64 tensor [P] for a population (per member, *not* the total; a member's count
+            stops when it converges, although the batched computation runs as long as the
+            slowest member).
+        residuals: relative residuals ‖H v − θ v‖ / |θ|, same shape as ``values``. Lanczos: the
+            Ritz bound |β_m s_m| / |θ| (exact in exact arithmetic, no extra HVP); power
+            iteration: the true residual of the Rayleigh quotient at the last iterate.
+    """
+
+    values: torch.Tensor
+    converged: torch.Tensor
+    n_hvp: int | torch.Tensor
+    residuals: torch.Tensor
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    """A Hutchinson estimate of tr(H).
+
+    Attributes:
+        value: the sample mean of zᵀHz: 0-d for a module, [P] for a population.
+        stderr: its standard error, sample std / √n_samples, same shape.
+        n_hvp: HVPs per member (= n_samples).
+    """
+
+    value: torch.Tensor
+    stderr: torch.Tensor
+    n_hvp: int
+
+
+# --------------------------------------------------------------------------------------------
+# Hessian-vector products
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HessianOperator:
+    """The Hessians of P members' mean training loss as one batched linear operator.
+
+    Attributes:
+        stacked: the model or population seen as stacked parameters.
+        flat: every member's parameters flattened in ``stacked.params`` order: [P, n].
+        matvec: v [P, n] → H_p v_p for every member p, [P, n] (one vmapped HVP).
+    """
+
+    stacked: Stacked
+    flat: torch.Tensor
+    matvec: MatVec
+
+    @property
+    def size(self) -> int:
+        return self.flat.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.flat.shape[1]
+
+
+def hessian_operator(model, loss_fn: LossFn, data) -> HessianOperator:
+    """Build the batched HVP operator of a module (P = 1) or population on full-batch ``data``.
+
+    Args:
+        model: an ``nn.Module`` whose ``forward(x)`` returns outputs, or a Population.
+        loss_fn: ``loss_fn(outputs, y)`` → the mean loss (0-d), e.g. ``F.cross_entropy``.
+        data: ``(x, y)``: x [N, ...] shared by all members; y [N, ...] shared, or — on a
+            population — [P, N, ...] per member (e.g. members with corrupted labels).
+
+    Returns:
+        a :class:`HessianOperator`; its ``matvec`` differentiates ``loss_fn`` twice with
+        ``torch.func`` (forward-over-reverse) and ``vmap``s over members.
+    """
+    s = stacked(model)
+    x, y = _check_data(data, s)
+    names = list(s.params)
+    shapes = [tuple(p.shape[1:]) for p in s.params.values()]
+    numels = [math.prod(shape) for shape in shapes]
+    flat = torch.cat([p.detach().reshape(s.size, -1) for p in s.params.values()], dim=1)
+    x = x.to(device=flat.device, dtype=flat.dtype) if x.is_floating_point() else x.to(flat.device)
+    y = y.to(device=flat.device, dtype=flat.dtype) if y.is_floating_point() else y.to(flat.device)
+    per_member_y = (not s.single) and y.dim() >= 2 and y.shape[0] == s.size and y.shape[1] == x.shape[0]
+    template = s.template
+
+    def member_loss(theta: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        params = {name: chunk.view(shape) for name, chunk, shape in zip(names, theta.split(numels), shapes)}
+        return loss_fn(functional_call(template, params, (xs,)), ys)
+
+    gradient = grad(member_loss)
+
+    def member_hvp(theta: torch.Tensor, v: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        return jvp(lambda t: gradient(t, x, ys), (theta,), (v,))[1]
+
+    batched = vmap(member_hvp, in_dims=(0, 0, 0 if per_member_y else None))
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        if v.shape != flat.shape:
+            raise ValueError(f"v: expected shape {tuple(flat.shape)} (members, parameters), got {tuple(v.shape)}")
+        return batched(flat, v.to(flat), y)
+
+    return HessianOperator(s, flat, matvec)
+
+
+def hessian_vector_product(model, loss_fn: LossFn, data, v: torch.Tensor) -> torch.Tensor:
+    """H v for the mean training loss: v [n] → [n] for a module, v [P, n] (or [n], shared) → [P, n].
+
+    ``n`` counts all parameters, flattened in ``named_parameters()`` order.
+    """
+    op = hessian_operator(model, loss_fn, data)
+    if v.dim() == 1:
+        v = v.expand(op.size, -1)
+    out = op.matvec(v)
+    return out[0] if op.stacked.single else out
+
+
+def _check_data(data, s: Stacked) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(f"data: expected a pair (x, y) of tensors, got {type(data).__name__}")
+    x, y = (torch.as_tensor(t) for t in data)
+    n = x.shape[0] if x.dim() else 0
+    if n == 0:
+        raise ValueError(f"data: x must be [N, ...] with N ≥ 1, got shape {tuple(x.shape)}")
+    per_member = (not s.single) and y.dim() >= 2 and y.shape[0] == s.size and y.shape[1] == n
+    if y.shape[0] != n and not per_member:
+        raise ValueError(f"data: y must be [N={n}, ...]" + ("" if s.single else f" or [P={s.size}, N={n}, ...]")
+                         + f", got shape {tuple(y.shape)}")
+    return x, y
+
+
+# --------------------------------------------------------------------------------------------
+# Recurrences on a batched symmetric operator
+# --------------------------------------------------------------------------------------------
+
+
+def _start_vector(generator: torch.Generator, n: int, like: torch.Tensor) -> torch.Tensor:
+    """One N(0, I) vector [n], drawn in float64 on the CPU (so CPU and CUDA runs agree), as ``like``."""
+    return torch.randn(n, generator=generator, dtype=torch.float64).to(like)
+
+
+def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """w [P, n] minus its projection on the orthonormal rows of basis [P, m, n], twice (CGS2)."""
+    if basis.shape[1] == 0:
+        return w
+    for _ in range(2):  # a second pass restores orthogonality lost to cancellation ("twice is enough")
+        w = w - torch.einsum("pmn,pm->pn", basis, torch.einsum("pmn,pn->pm", basis, w))
+    return w
+
+
+def _relative(res: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """res / |θ|, with |θ| floored (relative to the member's largest |θ|) so a zero θ gives no NaN."""
+    scale = theta.abs().amax(-1, keepdim=True)
+    floor = torch.clamp(scale * torch.finfo(theta.dtype).eps, min=torch.finfo(theta.dtype).tiny)
+    return res / torch.maximum(theta.abs(), floor)
+
+
+def lanczos(matvec: MatVec, v0: torch.Tensor, k: int = 1, tol: float = 1e-6, max_iter: int = 200,
+            generator: torch.Generator | None = None, record: Record | None = None) -> EigResult:
+    """Top-k (largest algebraic) eigenvalues of P symmetric operators by Lanczos, batched.
+
+    Full reorthogonalization (classical Gram–Schmidt, twice, against the whole basis) keeps the
+    basis orthonormal, so no ghost copies of converged eigenvalues appear. After every product
+    the tridiagonal T_m is diagonalized; Ritz value θ_i with Ritz vector y_i = V_m s_i has
+    ‖H y_i − θ_i y_i‖ = |β_m s_i[m]| (Parlett 1998, §13.1). A member stops — its result is
+    frozen — when the k largest Ritz values all have |β_m s_i[m]| / |θ_i| < tol; it keeps
+    riding along while slower members iterate. On breakdown (β_m ≈ 0: an invariant subspace)
+    the recurrence restarts from a random vector orthogonal to the basis.
+
+    Args:
+        matvec: v [P, n] → H v [P, n] (each member its own symmetric H).
+        v0: start vectors [P, n] (need not be normalized).
+        k: how many eigenvalues; tol: relative residual threshold; max_iter: most products.
+        generator: random restarts after a breakdown (a fixed default if None).
+        record: called after each product as ``record(m, theta [P, min(k, m)], rel_res)``.
+
+    Memory: the basis, P × m × n floats after m products (a 1M-parameter model at m = 50 holds
+    200 MB per member in float32).
+
+    Returns:
+        :class:`EigResult` with values [P, k], converged [P, k], n_hvp [P], residuals [P, k].
+    """
+    P, n = v0.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"k: expected 1 ≤ k ≤ {n} (the number of parameters), got {k}")
+    if max_iter < k:
+        raise ValueError(f"max_hvp: Lanczos needs at least k = {k} products, got {max_iter}")
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    steps = min(max_iter, n)  # after n steps the basis spans everything: the Ritz values are exact
+    # the basis grows by doubling: memory is P × (products actually used) × n, not P × max_iter × n
+    basis = v0.new_zeros(P, min(steps + 1, 32), n)
+    alpha, beta = v0.new_zeros(P, steps), v0.new_zeros(P, steps)
+    basis[:, 0] = v0 / v0.norm(dim=1, keepdim=True)
+    values = v0.new_zeros(P, k)
+    residuals = v0.new_full((P, k), float("inf"))
+    converged = torch.zeros(P, k, dtype=torch.bool, device=v0.device)
+    n_hvp = torch.zeros(P, dtype=torch.int64, device=v0.device)
+    done = torch.zeros(P, dtype=torch.bool, device=v0.device)
+    coupling = v0.new_zeros(P, steps)  # β as it enters T: 0 after a restart
+    for j in range(steps):
+        v = basis[:, j]
+        w = matvec(v)
+        alpha[:, j] = (w * v).sum(1)
+        w = _orthogonalize(w, basis[:, : j + 1])
+        beta[:, j] = w.norm(dim=1)
+        m = j + 1
+        T = torch.diag_embed(alpha[:, :m])
+        if m > 1:
+            off = coupling[:, : m - 1]
+            T = T + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+        theta, S = torch.linalg.eigh(T)  # ascending
+        top = min(k, m)
+        theta, S = theta.flip(-1)[:, :top], S.flip(-1)[:, :, :top]
+        rel = _relative((beta[:, j, None] * S[:, -1, :]).abs(), theta)
+        if record is not None:
+            record(m, theta, rel)
+        if m >= k:
+            ok = rel < tol
+            finishing = ~done & (ok.all(1) | (m == steps))
+            values[finishing], residuals[finishing], converged[finishing] = theta[finishing], rel[finishing], ok[finishing]
+            n_hvp[finishing] = m
+            done |= finishing
+        if bool(done.all()) or m == steps:
+            break
+        # breakdown: β tiny against the spectrum seen so far → restart orthogonally
+        broke = beta[:, j] <= 1e3 * torch.finfo(v0.dtype).eps * alpha[:, :m].abs().amax(1).clamp_min(1e-300)
+        nxt = w / beta[:, j, None].clamp_min(torch.finfo(v0.dtype).tiny)
+        if bool(broke.any()):
+            fresh = _start_vector(generator, n, v0).expand(P, n)
+            fresh = _orthogonalize(fresh, basis[:, :m])
+            fresh = fresh / fresh.norm(dim=1, keepdim=True)
+            nxt = torch.where(broke[:, None], fresh, nxt)
+        coupling[:, j] = torch.where(broke, torch.zeros_like(beta[:, j]), beta[:, j])
+        if j + 1 == basis.shape[1]:
+            basis = torch.cat([basis, basis.new_zeros(P, min(basis.shape[1], steps + 1 - basis.shape[1]), n)], dim=1)
+        basis[:, j + 1] = nxt
+    return EigResult(values, converged, n_hvp, residuals)
+
+
+def power_iteration(matvec: MatVec, v0: torch.Tensor, k: int = 1, tol: float = 1e-3, max_iter: int = 200,
+                    generator: torch.Generator | None = None, record: Record | None = None) -> EigResult:
+    """Top-k eigenvalues by power iteration with deflation, PyHessian's algorithm, batched over P.
+
+    Each eigenvalue starts from a fresh random vector (``v0`` for the first); every iteration
+    orthogonalizes v against the eigenvectors already found (deflation), takes λ = vᵀHv and
+    v ← Hv/‖Hv‖, and stops when |λ_prev − λ| / (|λ_prev| + 1e-6) < tol (PyHessian's rule). That
+    rule measures progress, not error: slow convergence (a small gap) looks like convergence.
+    So the true relative residual ‖Hv − λv‖/|λ| at the last iterate (no extra product: Hv is at
+    hand) is reported beside it. Power iteration finds the eigenvalues of largest *magnitude*;
+    they are the largest algebraic ones only when no negative eigenvalue dominates.
+
+    Differences from PyHessian: the reported λ is the latest Rayleigh quotient (PyHessian keeps
+    the one before the test passed), and ``max_iter`` is a total budget split evenly over the k
+    eigenvalues (``max_iter // k`` each).
+
+    Args and Returns: as :func:`lanczos`; ``record(n, λ [P, 1], rel_res [P, 1])`` is called with
+    the current eigenvalue's estimate and the products spent so far.
+    """
+    P, n = v0.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"k: expected 1 ≤ k ≤ {n} (the number of parameters), got {k}")
+    per = max_iter // k
+    if per < 1:
+        raise ValueError(f"max_hvp: power iteration needs at least k = {k} products, got {max_iter}")
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    values = v0.new_zeros(P, k)
+    residuals = v0.new_full((P, k), float("inf"))
+    converged = torch.zeros(P, k, dtype=torch.bool, device=v0.device)
+    n_hvp = torch.zeros(P, dtype=torch.int64, device=v0.device)
+    found = v0.new_zeros(P, 0, n)
+    for i in range(k):
+        v = v0 if i == 0 else _start_vector(generator, n, v0).expand(P, n)
+        v = v / v.norm(dim=1, keepdim=True)
+        active = torch.ones(P, dtype=torch.bool, device=v0.device)
+        previous: torch.Tensor | None = None
+        for _ in range(per):
+            v = _orthogonalize(v, found)
+            v = v / v.norm(dim=1, keepdim=True)
+            hv = matvec(v)
+            lam = (hv * v).sum(1)
+            rel = _relative((hv - lam[:, None] * v).norm(dim=1, keepdim=True), lam[:, None])[:, 0]
+            n_hvp += active.to(torch.int64)
+            values[active, i], residuals[active, i] = lam[active], rel[active]
+            if record is not None:
+                record(int(n_hvp.max()), values[:, i : i + 1], residuals[:, i : i + 1])
+            v = torch.where(active[:, None], hv / hv.norm(dim=1, keepdim=True).clamp_min(1e-300), v)
+            if previous is not None:
+                stop = active & ((previous - lam).abs() / (previous.abs() + _PYHESSIAN_EPS) < tol)
+                converged[stop, i] = True
+                active &= ~stop
+            previous = lam
+            if not bool(active.any()):
+                break
+        found = torch.cat([found, v[:, None]], dim=1)
+    return EigResult(values, converged, n_hvp, residuals)
+
+
+# --------------------------------------------------------------------------------------------
+# Measures
+# --------------------------------------------------------------------------------------------
+
+
+def hessian_eigenvalues(model, loss_fn: LossFn, data, k: int = 1,
+                        method: Literal["lanczos", "power"] = "lanczos", tol: float = 1e-6,
+                        max_hvp: int = 200, seed: int = 0) -> EigResult:
+    """Top-k eigenvalues (largest first) of the Hessian of the mean training loss w.r.t. all parameters.
+
+    Args:
+        model: an ``nn.Module`` (``forward(x)``) or a Population.
+        loss_fn: ``loss_fn(outputs, y)`` → mean loss, e.g. ``torch.nn.functional.cross_entropy``.
+        data: ``(x, y)``, the full batch (see :func:`hessian_operator`).
+        k: how many eigenvalues.
+        method: "lanczos" (largest algebraic; full reorthogonalization; stops when every Ritz
+            residual bound is below ``tol`` relative to its Ritz value) or "power" (PyHessian's
+            power iteration with deflation: largest magnitude; stops on a relative change below
+            ``tol``, which is not an error bound — read ``residuals``).
+        tol: relative tolerance of the stopping rule (float32 models cannot go much below ~1e-6).
+        max_hvp: most Hessian-vector products per member; when hit, ``converged`` says False.
+        seed: seed of the random start vector, shared by all members (deterministic).
+
+    Returns:
+        :class:`EigResult`: values/converged/residuals [k] and ``n_hvp`` an int for a module;
+        [P, k] and ``n_hvp`` [P] (per member) for a population.
+    """
+    if method not in ("lanczos", "power"):
+        raise ValueError(f"method: expected 'lanczos' or 'power', got {method!r}")
+    if not tol > 0:
+        raise ValueError(f"tol: expected a positive number, got {tol}")
+    op = hessian_operator(model, loss_fn, data)
+    generator = torch.Generator().manual_seed(seed)
+    v0 = _start_vector(generator, op.dim, op.flat).expand(op.size, -1)
+    run = lanczos if method == "lanczos" else power_iteration
+    result = run(op.matvec, v0, k=k, tol=tol, max_iter=max_hvp, generator=generator)
+    if op.stacked.single:
+        return EigResult(result.values[0], result.converged[0], int(result.n_hvp[0]), result.residuals[0])
+    return result
+
+
+def hessian_trace(model, loss_fn: LossFn, data, n_samples: int = 100, seed: int = 0) -> TraceResult:
+    """Hutchinson's estimate of tr(H) = E[zᵀHz] with Rademacher z (each ±1 with probability ½).
+
+    The same probes are used for every member (drawn from ``seed``), so a population's estimate
+    equals a loop over its members.
+
+    Args:
+        model, loss_fn, data: as :func:`hessian_eigenvalues`.
+        n_samples: probes (HVPs) per member, at least 2 (for the standard error).
+        seed: seed of the probes.
+
+    Returns:
+        :class:`TraceResult`: value and stderr (sample std / √n_samples) 0-d for a module,
+        [P] for a population.
+    """
+    if n_samples < 2:
+        raise ValueError(f"n_samples: expected at least 2 (the standard error needs them), got {n_samples}")
+    op = hessian_operator(model, loss_fn, data)
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for _ in range(n_samples):
+        z = (torch.randint(0, 2, (op.dim,), generator=generator) * 2 - 1).to(op.flat).expand(op.size, -1)
+        samples.append((z * op.matvec(z)).sum(1))
+    draws = torch.stack(samples, dim=1)  # [P, n_samples]
+    value, stderr = draws.mean(1), draws.std(1) / math.sqrt(n_samples)
+    return TraceResult(op.stacked.finish(value), op.stacked.finish(stderr), n_samples)
+
+
+@register("top_hessian_eigenvalue", needs=("params", "data", "loss", "hvp"), lower_is_simpler=True, cost="hvp")
+def top_hessian_eigenvalue(model, loss_fn: LossFn, data, tol: float = 1e-6, max_hvp: int = 200,
+                           seed: int = 0) -> torch.Tensor:
+    """Largest Hessian eigenvalue of the training loss (sharpness), by Lanczos: 0-d or [P].
+
+    Warns (``RuntimeWarning``) when a member did not converge within ``max_hvp`` products; the
+    full result is :func:`hessian_eigenvalues`.
+    """
+    result = hessian_eigenvalues(model, loss_fn, data, k=1, method="lanczos", tol=tol, max_hvp=max_hvp, seed=seed)
+    if not bool(result.converged.all()):
+        warnings.warn(f"top_hessian_eigenvalue: Lanczos did not reach tol={tol} within {max_hvp} HVPs for "
+                      f"{int((~result.converged).sum())} member(s); max relative residual "
+                      f"{float(result.residuals.max()):.2e}", RuntimeWarning, stacklevel=2)
+    return result.values[..., 0]
+
+
+@register("hessian_trace", needs=("params", "data", "loss", "hvp"), lower_is_simpler=True, cost="hvp")
+def hessian_trace_value(model, loss_fn: LossFn, data, n_samples: int = 100, seed: int = 0) -> torch.Tensor:
+    """Trace of the training-loss Hessian (Hutchinson, Rademacher probes): 0-d or [P].
+
+    The value of :func:`hessian_trace`, whose result also carries the standard error.
+    """
+    return hessian_trace(model, loss_fn, data, n_samples=n_samples, seed=seed).value
+
+
+__all__ = ["EigResult", "HessianOperator", "TraceResult", "hessian_eigenvalues", "hessian_operator",
+           "hessian_trace", "hessian_trace_value", "hessian_vector_product", "lanczos", "power_iteration",
+           "top_hessian_eigenvalue"]

@@ -1,0 +1,311 @@
+"""Per-layer norms: spectral (operator) and Frobenius norms of every weight layer, and their
+products and sums (Bartlett 1998; Neyshabur et al. 2017; Jiang et al. 2020).
+
+A *weight layer* is an ``nn.Linear`` or ``nn.Conv1d`` module; layers are listed in module
+registration order (for :class:`~implicitreg.models.MLP` and :class:`~implicitreg.models.CNN1D`
+that is the forward order). Biases are excluded from every measure here. A model with any other
+module that carries weights (``nn.Conv2d``, ``nn.Embedding``, …) is refused with a ``ValueError``.
+
+The spectral norm of a linear layer is ``torch.linalg.matrix_norm(W, ord=2)``. The spectral norm
+of a ``Conv1d`` layer is its true operator norm as a linear map on inputs of the layer's actual
+input length (stride, padding, dilation and groups included), computed matrix-free from AᵀA with
+``conv1d`` and ``conv_transpose1d`` by Lanczos (power iteration accelerated in a Krylov space),
+batched over the population with a grouped convolution. The input length of every convolution is found by one forward pass on a zero
+input of the model's input shape: ``input_shape=`` when given, else the module's ``input_len``
+(or ``input_shape``) attribute; a model with convolutions and neither raises ``ValueError``.
+
+References:
+    Bartlett, Foster & Telgarsky, "Spectrally-normalized margin bounds for neural networks", 2017.
+    Jiang et al., "Fantastic generalization measures and where to find them", ICLR 2020.
+    Sedghi, Gupta & Long, "The singular values of convolutional layers", ICLR 2019.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from implicitreg.measures.core import Stacked, register, stacked
+
+
+@dataclass(frozen=True)
+class WeightLayer:
+    """One weight layer of a stacked model.
+
+    Attributes:
+        name: the module's path in the template ("layers.0", "convs.1", "readout").
+        module: the template's module (for its hyperparameters: stride, padding, …).
+        weight: [P, out, in] (linear) or [P, C_out, C_in/groups, k] (Conv1d).
+    """
+
+    name: str
+    module: nn.Module
+    weight: torch.Tensor
+
+    @property
+    def is_conv(self) -> bool:
+        return isinstance(self.module, nn.Conv1d)
+
+    def matrix(self) -> torch.Tensor:
+        """The weight as a matrix per member: [P, out, in] (a Conv1d kernel as [P, C_out, C_in·k])."""
+        return self.weight.flatten(2)
+
+
+def weight_layers(s: Stacked) -> list[WeightLayer]:
+    """The ``nn.Linear`` and ``nn.Conv1d`` layers of ``s`` in registration order.
+
+    Raises:
+        ValueError: a parameter of dim ≥ 2 per member belongs to no such layer, or there is none.
+    """
+    layers, covered = [], set()
+    for name, module in s.template.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            key = f"{name}.weight" if name else "weight"
+            if key not in s.params:
+                raise ValueError(f"layer {name or '<root>'}: no stacked parameter {key!r}")
+            if isinstance(module, nn.Conv1d) and module.padding_mode != "zeros":
+                raise ValueError(f"layer {name}: padding_mode={module.padding_mode!r} is not supported "
+                                 "(expected 'zeros')")
+            layers.append(WeightLayer(name or "<root>", module, s.params[key]))
+            covered.add(key)
+    other = [name for name, _ in s.weights() if name not in covered]
+    if other:
+        raise ValueError(f"weights outside nn.Linear / nn.Conv1d layers are not supported: {other}")
+    if not layers:
+        raise ValueError("the model has no nn.Linear or nn.Conv1d layer")
+    return layers
+
+
+def weight_layer_names(model) -> list[str]:
+    """Names of the weight layers, in the order of the columns of the per-layer measures."""
+    return [layer.name for layer in weight_layers(stacked(model))]
+
+
+def model_input_shape(template: nn.Module, input_shape=None) -> tuple[int, ...] | None:
+    """The per-sample input shape: ``input_shape`` if given, else the module's ``input_len`` /
+    ``input_shape`` attribute, else — for a model whose first weight layer is ``nn.Linear`` —
+    ``(in_features,)``; None when none of these applies."""
+    if input_shape is None:
+        input_shape = getattr(template, "input_shape", None)
+    if input_shape is None:
+        input_shape = getattr(template, "input_len", None)
+    if input_shape is None:
+        first = next((m for m in template.modules() if isinstance(m, (nn.Linear, nn.Conv1d))), None)
+        if isinstance(first, nn.Linear):
+            return (first.in_features,)
+        return None
+    shape = (input_shape,) if isinstance(input_shape, int) else tuple(int(n) for n in input_shape)
+    if not shape or any(n < 1 for n in shape):
+        raise ValueError(f"input_shape: expected positive sizes, got {input_shape!r}")
+    return shape
+
+
+def _require_input_shape(s: Stacked, input_shape, what: str) -> tuple[int, ...]:
+    shape = model_input_shape(s.template, input_shape)
+    if shape is None:
+        raise ValueError(
+            f"{what} needs the model's input length, which {type(s.template).__name__} does not store: pass "
+            "input_shape=(L,) (per-sample shape, e.g. (40,) for MNIST-1D), or give the module an `input_len` "
+            "attribute")
+    return shape
+
+
+def conv_input_lengths(s: Stacked, layers: list[WeightLayer], input_shape=None) -> dict[str, int]:
+    """Input length of every Conv1d layer, from one forward pass of member 0 on a zero input."""
+    convs = [layer for layer in layers if layer.is_conv]
+    if not convs:
+        return {}
+    shape = _require_input_shape(s, input_shape, "the operator norm of a Conv1d layer")
+    lengths: dict[str, int] = {}
+    handles = [layer.module.register_forward_pre_hook(
+        lambda _m, args, name=layer.name: lengths.__setitem__(name, int(args[0].shape[-1]))) for layer in convs]
+    try:
+        first = next(iter(s.params.values()))
+        member = {k: v[0] for k, v in s.params.items()}
+        with torch.no_grad():
+            functional_call(s.template, member, (torch.zeros(1, *shape, dtype=first.dtype, device=first.device),))
+    except RuntimeError as err:
+        raise ValueError(f"input_shape {shape} does not fit the model: {err}") from err
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [layer.name for layer in convs if layer.name not in lengths]
+    if missing:
+        raise ValueError(f"Conv1d layers {missing} are not used in the forward pass")
+    return lengths
+
+
+def _conv_geometry(conv: nn.Conv1d, length: int) -> tuple[int, int, int, int, int]:
+    """(stride, padding, dilation, output length, output_padding of the adjoint) of ``conv`` on ``length``."""
+    (k,), (stride,), (dilation,) = conv.kernel_size, conv.stride, conv.dilation
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            pad = 0
+        elif dilation * (k - 1) % 2 == 0:  # "same" with symmetric padding
+            pad = dilation * (k - 1) // 2
+        else:
+            raise ValueError(f"padding='same' with an asymmetric pad (kernel {k}, dilation {dilation}) is not supported")
+    else:
+        (pad,) = conv.padding
+    out_len = (length + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+    if out_len < 1:
+        raise ValueError(f"input length {length} is too short for a Conv1d with kernel {k}")
+    output_padding = length - ((out_len - 1) * stride - 2 * pad + dilation * (k - 1) + 1)
+    return stride, pad, dilation, out_len, output_padding
+
+
+def top_eigenvalues_psd(apply, n: int, P: int, dtype: torch.dtype, device: torch.device, tol: float = 1e-10,
+                        max_iter: int = 500, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Largest eigenvalue of P symmetric PSD operators ``apply``: [P, n] → [P, n], matrix-free.
+
+    Lanczos with full reorthogonalization (a Krylov-accelerated power iteration: the same
+    matrix-vector products, far fewer of them when the top of the spectrum is clustered, as it
+    is for convolutions). A member has converged when the residual ‖Bq − θq‖ of its top Ritz pair
+    is at most ``tol``·θ (relative, floored at 100·eps of the dtype): some eigenvalue then lies
+    within that distance of θ, and θ ≤ λ_max always. A Krylov space that becomes invariant (or
+    reaches dimension n) gives the exact value.
+
+    Returns:
+        (values [P], converged [P] bool, number of iterations).
+    """
+    tol = max(tol, 100 * torch.finfo(dtype).eps)
+    max_iter = min(max_iter, n)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    Q = torch.zeros(P, max_iter + 1, n, dtype=dtype, device=device)  # the Lanczos basis, row j = q_j
+    q = torch.randn(P, n, generator=gen, dtype=dtype, device=device)
+    Q[:, 0] = q / q.norm(dim=1, keepdim=True)
+    alphas = torch.zeros(P, max_iter, dtype=dtype, device=device)
+    betas = torch.zeros(P, max_iter, dtype=dtype, device=device)
+    theta = torch.zeros(P, dtype=dtype, device=device)
+    converged = torch.zeros(P, dtype=torch.bool, device=device)
+    tiny, eps = torch.finfo(dtype).tiny, torch.finfo(dtype).eps
+    next_check, steps = 1, 0
+    for j in range(max_iter):
+        steps = j + 1
+        w = apply(Q[:, j])
+        alphas[:, j] = (w * Q[:, j]).sum(1)
+        basis = Q[:, : j + 1]  # [P, j+1, n]
+        for _ in range(2):  # full reorthogonalization, twice ("twice is enough")
+            w = w - torch.bmm(torch.bmm(basis, w.unsqueeze(2)).transpose(1, 2), basis).squeeze(1)
+        beta = w.norm(dim=1)
+        invariant = beta <= 100 * eps * alphas[:, : j + 1].abs().amax(1).clamp_min(tiny)
+        beta = torch.where(invariant, torch.zeros_like(beta), beta)
+        betas[:, j] = beta
+        if steps == next_check or steps == max_iter or bool((invariant | converged).all()):
+            next_check = steps + max(1, steps // 8)
+            off = betas[:, : j]
+            T = torch.diag_embed(alphas[:, : j + 1]) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+            evals, evecs = torch.linalg.eigh(T)
+            theta = evals[:, -1]
+            residual = beta * evecs[:, -1, -1].abs()
+            converged = converged | invariant | (residual <= tol * theta.abs()) | (steps == n)
+            if bool(converged.all()):
+                break
+        Q[:, j + 1] = torch.where(invariant[:, None], torch.zeros_like(w),
+                                  w / torch.where(invariant, torch.ones_like(beta), beta)[:, None])
+    return theta.clamp_min(0), converged, steps
+
+
+def conv1d_operator_norms(weight: torch.Tensor, conv: nn.Conv1d, length: int, tol: float = 1e-10,
+                          max_iter: int = 500, seed: int = 0) -> torch.Tensor:
+    """Operator norms ‖A‖₂ of the convolutions with kernels ``weight`` [P, C_out, C_in/g, k] on inputs
+    of length ``length`` (zero padding, ``conv``'s stride, dilation and groups): [P].
+
+    The top eigenvalue of AᵀA (A = ``conv1d``, Aᵀ = ``conv_transpose1d``) by
+    :func:`top_eigenvalues_psd`, all members at once with a grouped convolution; ``tol`` bounds
+    the relative residual of σ². Non-convergence after ``max_iter`` products is reported with a
+    ``RuntimeWarning``.
+    """
+    P, c_out, c_in_g, _ = weight.shape
+    groups = conv.groups * P
+    c_in = c_in_g * conv.groups
+    stride, pad, dilation, _, output_padding = _conv_geometry(conv, length)
+    w = weight.detach().reshape(P * c_out, c_in_g, -1)
+
+    def gram(v: torch.Tensor) -> torch.Tensor:  # AᵀA v for every member: [P, C_in·L] → [P, C_in·L]
+        u = F.conv1d(v.reshape(1, P * c_in, length), w, None, stride, pad, dilation, groups)
+        return F.conv_transpose1d(u, w, None, stride, pad, output_padding, groups, dilation).reshape(P, -1)
+
+    with torch.no_grad():
+        values, converged, steps = top_eigenvalues_psd(gram, c_in * length, P, weight.dtype, weight.device, tol,
+                                                       max_iter, seed)
+    if not bool(converged.all()):
+        warnings.warn(f"Conv1d operator norm: Lanczos did not reach rtol {tol:g} in {steps} iterations for members "
+                      f"{torch.nonzero(~converged).flatten().tolist()}", RuntimeWarning, stacklevel=2)
+    return values.sqrt()
+
+
+def layer_spectral_norms(s: Stacked, input_shape=None, layers: list[WeightLayer] | None = None) -> torch.Tensor:
+    """Spectral norm of every weight layer: [P, L] (see :func:`spectral_norms`)."""
+    layers = weight_layers(s) if layers is None else layers
+    lengths = conv_input_lengths(s, layers, input_shape)
+    values = []
+    for layer in layers:
+        if layer.is_conv:
+            values.append(conv1d_operator_norms(layer.weight, layer.module, lengths[layer.name]))
+        else:
+            values.append(torch.linalg.matrix_norm(layer.weight, ord=2))
+    return torch.stack(values, dim=1)
+
+
+def spectral_norms(model, input_shape=None) -> torch.Tensor:
+    """Spectral norm ‖W_i‖₂ of every weight layer: [L] for a module, [P, L] for a population.
+
+    Linear layers: the largest singular value of the weight matrix. Conv1d layers: the operator
+    norm of the convolution on the layer's actual input (see the module docstring). Biases are
+    excluded. Column order: :func:`weight_layer_names`.
+
+    Args:
+        model: a module or population.
+        input_shape: the per-sample input shape (e.g. ``(40,)`` for a CNN1D on MNIST-1D); needed
+            for convolutional models that do not store an ``input_len``.
+    """
+    s = stacked(model)
+    return s.finish(layer_spectral_norms(s, input_shape))
+
+
+def layer_frobenius_norms(s: Stacked) -> torch.Tensor:
+    """Frobenius norm of every weight tensor: [P, L] (see :func:`frobenius_norms`)."""
+    return torch.stack([layer.matrix().flatten(1).norm(dim=1) for layer in weight_layers(s)], dim=1)
+
+
+def frobenius_norms(model) -> torch.Tensor:
+    """Frobenius norm of every weight tensor (a Conv1d *kernel*, not its operator): [L] or [P, L].
+
+    Biases are excluded. Column order: :func:`weight_layer_names`.
+    """
+    s = stacked(model)
+    return s.finish(layer_frobenius_norms(s))
+
+
+@register("spectral_product")
+def spectral_product(model, input_shape=None) -> torch.Tensor:
+    """Π_i ‖W_i‖₂ over weight layers (biases excluded; Conv1d: operator norm)."""
+    s = stacked(model)
+    return s.finish(layer_spectral_norms(s, input_shape).prod(dim=1))
+
+
+@register("frobenius_product")
+def frobenius_product(model) -> torch.Tensor:
+    """Π_i ‖W_i‖_F over weight layers (biases excluded; Conv1d: kernel norm)."""
+    s = stacked(model)
+    return s.finish(layer_frobenius_norms(s).prod(dim=1))
+
+
+@register("sum_of_spectral")
+def sum_of_spectral(model, input_shape=None) -> torch.Tensor:
+    """Σ_i ‖W_i‖₂ over weight layers (biases excluded; Conv1d: operator norm)."""
+    s = stacked(model)
+    return s.finish(layer_spectral_norms(s, input_shape).sum(dim=1))
+
+
+@register("sum_of_frobenius")
+def sum_of_frobenius(model) -> torch.Tensor:
+    """Σ_i ‖W_i‖_F over weight layers (biases excluded; Conv1d: kernel norm)."""
+    s = stacked(model)
+    return s.finish(layer_frobenius_norms(s).sum(dim=1))

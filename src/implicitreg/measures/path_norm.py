@@ -1,0 +1,55 @@
+"""Path norm of ReLU networks (Neyshabur, Tomioka & Srebro 2015).
+
+    ‖θ‖_path,p = ( Σ over input→output paths  Π_{edges e on the path} |w_e|^p )^(1/p)
+
+Bias convention: a bias b_j of unit j is the weight of an edge from a constant-1 input unit to
+unit j, so every bias starts its own paths: |b_j|^p times the sum over the paths from unit j to
+the outputs. (Equivalently, the path norm of the network whose input is augmented by a constant
+1 feeding every layer.) This keeps the measure invariant under the ReLU rescaling that leaves
+the function unchanged: a hidden unit's incoming weights and bias times c > 0, its outgoing
+weights times 1/c.
+
+Computed with the standard trick: every parameter replaced by |θ|^p, one forward pass of an
+all-ones input, outputs summed, 1/p-th power. With nonnegative weights, biases and input every
+pre-activation is ≥ 0, so ReLU is the identity there and the pass sums over all paths. The
+trick holds for networks of ``nn.Linear`` / ``nn.Conv1d`` layers, ReLUs and linear reshapes
+(:class:`~implicitreg.models.MLP`, :class:`~implicitreg.models.CNN1D`); pooling or other
+nonlinearities would make it something else.
+
+References:
+    Neyshabur, Tomioka & Srebro, "Norm-based capacity control in neural networks", COLT 2015.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call, vmap
+
+from implicitreg.measures.core import register, stacked
+from implicitreg.measures.layers import _require_input_shape, weight_layers
+
+
+@register("path_norm")
+def path_norm(model, p: float = 2, input_shape=None) -> torch.Tensor:
+    """ℓp path norm (biases as paths from a constant-1 input; Neyshabur et al. 2015).
+
+    Args:
+        model: a ReLU network (module or population) of ``nn.Linear`` / ``nn.Conv1d`` layers.
+        p: the exponent, > 0 (2 by default).
+        input_shape: per-sample input shape; needed for convolutional models that store no
+            ``input_len`` (e.g. ``(40,)`` for a CNN1D on MNIST-1D).
+
+    Returns:
+        0-d for a module, [P] for a population.
+    """
+    if not p > 0:
+        raise ValueError(f"p: expected a positive exponent, got {p!r}")
+    s = stacked(model)
+    weight_layers(s)  # refuses weights outside Linear / Conv1d layers
+    shape = _require_input_shape(s, input_shape, "the path norm")
+    first = next(iter(s.params.values()))
+    powered = {k: v.detach().abs().pow(p) for k, v in s.params.items()}
+    ones = torch.ones(1, *shape, dtype=first.dtype, device=first.device)
+    with torch.no_grad():
+        out = vmap(lambda params: functional_call(s.template, params, (ones,)))(powered)  # [P, 1, C]
+    return s.finish(out.flatten(1).sum(1).pow(1 / p))

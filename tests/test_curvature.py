@@ -1,0 +1,294 @@
+"""Reference tests of the curvature measures: HVPs, Lanczos and power iteration against the dense
+Hessian's ``eigvalsh`` on tiny float64 networks (~50 parameters), Hutchinson's trace against the
+exact trace, a population against a loop over its members, and the recurrences on explicit
+matrices with known spectra (breakdown, small gaps, budgets)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from implicitreg.config import CNNConfig, MLPConfig
+from implicitreg.measures.core import REGISTRY
+from implicitreg.measures.curvature import (
+    EigResult,
+    TraceResult,
+    hessian_eigenvalues,
+    hessian_operator,
+    hessian_trace,
+    hessian_vector_product,
+    lanczos,
+    power_iteration,
+    top_hessian_eigenvalue,
+)
+from implicitreg.models import build_model
+from implicitreg.population import Population
+from implicitreg.seeding import generator
+
+N, CLASSES = 30, 3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny problems: with 2 threads on a shared machine each small conv waits ~6 ms on the
+    thread pool (measured: 25 µs on one thread), so these tests run single-threaded."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def mlp(seed: int = 0):
+    return build_model("mlp", MLPConfig(hidden=[6]), 4, CLASSES, generator(seed, "init"))  # 51 parameters
+
+
+def cnn(seed: int = 0):
+    return build_model("cnn", CNNConfig(channels=2, layers=2), 12, CLASSES, generator(seed, "init"))  # 47
+
+
+def data_for(model, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    d = 4 if model.__class__.__name__ == "MLP" else 12
+    return torch.randn(N, d, generator=g, dtype=torch.float64), torch.randint(0, CLASSES, (N,), generator=g)
+
+
+def dense_hessian(model, data) -> torch.Tensor:
+    """The full Hessian [n, n] of the mean cross-entropy, parameters flattened in named_parameters order."""
+    x, y = data
+    named = [(name, p.detach()) for name, p in model.named_parameters()]
+    flat = torch.cat([p.reshape(-1) for _, p in named])
+
+    def loss(theta):
+        params, i = {}, 0
+        for name, p in named:
+            params[name] = theta[i : i + p.numel()].view(p.shape)
+            i += p.numel()
+        return F.cross_entropy(functional_call(model, params, (x,)), y)
+
+    return torch.autograd.functional.hessian(loss, flat)
+
+
+@pytest.fixture(scope="module", params=["mlp", "cnn"])
+def problem(request):
+    model = mlp() if request.param == "mlp" else cnn()
+    data = data_for(model)
+    H = dense_hessian(model, data)
+    return model, data, H, torch.linalg.eigvalsh(H).flip(0)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return ((a - b).abs() / b.abs()).max()
+
+
+# ---------------------------------------------------------------------------- HVP
+
+
+def test_hvp_matches_dense_hessian(problem):
+    model, data, H, _ = problem
+    v = torch.randn(H.shape[0], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    hv = hessian_vector_product(model, F.cross_entropy, data, v)
+    assert hv.shape == v.shape
+    torch.testing.assert_close(hv, H @ v, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------- eigenvalues
+
+
+def test_lanczos_top3_matches_eigvalsh(problem):
+    model, data, _, exact = problem
+    r = hessian_eigenvalues(model, F.cross_entropy, data, k=3, tol=1e-6)
+    assert isinstance(r, EigResult) and isinstance(r.n_hvp, int)
+    assert r.values.shape == r.converged.shape == r.residuals.shape == (3,)
+    assert bool(r.converged.all()) and r.n_hvp <= 200
+    assert (r.residuals < 1e-6).all()
+    # eigenvalue error ≤ residual (and ~ residual² / gap): the relative error is far below tol
+    assert rel_err(r.values, exact[:3]) <= 1e-6
+    # the residual bound is the true residual of the Ritz pairs; determinism: same seed, same bits
+    again = hessian_eigenvalues(model, F.cross_entropy, data, k=3, tol=1e-6)
+    assert torch.equal(again.values, r.values) and again.n_hvp == r.n_hvp
+
+
+def test_power_iteration_top1_on_a_clear_gap(problem):
+    model, data, _, exact = problem
+    # both test problems have λ1/λ2 ≤ 0.7 and λ1 > |λ_min|: power iteration converges to λ1 fast
+    assert exact[1] / exact[0] < 0.7 and exact[0] > exact[-1].abs()
+    r = hessian_eigenvalues(model, F.cross_entropy, data, k=1, method="power", tol=1e-9, max_hvp=500)
+    assert bool(r.converged.all())
+    assert rel_err(r.values, exact[:1]) <= 1e-6
+    # the true residual is reported: Rayleigh-quotient error ~ residual², so residual ~ √(error)
+    assert 0 < float(r.residuals[0]) < 1e-2
+    lz = hessian_eigenvalues(model, F.cross_entropy, data, k=1, tol=1e-6)
+    assert lz.n_hvp < r.n_hvp  # the point of Lanczos
+
+
+def test_power_iteration_deflation_k3():
+    model = mlp()
+    data = data_for(model)
+    exact = torch.linalg.eigvalsh(dense_hessian(model, data)).flip(0)
+    r = hessian_eigenvalues(model, F.cross_entropy, data, k=3, method="power", tol=1e-10, max_hvp=1500)
+    assert bool(r.converged.all())
+    assert rel_err(r.values, exact[:3]) <= 1e-5
+
+
+def test_budget_too_small_reports_not_converged(problem):
+    model, data, _, _ = problem
+    r = hessian_eigenvalues(model, F.cross_entropy, data, k=3, max_hvp=4)
+    assert not bool(r.converged.all()) and r.n_hvp == 4
+    assert (r.residuals[~r.converged] >= 1e-6).all()
+    p = hessian_eigenvalues(model, F.cross_entropy, data, k=1, method="power", tol=1e-12, max_hvp=3)
+    assert not bool(p.converged.any()) and p.n_hvp == 3
+    with pytest.warns(RuntimeWarning, match="did not reach"):
+        value = top_hessian_eigenvalue(model, F.cross_entropy, data, max_hvp=2)
+    assert value.shape == ()
+
+
+# ---------------------------------------------------------------------------- trace
+
+
+def test_hutchinson_within_three_standard_errors(problem):
+    model, data, H, _ = problem
+    r = hessian_trace(model, F.cross_entropy, data, n_samples=100, seed=0)
+    assert isinstance(r, TraceResult) and r.value.shape == r.stderr.shape == () and r.n_hvp == 100
+    # zᵀHz is unbiased for tr H; by the CLT the mean of 100 draws is ~normal with sd ≈ stderr,
+    # so |error| < 3·stderr has probability ≈ 99.7%; the seed is fixed, so the test is deterministic.
+    assert abs(float(r.value - H.trace())) < 3 * float(r.stderr)
+    # Rademacher variance is 2·Σ_{i≠j} H_ij²: the reported stderr should be of that size
+    expected_sd = math.sqrt(2 * float((H**2).sum() - (H.diagonal() ** 2).sum()) / 100)
+    assert 0.5 * expected_sd < float(r.stderr) < 2 * expected_sd
+
+
+# ---------------------------------------------------------------------------- populations
+
+
+@pytest.fixture(scope="module")
+def population_case():
+    models = [mlp(seed) for seed in range(3)]
+    x, y = data_for(models[0])
+    labels = torch.stack([y, torch.roll(y, 1), torch.randint(0, CLASSES, (N,), generator=torch.Generator().manual_seed(5))])
+    return models, Population(models, dtype=torch.float64), x, labels
+
+
+def test_population_equals_loop(population_case):
+    # the members share the start vector and probes; their HVPs differ only by vmap's batching,
+    # so a population agrees with the loop to rounding (float64: 1e-10 relative, tol-independent)
+    models, pop, x, labels = population_case
+    y = labels[0]
+    r = hessian_eigenvalues(pop, F.cross_entropy, (x, y), k=2)
+    assert r.values.shape == r.converged.shape == (3, 2) and r.n_hvp.shape == (3,)
+    t = hessian_trace(pop, F.cross_entropy, (x, y), n_samples=10)
+    assert t.value.shape == t.stderr.shape == (3,)
+    for i, model in enumerate(models):
+        single = hessian_eigenvalues(model, F.cross_entropy, (x, y), k=2)
+        torch.testing.assert_close(r.values[i], single.values, rtol=1e-10, atol=0)
+        assert int(r.n_hvp[i]) == single.n_hvp and torch.equal(r.converged[i], single.converged)
+        st = hessian_trace(model, F.cross_entropy, (x, y), n_samples=10)
+        torch.testing.assert_close(t.value[i], st.value, rtol=1e-10, atol=0)
+        torch.testing.assert_close(t.stderr[i], st.stderr, rtol=1e-8, atol=0)
+    assert top_hessian_eigenvalue(pop, F.cross_entropy, (x, y)).shape == (3,)
+
+
+def test_population_with_per_member_labels(population_case):
+    models, pop, x, labels = population_case
+    v = torch.randn(3, 51, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    hv = hessian_vector_product(pop, F.cross_entropy, (x, labels), v)
+    r = hessian_eigenvalues(pop, F.cross_entropy, (x, labels), k=1, method="power", tol=1e-8, max_hvp=300)
+    for i, model in enumerate(models):
+        torch.testing.assert_close(hv[i], dense_hessian(model, (x, labels[i])) @ v[i], rtol=1e-10, atol=1e-12)
+        single = hessian_eigenvalues(model, F.cross_entropy, (x, labels[i]), k=1, method="power", tol=1e-8,
+                                     max_hvp=300)
+        torch.testing.assert_close(r.values[i], single.values, rtol=1e-10, atol=0)
+        assert int(r.n_hvp[i]) == single.n_hvp  # a converged member's count stops with it
+
+
+# ---------------------------------------------------------------------------- recurrences on explicit matrices
+
+
+def spectrum_operator(eigs: list[float], seed: int = 0):
+    """H = Q diag(eigs) Qᵀ for a random orthogonal Q; one member."""
+    n = len(eigs)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    H = q @ torch.diag(torch.tensor(eigs, dtype=torch.float64)) @ q.T
+    v0 = torch.randn(1, n, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    return (lambda v: v @ H), v0
+
+
+def test_lanczos_breakdown_restarts_and_finds_repeated_eigenvalues():
+    # three distinct eigenvalues: the Krylov space is 3-dimensional and Lanczos breaks down at
+    # step 3; only a restart can find the second copy of the repeated eigenvalue 1
+    matvec, v0 = spectrum_operator([5.0, 4.0] + [1.0] * 18)
+    r = lanczos(matvec, v0, k=4, tol=1e-10, max_iter=50)
+    assert bool(r.converged.all())
+    torch.testing.assert_close(r.values[0], torch.tensor([5.0, 4.0, 1.0, 1.0], dtype=torch.float64))
+
+
+def test_lanczos_finds_largest_algebraic_and_power_largest_magnitude():
+    matvec, v0 = spectrum_operator([3.0, 2.0, 1.0, 0.5, -0.2, -6.0])
+    assert float(lanczos(matvec, v0, k=1, tol=1e-10).values[0, 0]) == pytest.approx(3.0, rel=1e-10)
+    assert float(power_iteration(matvec, v0, k=1, tol=1e-10, max_iter=500).values[0, 0]) == pytest.approx(-6.0,
+                                                                                                          rel=1e-6)
+
+
+def test_pyhessian_rule_stops_early_on_a_small_gap_and_the_residual_shows_it():
+    # λ2/λ1 = 0.999: each power step changes the estimate by far less than 1e-3, so PyHessian's
+    # rule (relative change < tol) stops almost at once, far from the top eigenvalue
+    eigs = [1.0, 0.999] + torch.linspace(0.1, 0.9, 38).tolist()
+    matvec, v0 = spectrum_operator(eigs)
+    p = power_iteration(matvec, v0, k=1, tol=1e-3, max_iter=200)
+    assert bool(p.converged.all()) and int(p.n_hvp[0]) < 50
+    assert abs(float(p.values[0, 0]) - 1.0) > 1e-3  # "converged", but the error exceeds tol
+    assert float(p.residuals[0, 0]) > 1e-2  # ... and the true residual says so
+    lz = lanczos(matvec, v0, k=1, tol=1e-3, max_iter=40)
+    assert bool(lz.converged.all()) and abs(float(lz.values[0, 0]) - 1.0) <= 1e-3
+
+
+def test_operator_shapes_and_errors():
+    model = mlp()
+    x, y = data_for(model)
+    op = hessian_operator(model, F.cross_entropy, (x, y))
+    assert op.size == 1 and op.dim == 51
+    with pytest.raises(ValueError, match="expected shape"):
+        op.matvec(torch.zeros(2, 51, dtype=torch.float64))
+    with pytest.raises(TypeError, match="pair"):
+        hessian_eigenvalues(model, F.cross_entropy, x)
+    with pytest.raises(ValueError, match="y must be"):
+        hessian_eigenvalues(model, F.cross_entropy, (x, y[:5]))
+    with pytest.raises(ValueError, match="method"):
+        hessian_eigenvalues(model, F.cross_entropy, (x, y), method="arnoldi")
+    with pytest.raises(ValueError, match="k:"):
+        hessian_eigenvalues(model, F.cross_entropy, (x, y), k=0)
+    with pytest.raises(ValueError, match="max_hvp"):
+        hessian_eigenvalues(model, F.cross_entropy, (x, y), k=3, max_hvp=2)
+    with pytest.raises(ValueError, match="n_samples"):
+        hessian_trace(model, F.cross_entropy, (x, y), n_samples=1)
+
+
+def test_registered_with_metadata():
+    for name in ("top_hessian_eigenvalue", "hessian_trace"):
+        info = REGISTRY[name]
+        assert info.cost == "hvp" and info.lower_is_simpler is True
+        assert set(info.needs) == {"params", "data", "loss", "hvp"} and info.summary
+    model = mlp()
+    data = data_for(model)
+    assert REGISTRY["hessian_trace"].fn(model, F.cross_entropy, data).shape == ()
+
+
+def test_lanczos_to_full_dimension_is_exact():
+    # tol = 0 never passes: the recurrence runs n = 60 steps (the basis grows past its first
+    # allocation) and the Ritz values are then the eigenvalues themselves
+    eigs = torch.linspace(-1.0, 2.0, 60).tolist()
+    matvec, v0 = spectrum_operator(eigs)
+    r = lanczos(matvec, v0, k=5, tol=0.0, max_iter=500)
+    assert int(r.n_hvp[0]) == 60 and not bool(r.converged.any())
+    torch.testing.assert_close(r.values[0], torch.tensor(eigs, dtype=torch.float64).flip(0)[:5], rtol=1e-10, atol=1e-12)
+
+
+def test_works_under_no_grad():
+    model = mlp()
+    data = data_for(model)
+    with torch.no_grad():
+        r = hessian_eigenvalues(model, F.cross_entropy, data, k=1)
+    assert bool(r.converged.all()) and float(r.values[0]) > 0
