@@ -29,10 +29,13 @@ def compute(names: list[str], model, *, init=None, data=None, loss_fn=None) -> d
 
     Args:
         model: an ``nn.Module`` or a population. init: the initial model (for "init" measures).
-        data: ``(x, y)`` training data. loss_fn: ``loss_fn(outputs, y)`` → mean loss.
+        data: ``(x, y)`` training data. loss_fn: ``loss_fn(outputs, y)`` → mean loss; by default
+            cross-entropy for integer labels, mean squared error otherwise.
     Returns:
         name → 0-d tensor (module) or [P] (population).
     """
+    if loss_fn is None and data is not None:
+        loss_fn = loss_fn_for(0 if torch.is_floating_point(torch.as_tensor(data[1])) else 1)
     given = {"init": init, "data": data, "loss": loss_fn}
     values = {}
     for name in names:
