@@ -250,3 +250,18 @@ def test_sharpness_at_exact_minimum_vs_vertices():
     # with no steps only the random start is seen: a lower bound, still ≥ 0
     start_only = float(epsilon_sharpness(model, mse, (x, y), epsilon=0.1, steps=0))
     assert 0 <= start_only <= one
+
+
+def test_model_at_chance_has_unbounded_sigma():
+    """Labels no better than chance: no perturbation drops accuracy by 0.1, so σ = inf, exactly."""
+    import math as _math
+
+    from implicitreg.measures.flatness import pac_bayes_sigma_result
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 10).double()
+    x = torch.randn(200, 3, dtype=torch.float64)
+    y = torch.randint(0, 10, (200,))
+    result = pac_bayes_sigma_result(model, (x, y), n_samples=8)
+    assert float(result.base_accuracy) < 0.2
+    assert _math.isinf(float(result.sigma)) and bool(result.converged)

@@ -35,6 +35,8 @@ Params = dict[str, torch.Tensor]
 #: ε of the magnitude-aware perturbation u_i ~ N(0, σ'²θ_i² + ε²) (Jiang et al. 2020, App. C.3, ε = 1e-3):
 #: it keeps zero weights perturbed and the bound's logarithms finite.
 MAG_EPSILON = 1e-3
+#: σ beyond which the search stops expanding and reports σ = inf (the accuracy never dropped enough).
+SIGMA_MAX = 1e4
 
 #: Perturbed draws generated per random block. The block, not the population size, fixes the
 #: random stream, so a member's draws are the same alone or inside any population.
@@ -47,13 +49,15 @@ class FlatnessResult:
 
     Attributes:
         sigma: the largest σ found whose mean accuracy drop is ≤ the target (the lower end of
-            the final bracket); 0 where no feasible σ was found.
+            the final bracket); 0 where no feasible σ was found; inf where even σ = ``SIGMA_MAX``
+            keeps the drop within the target (a model near chance accuracy).
         upper: the upper end of the final bracket (a σ whose drop exceeded the target); inf where
             none was found.
         accuracy_drop: the Monte-Carlo mean accuracy drop at ``sigma``.
         base_accuracy: train accuracy of the unperturbed parameters.
         n_iter: number of accuracy evaluations (bracketing and bisection) spent on the member.
-        converged: True where ``upper / sigma − 1 ≤ tol`` was reached within ``max_iter``.
+        converged: True where ``upper / sigma − 1 ≤ tol`` was reached within ``max_iter``, or
+            where σ is unbounded.
     """
 
     sigma: torch.Tensor
@@ -211,7 +215,11 @@ def pac_bayes_sigma_result(model, data, target_drop: float = 0.1, n_samples: int
         drop_lo[active] = torch.where(ok, drop, drop_lo[active])
         hi[active] = torch.where(ok, a_hi, probe)
         n_iter[active] += 1
-        converged = (lo > 0) & torch.isfinite(hi) & (hi / lo - 1 <= tol)
+        # Past SIGMA_MAX the weights are noise: if the drop still does not exceed the target (a
+        # model near chance accuracy), no σ does, and the largest feasible σ is unbounded.
+        unbounded = (lo >= SIGMA_MAX) & ~torch.isfinite(hi)
+        lo[unbounded] = math.inf
+        converged = ((lo > 0) & torch.isfinite(hi) & (hi / lo - 1 <= tol)) | unbounded
 
     dtype = x.dtype
     return FlatnessResult(
@@ -326,11 +334,13 @@ def _terms_with_search(model, init, data, magnitude_aware: bool, kwargs: dict) -
     max_iter = kwargs.get("max_iter", 40)
     result = pac_bayes_sigma_result(model, data, magnitude_aware=magnitude_aware, **kwargs)
     _warn_unconverged(result, name, max_iter)
-    sigma = result.sigma
-    if not bool((sigma > 0).all()):
-        raise ValueError(f"{name}: no feasible σ was found for some members (σ = 0); cannot form 1/σ² terms")
-    return pac_bayes_bound_terms(model, init, data, sigma, magnitude_aware=magnitude_aware,
-                                 epsilon=kwargs.get("epsilon", MAG_EPSILON))
+    # The terms are undefined where σ = 0 (no feasible σ) or σ = inf (a model at chance): NaN there,
+    # so that one such member does not stop a tracked population.
+    defined = (result.sigma > 0) & torch.isfinite(result.sigma)
+    sigma = torch.where(defined, result.sigma, torch.ones_like(result.sigma))
+    terms = pac_bayes_bound_terms(model, init, data, sigma, magnitude_aware=magnitude_aware,
+                                  epsilon=kwargs.get("epsilon", MAG_EPSILON))
+    return {k: torch.where(defined.to(v.device), v, torch.full_like(v, math.nan)) for k, v in terms.items()}
 
 
 @register("pac_bayes_flatness", needs=("params", "data"), lower_is_simpler=True, cost="forward")
