@@ -34,6 +34,8 @@ class DataConfig(Strict):
     dim: int = Field(20, ge=1, description="input dimension of the synthetic generators")
     noise: float = Field(0.0, ge=0.0, description="label/target noise of the synthetic generators")
     seed: int = Field(0, ge=0, description="seed of data generation (not of training)")
+    inputs: Literal["original", "shuffled", "gaussian"] = Field(
+        "original", description="shuffled: one fixed permutation of feature positions; gaussian: random inputs")
 
     @model_validator(mode="before")
     @classmethod

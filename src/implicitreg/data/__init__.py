@@ -5,6 +5,7 @@ from __future__ import annotations
 from implicitreg.config import DataConfig
 from implicitreg.data.dataset import Dataset, DeviceData
 from implicitreg.data.digits import load_digits
+from implicitreg.data.inputs import INPUT_MODES, transform_inputs
 from implicitreg.data.label_noise import corrupt_labels
 from implicitreg.data.mnist1d import load_mnist1d
 from implicitreg.data.synthetic import regression, separable, teacher_student
@@ -14,14 +15,17 @@ def load_dataset(config: DataConfig) -> Dataset:
     """Build the data set a :class:`DataConfig` names."""
     sizes = dict(n_train=config.n_train, n_test=config.n_test, seed=config.seed)
     if config.name == "mnist1d":
-        return load_mnist1d(**sizes)
-    if config.name == "digits":
-        return load_digits(**sizes)
-    synthetic = {"regression": regression, "separable": separable, "teacher-student": teacher_student}
-    return synthetic[config.name](dim=config.dim, noise=config.noise, **sizes)
+        dataset = load_mnist1d(**sizes)
+    elif config.name == "digits":
+        dataset = load_digits(**sizes)
+    else:
+        synthetic = {"regression": regression, "separable": separable, "teacher-student": teacher_student}
+        dataset = synthetic[config.name](dim=config.dim, noise=config.noise, **sizes)
+    return transform_inputs(dataset, config.inputs, config.seed)
 
 
 __all__ = [
+    "INPUT_MODES",
     "Dataset",
     "DeviceData",
     "corrupt_labels",
@@ -31,4 +35,5 @@ __all__ = [
     "regression",
     "separable",
     "teacher_student",
+    "transform_inputs",
 ]
