@@ -17,8 +17,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from implicitreg.config import ConfigError, parse_sets
-from implicitreg.display import print_summary
-from implicitreg.runner import RunOptions, execute, prepare, summarize, write_outputs
+from implicitreg.display import VERDICT_STYLE, print_summary
+from implicitreg.report.index import write_index
+from implicitreg.runner import ALL, RunOptions, execute, prepare, prepare_all, summarize, write_outputs
 from implicitreg.studies import STUDIES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -60,7 +61,7 @@ def list_measures() -> None:
 
 @app.command()
 def run(
-    study: str = typer.Argument(..., help="study name (see `implicitreg list`)"),
+    study: str = typer.Argument(..., help="study name (see `implicitreg list`), or `all`"),
     quick: bool = typer.Option(False, "--quick", help="fewer seeds and steps: a smoke test of the same code"),
     set_: list[str] = typer.Option([], "--set", help="override a config key: --set train.lr=0.01 (repeatable)"),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="seeds per arm"),
@@ -71,18 +72,42 @@ def run(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all available)"),
     as_json: bool = typer.Option(False, "--json", help="print summary.json to stdout"),
 ) -> None:
-    """Run a study: train, store, analyze, report."""
+    """Run a study (or `all` of them): train, store, analyze, report."""
     try:
         options = RunOptions(study, quick, parse_sets(set_), seeds, device, engine, out, resume, threads)
-        prepared = prepare(options)
+        prepared_runs = prepare_all(options) if study == ALL else [prepare(options)]
     except ConfigError as err:
         fail(str(err))
+    results = [_execute_with_progress(prepared) for prepared in prepared_runs]
+    if study == ALL:
+        index = write_index(prepared_runs[0].out.parent, [(p.study.name, r.summary) for p, r in zip(prepared_runs, results)])
+        summaries = {p.study.name: r.summary for p, r in zip(prepared_runs, results)}
+        if as_json:
+            print(json.dumps(summaries, indent=2))
+        else:
+            for name, summary in summaries.items():
+                out_console.print(f"{name}: [{VERDICT_STYLE[summary['verdict']]}]{summary['verdict'].upper()}[/]")
+            out_console.print(f"index: {index}")
+    elif as_json:
+        print(json.dumps(results[0].summary, indent=2))
+    else:
+        print_summary(out_console, results[0].summary, str(prepared_runs[0].out))
+    failed = [(p, r) for p, r in zip(prepared_runs, results) if r.failures]
+    if failed:
+        prepared, result = failed[0]
+        err_console.print(f"[bold red]{len(result.failures)} population(s) failed[/]; first error:\n"
+                          f"{result.failures[0]}\nrerun with --resume --out {prepared.out} to retry them")
+        raise typer.Exit(1)
+
+
+def _execute_with_progress(prepared):
+    """Execute one prepared study with a progress bar per population; Ctrl-C says how to resume."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=False) as progress:
         def progress_for(task):
             group = task.group
-            label = f"{group.arch} · {len(group.members)} runs ({task.engine})"
+            label = f"{prepared.study.name}: {group.arch} · {len(group.members)} runs ({task.engine})"
             total = group.train.max_steps * (len(group.members) if task.engine == "sequential" else 1)
             handle = progress.add_task(label, total=total)
             count = {"done": 0}
@@ -98,20 +123,12 @@ def run(
                 progress.update(task_id, total=progress.tasks[task_id].completed)
 
         try:
-            result = execute(prepared, progress=progress_for, on_outcome=finished)
+            return execute(prepared, progress=progress_for, on_outcome=finished)
         except KeyboardInterrupt:
             progress.stop()
             err_console.print(f"interrupted: finished populations are stored in {prepared.out}; "
                               f"continue with --resume --out {prepared.out}")
             raise typer.Exit(130) from None
-    if as_json:
-        print(json.dumps(result.summary, indent=2))
-    else:
-        print_summary(out_console, result.summary, str(prepared.out))
-    if result.failures:
-        err_console.print(f"[bold red]{len(result.failures)} population(s) failed[/]; first error:\n"
-                          f"{result.failures[0]}\nrerun with --resume --out {prepared.out} to retry them")
-        raise typer.Exit(1)
 
 
 @app.command()

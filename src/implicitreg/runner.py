@@ -9,7 +9,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -25,10 +25,11 @@ from implicitreg.models import build_model
 from implicitreg.plan import Group
 from implicitreg.report.html import write_report
 from implicitreg.store import Store
-from implicitreg.studies import get_study
+from implicitreg.studies import STUDIES, get_study
 from implicitreg.studies.base import Analysis, Study
 
 ENGINES = ("population", "sequential")
+ALL = "all"  # `implicitreg run all`: every study into one directory
 QUICK_NOTE = "--quick: a smoke test with fewer seeds and steps; the full run's verdict is the study's."
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -87,7 +88,18 @@ def default_out(study: str) -> Path:
     return path
 
 
-def prepare(options: RunOptions) -> Prepared:
+def prepare_all(options: RunOptions) -> list[Prepared]:
+    """Validate a run of every study into ``OUT/<study>`` (``implicitreg run all``). Writes nothing."""
+    if options.overrides:
+        raise ConfigError("--set: keys differ between studies, so `run all` takes no --set; run a study alone")
+    base = Path(options.out) if options.out is not None else default_out(ALL)
+    if options.out is not None and not base.parent.exists():
+        raise ConfigError(f"--out: the parent directory {base.parent} does not exist")
+    return [prepare(replace(options, study=name, out=base / name), parent_may_be_missing=True)
+            for name in sorted(STUDIES)]
+
+
+def prepare(options: RunOptions, parent_may_be_missing: bool = False) -> Prepared:
     """Validate everything; raise :class:`ConfigError` naming the field. Writes nothing."""
     study = get_study(options.study)
     if options.engine not in ENGINES:
@@ -104,7 +116,7 @@ def prepare(options: RunOptions) -> Prepared:
     config = build_config(study.Config, study.defaults(options.quick), overrides)
     device = resolve_device(options.device)
     out = Path(options.out) if options.out is not None else default_out(study.name)
-    if options.out is not None and not out.parent.exists():
+    if options.out is not None and not parent_may_be_missing and not out.parent.exists():
         raise ConfigError(f"--out: the parent directory {out.parent} does not exist")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} exists and is not a directory")

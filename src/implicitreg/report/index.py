@@ -1,0 +1,43 @@
+"""The index of `implicitreg run all`: one line per study — claim, verdict, key number, report link."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from implicitreg.report.html import STYLE
+
+
+def key_check(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The number a reader should see first: the first check that did not pass, else the first check."""
+    checks = summary.get("checks", [])
+    return next((c for c in checks if c["passed"] is not True), checks[0] if checks else None)
+
+
+def write_index(directory: Path, summaries: list[tuple[str, dict[str, Any]]]) -> Path:
+    """Write ``index.html`` and ``index.json`` into ``directory``; returns the HTML path."""
+    rows, records = [], []
+    for name, summary in summaries:
+        check = key_check(summary)
+        value = check and check["value"]
+        shown = f"{value:.4g}" if isinstance(value, (int, float)) else "n/a"
+        number = "" if check is None else f"{check['name']} = {shown} ({check['threshold']})"
+        verdict = summary["verdict"]
+        rows.append(f"<tr><td><a href='{html.escape(name)}/report.html'>{html.escape(name)}</a></td>"
+                    f"<td style='text-align:left'>{html.escape(summary['claim'])}</td>"
+                    f"<td class='{verdict}'>{verdict.upper()}</td><td>{html.escape(number)}</td></tr>")
+        records.append({"study": name, "claim": summary["claim"], "verdict": verdict, "key_check": check,
+                        "report": f"{name}/report.html"})
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>implicitreg studies</title>"
+            f"<style>{STYLE}</style></head><body><h1>implicitreg: every study</h1>"
+            "<table><tr><th>study</th><th>claim</th><th>verdict</th><th>key number</th></tr>"
+            + "".join(rows) + "</table></body></html>")
+    directory.mkdir(parents=True, exist_ok=True)
+    for filename, text in (("index.json", json.dumps(records, indent=2)), ("index.html", page)):
+        tmp = directory / f"{filename}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, directory / filename)
+    return directory / "index.html"
