@@ -17,6 +17,7 @@ STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}
 th{background:#f3f3f3}
 .pass{color:#0a7d28;font-weight:bold}.fail{color:#b3261e;font-weight:bold}.inconclusive{color:#9a6700;font-weight:bold}
 img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
@@ -43,6 +44,24 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _merge_mean_std(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Columns ``X_mean``/``X_std`` become one column ``X`` reading ``mean ± std``."""
+    merged = []
+    for row in rows:
+        out: dict[str, Any] = {}
+        for key, value in row.items():
+            if key.endswith("_std") and f"{key[:-4]}_mean" in row:
+                continue
+            if key.endswith("_mean") and f"{key[:-5]}_std" in row:
+                std = row[f"{key[:-5]}_std"]
+                spread = "" if std is None or std != std else f"{std:.2g}"
+                out[key[:-5]] = f"{_cell(value)} ± {spread}"
+            else:
+                out[key] = value
+        merged.append(out)
+    return merged
+
+
 def _image(path: Path) -> str:
     encoded = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<figure><img alt="{_esc(path.stem)}" src="data:image/png;base64,{encoded}"></figure>'
@@ -63,7 +82,7 @@ def write_report(summary: dict[str, Any], table: pd.DataFrame, figures: list[Pat
         f"<p><strong>Verdict:</strong> <span class='{_esc(verdict)}'>{_esc(verdict.upper())}</span></p>",
         "<h2>Checks</h2>", _table(checks),
         *[f"<p>{_esc(note)}</p>" for note in summary.get("notes", [])],
-        "<h2>Results (mean ± std over seeds)</h2>", _table(table.to_dict("records")),
+        "<h2>Results (mean ± std over seeds)</h2>", _table(_merge_mean_std(table.to_dict("records"))),
         "<h2>Figures</h2>", *[_image(p) for p in figures if p.exists()],
         "<h2>How to read this report</h2>",
         "<p>Each check compares a number computed from the runs with the threshold that states the claim; "
