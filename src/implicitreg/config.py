@@ -22,7 +22,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
-DatasetName = Literal["mnist1d", "digits", "regression", "separable", "teacher-student"]
+DatasetName = Literal["mnist1d", "digits", "regression", "separable", "teacher-student", "mnist", "cifar10"]
 
 
 class DataConfig(Strict):
@@ -36,6 +36,13 @@ class DataConfig(Strict):
     seed: int = Field(0, ge=0, description="seed of data generation (not of training)")
     inputs: Literal["original", "shuffled", "gaussian"] = Field(
         "original", description="shuffled: one fixed permutation of feature positions; gaussian: random inputs")
+    root: str | None = Field(None, description="local directory of mnist / cifar10 files (never downloaded)")
+
+    @model_validator(mode="after")
+    def _root_for_files(self) -> "DataConfig":
+        if self.name in ("mnist", "cifar10") and not self.root:
+            raise ValueError(f"data.root: {self.name} is read from local files; set data.root=DIR")
+        return self
 
     @model_validator(mode="before")
     @classmethod

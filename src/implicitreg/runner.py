@@ -135,7 +135,7 @@ def prepare(options: RunOptions, parent_may_be_missing: bool = False) -> Prepare
     for group in study.plan(config):
         try:
             cached_dataset(group.data)  # sizes a data set cannot provide fail here, before any file exists
-        except ValueError as err:
+        except (ValueError, FileNotFoundError) as err:
             raise ConfigError(str(err)) from None
     return Prepared(study, config, device, options.threads or available_threads(), out, options)
 

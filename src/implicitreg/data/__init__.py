@@ -9,6 +9,7 @@ from implicitreg.data.inputs import INPUT_MODES, transform_inputs
 from implicitreg.data.label_noise import corrupt_labels
 from implicitreg.data.mnist1d import load_mnist1d
 from implicitreg.data.synthetic import regression, separable, teacher_student
+from implicitreg.data.vision import load_cifar10, load_mnist
 
 
 def load_dataset(config: DataConfig) -> Dataset:
@@ -18,6 +19,8 @@ def load_dataset(config: DataConfig) -> Dataset:
         dataset = load_mnist1d(**sizes)
     elif config.name == "digits":
         dataset = load_digits(**sizes)
+    elif config.name in ("mnist", "cifar10"):
+        dataset = (load_mnist if config.name == "mnist" else load_cifar10)(config.root, **sizes)
     else:
         synthetic = {"regression": regression, "separable": separable, "teacher-student": teacher_student}
         dataset = synthetic[config.name](dim=config.dim, noise=config.noise, **sizes)
@@ -31,6 +34,8 @@ __all__ = [
     "corrupt_labels",
     "load_dataset",
     "load_digits",
+    "load_cifar10",
+    "load_mnist",
     "load_mnist1d",
     "regression",
     "separable",
