@@ -91,7 +91,8 @@ def test_analysis_verdict_rules():
 def test_every_study_names_its_paper_and_has_a_smaller_quick_plan(name):
     study = get_study(name)
     docstring = sys.modules[type(study).__module__].__doc__
-    assert study.claim and study.paper.split(";")[0].split(" et al")[0] in docstring
+    first_author = study.paper.split(";")[0].split(",")[0].split(" et al")[0].split()[0]
+    assert study.claim and first_author in docstring
     full = study.plan(build_config(study.Config, study.defaults(False), {}))
     quick = study.plan(build_config(study.Config, study.defaults(True), {}))
     ids = [m.run_id for g in full for m in g.members]
