@@ -60,8 +60,8 @@ class Width:
     def defaults(self, quick: bool) -> dict[str, Any]:
         if not quick:
             return {}
-        return {"seeds": 2, "widths": [4, 16, 64, 256, 1024],
-                "train": {"max_steps": 1500, "eval_every": 250, "track_every": 1500}}
+        return {"seeds": 2, "widths": [16, 256, 2048],
+                "train": {"max_steps": 3000, "eval_every": 500, "track_every": 3000}}
 
     def plan(self, config: Config) -> list[Group]:
         # every width is its own architecture, hence its own population of seeds
