@@ -30,3 +30,17 @@ def test_tracked_measures_are_recorded_at_their_cadence():
 def test_unknown_tracked_measure_is_a_config_error():
     with pytest.raises(ConfigError, match="track: unknown measure"):
         build_config(Config, {}, {"train": {"track": ["no_such_measure"]}})
+
+
+def test_tracked_measures_are_taken_at_each_runs_last_step():
+    """A member that reaches its target between two tracking steps still gets its final values."""
+    data = load_dataset(DataConfig(name="digits", n_train=128, n_test=64)).tensors("cpu", torch.float64)
+    train = TrainConfig(optimizer="momentum", lr=0.1, max_steps=300, eval_every=10, batch_size=32, dtype="float64",
+                        target_train_acc=0.9, track=["l1_norm"], track_every=1000)
+    group = Group("mlp", MLPConfig(hidden=[16]), DataConfig(), train,
+                  (Member("fast", 0, 0.2), Member("slow", 1, 0.002)))
+    fast, slow = train_population(group, data)
+    assert fast.target_step is not None and fast.final_step < slow.final_step == 300
+    for result in (fast, slow):
+        tracked = [step for step, name, _ in result.metrics if name == "l1_norm"]
+        assert tracked == [result.final_step]

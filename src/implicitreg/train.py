@@ -132,19 +132,25 @@ def train_population(
             continue
         context.step = step
         values = evaluate_population(pop, context) if step in evals else {}
+        stopped = ~active.cpu()  # diverged
+        reached = torch.zeros_like(stopped)
+        if step in evals and cfg.target_train_acc is not None and "train_acc" in values:
+            reached = (values["train_acc"] >= cfg.target_train_acc).cpu() & ~stopped
+        finishing = (reached | (step == cfg.max_steps)) & ~stopped
         for hook in due_hooks:
             values.update(hook(pop, context))
-        stopped = ~active.cpu()
         _record(results, live.index, values, step, stopped)
+        # every tracked measure is also taken at each run's last step, whatever its cadence
+        last = [h for h in hooks if h not in due_hooks] if bool(finishing.any()) else []
+        if last:
+            extra = {name: v for h in last for name, v in h(pop, context).items()}
+            _record(results, live.index, extra, step, ~finishing)
         for pos, i in enumerate(live.index):
             if stopped[pos]:
                 results[i].status, results[i].final_step = "diverged", int(diverged_at[pos])
-        if step in evals and cfg.target_train_acc is not None and "train_acc" in values:
-            reached = (values["train_acc"] >= cfg.target_train_acc).cpu() & ~stopped
-            for pos, i in enumerate(live.index):
-                if reached[pos]:
-                    results[i].status, results[i].final_step, results[i].target_step = "done", step, step
-            stopped |= reached
+            elif reached[pos]:
+                results[i].status, results[i].final_step, results[i].target_step = "done", step, step
+        stopped |= reached
         if bool(stopped.all()):
             break
         if bool(stopped.any()):
