@@ -153,3 +153,31 @@ def test_tiny_end_to_end_run(registered, tmp_path):
     figures = {p.name for p in (result.out / "figures").iterdir()}
     assert {"accuracy_by_variant.png", "curves_test_acc.png", "by_variant.png"} <= figures
     assert (result.out / "report.html").stat().st_size > 0
+
+
+def test_mlp_on_shuffled_inputs_is_the_mlp_on_original_inputs_from_a_permuted_init():
+    """The reason for check 3: SGD (momentum) from first-layer weights W on permuted inputs follows SGD
+    from W[:, P⁻¹] on the original inputs, step for step, so only the (equally distributed) init differs."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 40, dtype=torch.float64), torch.randint(0, 10, (64,))
+    perm = torch.randperm(40)  # shuffled input j is original position perm[j]
+    shuffled_model = nn.Sequential(nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 10)).double()
+    original_model = copy.deepcopy(shuffled_model)
+    with torch.no_grad():
+        original_model[0].weight[:, perm] = shuffled_model[0].weight.clone()
+    runs = [(shuffled_model, x[:, perm]), (original_model, x)]
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m, _ in runs]
+    for step in range(30):
+        batch = slice(16 * (step % 4), 16 * (step % 4) + 16)
+        for (model, inputs), opt in zip(runs, optimizers):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(inputs[batch]), y[batch]).backward()
+            opt.step()
+    assert torch.allclose(original_model[0].weight[:, perm], shuffled_model[0].weight, rtol=0, atol=1e-12)
+    assert torch.allclose(original_model(x), shuffled_model(x[:, perm]), rtol=0, atol=1e-12)
+    assert not torch.allclose(original_model(x), shuffled_model(x), atol=1e-3)  # the shuffle does change inputs

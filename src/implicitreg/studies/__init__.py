@@ -5,9 +5,10 @@ from __future__ import annotations
 from implicitreg.config import ConfigError
 from implicitreg.studies.base import Analysis, Check, Study
 from implicitreg.studies.explicit_vs_implicit import STUDY as EXPLICIT_VS_IMPLICIT
+from implicitreg.studies.inductive_bias import STUDY as INDUCTIVE_BIAS
 from implicitreg.studies.width import STUDY as WIDTH
 
-STUDIES: dict[str, Study] = {study.name: study for study in (EXPLICIT_VS_IMPLICIT, WIDTH)}
+STUDIES: dict[str, Study] = {study.name: study for study in (EXPLICIT_VS_IMPLICIT, INDUCTIVE_BIAS, WIDTH)}
 
 
 def get_study(name: str) -> Study:

@@ -69,8 +69,10 @@ class Config(Strict):
     # 64 channels explicit-vs-implicit needs for them are unnecessary, and the anchors are the 25-channel CNN's.
     cnn: CNNConfig = Field(default_factory=lambda: CNNConfig(channels=25))
     seeds: int = Field(5, ge=1, description="seeds per model and variant (the same seeds in every variant)")
+    # explicit-vs-implicit's training, with the paper's 6000 steps as the budget: the shuffled CNN needs
+    # ~3000 steps to interpolate (one seed in five took longer than 4000), the others stop before 2000.
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(
-        optimizer="momentum", lr=0.05, momentum=0.9, batch_size=128, max_steps=4000, eval_every=250,
+        optimizer="momentum", lr=0.05, momentum=0.9, batch_size=128, max_steps=6000, eval_every=250,
         target_train_acc=1.0, schedule="cosine"))
 
     @model_validator(mode="after")
@@ -98,7 +100,7 @@ class InductiveBias:
     def defaults(self, quick: bool) -> dict[str, Any]:
         if not quick:
             return {}
-        return {"seeds": 2, "train": {"max_steps": 1500, "eval_every": 250}}
+        return {"seeds": 2, "train": {"max_steps": 2500, "eval_every": 250}}
 
     def plan(self, config: Config) -> list[Group]:
         runs = []
@@ -180,22 +182,23 @@ def _checks(stats: dict[tuple[str, str], tuple[float, float, int]]) -> list[Chec
         return f"MNIST-1D paper: {ANCHORS[a]:.2f} − {ANCHORS[b]:.2f} = {ANCHORS[a] - ANCHORS[b]:+.2f}"
 
     def detail(a: tuple[str, str], b: tuple[str, str]) -> str:
-        measured = "" if mean(*a) is None or mean(*b) is None else f"{'/'.join(a)} {mean(*a):.4f}, " \
-                                                                   f"{'/'.join(b)} {mean(*b):.4f}; "
-        return measured + paper(a, b)
+        if mean(*a) is None or mean(*b) is None:
+            return paper(a, b)
+        return f"{'/'.join(a)} {mean(*a):.4f}, {'/'.join(b)} {mean(*b):.4f}; {paper(a, b)}"
 
     original = difference(mean("cnn", "original"), mean("mlp", "original"))
     shuffled = difference(mean("cnn", "shuffled"), mean("mlp", "shuffled"))
     cnn_drop = difference(mean("cnn", "original"), mean("cnn", "shuffled"))
     mlp_change = difference(mean("mlp", "original"), mean("mlp", "shuffled"))
     mlp_change = None if mlp_change is None else abs(mlp_change)
-    if ("mlp", "original") in stats and ("mlp", "shuffled") in stats:
+    mlp_counts = [stats[("mlp", v)][2] for v in VARIANTS if ("mlp", v) in stats]
+    if len(mlp_counts) == 2 and min(mlp_counts) >= 2:
         (_, s1, n1), (_, s2, n2) = stats[("mlp", "original")], stats[("mlp", "shuffled")]
         se = math.sqrt(s1 ** 2 / n1 + s2 ** 2 / n2)  # of the difference of two independent means
         tolerance = max(MLP_CHANGE_MAX, NOISE_SE * se)
         mlp_threshold = f"<= {tolerance:.4f} (max of {MLP_CHANGE_MAX} and {NOISE_SE:g} × SE {se:.4f})"
-    else:
-        tolerance, mlp_threshold = MLP_CHANGE_MAX, f"<= {MLP_CHANGE_MAX} (or {NOISE_SE:g} × seed SE)"
+    else:  # one seed per variant estimates no seed noise
+        tolerance, mlp_threshold = MLP_CHANGE_MAX, f"<= {MLP_CHANGE_MAX} (no seed SE with < 2 seeds per variant)"
 
     def check(name: str, value: float | None, threshold: str, ok, detail_text: str) -> Check:
         return Check(name, value, threshold, None if value is None else bool(ok(value)), detail_text)
@@ -212,9 +215,9 @@ def _checks(stats: dict[tuple[str, str], tuple[float, float, int]]) -> list[Chec
 
 
 def _notes(config: Config, stats: dict[tuple[str, str], tuple[float, float, int]]) -> list[str]:
-    notes = [f"chance accuracy = 1/{_n_classes(config)}; means over seeds; steps = steps until train accuracy "
-             f"{config.train.target_train_acc} or the budget ({config.train.max_steps}); shuffled = one fixed "
-             f"permutation of the input positions (data seed {config.data.seed}), the same for train and test."]
+    notes = [(f"chance accuracy = 1/{_n_classes(config)}; means over seeds; steps = steps until train accuracy "
+              f"{config.train.target_train_acc} or the budget ({config.train.max_steps}); shuffled = one fixed "
+              f"permutation of the input positions (data seed {config.data.seed}), the same for train and test.")]
     if config.data.name == "mnist1d":
         measured = ", ".join(
             f"{model}/{variant} {100 * stats[(model, variant)][0]:.1f}% (paper {100 * ANCHORS[(model, variant)]:.0f}%)"
