@@ -36,11 +36,14 @@ def test_tracked_measures_are_taken_at_each_runs_last_step():
     """A member that reaches its target between two tracking steps still gets its final values."""
     data = load_dataset(DataConfig(name="digits", n_train=128, n_test=64)).tensors("cpu", torch.float64)
     train = TrainConfig(optimizer="momentum", lr=0.1, max_steps=300, eval_every=10, batch_size=32, dtype="float64",
-                        target_train_acc=0.9, track=["l1_norm"], track_every=1000)
+                        target_train_acc=0.9, track=["distance_from_init"], track_every=1000)
     group = Group("mlp", MLPConfig(hidden=[16]), DataConfig(), train,
-                  (Member("fast", 0, 0.2), Member("slow", 1, 0.002)))
-    fast, slow = train_population(group, data)
+                  (Member("slow", 1, 0.002), Member("fast", 0, 0.2), Member("slower", 2, 0.001)))
+    slow, fast, slower = train_population(group, data)
     assert fast.target_step is not None and fast.final_step < slow.final_step == 300
-    for result in (fast, slow):
-        tracked = [step for step, name, _ in result.metrics if name == "l1_norm"]
-        assert tracked == [result.final_step]
+    for result in (fast, slow, slower):
+        tracked = {step: v for step, name, v in result.metrics if name == "distance_from_init"}
+        assert list(tracked) == [result.final_step]
+        # measured on the finishing member's own weights and initialization (not a neighbour's)
+        evaluated = {step: v for step, name, v in result.metrics if name == "dist_init"}
+        assert tracked[result.final_step] == pytest.approx(evaluated[result.final_step], rel=1e-12)

@@ -80,6 +80,13 @@ class Population:
         self.params = {k: v[keep] for k, v in self.params.items()}
         self.size = int(keep.shape[0])
 
+    def subset(self, keep: torch.Tensor) -> "Population":
+        """A new population of the members at positions ``keep`` (their parameters copied)."""
+        sub = copy.copy(self)
+        sub.params = {k: v[keep] for k, v in self.params.items()}
+        sub.size = int(keep.shape[0])
+        return sub
+
     def member(self, index: int) -> nn.Module:
         """A plain module holding member ``index``'s current parameters (a copy)."""
         module = copy.deepcopy(self.template).to(self.device)

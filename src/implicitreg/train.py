@@ -140,11 +140,16 @@ def train_population(
         for hook in due_hooks:
             values.update(hook(pop, context))
         _record(results, live.index, values, step, stopped)
-        # every tracked measure is also taken at each run's last step, whatever its cadence
+        # every tracked measure is also taken at each run's last step, whatever its cadence: on the
+        # finishing members alone, since Hessian and PAC-Bayes measures cost seconds per member
         last = [h for h in hooks if h not in due_hooks] if bool(finishing.any()) else []
         if last:
-            extra = {name: v for h in last for name, v in h(pop, context).items()}
-            _record(results, live.index, extra, step, ~finishing)
+            ending = torch.nonzero(finishing).squeeze(1)
+            sub = LoopContext(context.data, context.labels[ending.to(device)],
+                              {k: v[ending.to(device)] for k, v in context.init_params.items()}, step)
+            extra = {name: v for h in last for name, v in h(pop.subset(ending.to(device)), sub).items()}
+            ending_index = [live.index[int(i)] for i in ending]
+            _record(results, ending_index, extra, step, torch.zeros(len(ending), dtype=torch.bool))
         for pos, i in enumerate(live.index):
             if stopped[pos]:
                 results[i].status, results[i].final_step = "diverged", int(diverged_at[pos])
