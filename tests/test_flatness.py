@@ -17,7 +17,6 @@ from implicitreg.config import MLPConfig
 from implicitreg.measures.core import REGISTRY
 from implicitreg.measures.flatness import (
     FlatnessResult,
-    epsilon_sharpness,
     pac_bayes_bound_terms,
     pac_bayes_flatness,
     pac_bayes_init,
@@ -25,6 +24,7 @@ from implicitreg.measures.flatness import (
     pac_bayes_sigma,
     pac_bayes_sigma_result,
 )
+from implicitreg.measures.sharpness import epsilon_sharpness
 from implicitreg.models import build_model
 from implicitreg.population import Population
 from implicitreg.seeding import generator

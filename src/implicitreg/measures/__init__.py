@@ -18,7 +18,6 @@ from implicitreg.measures.curvature import (
 )
 from implicitreg.measures.flatness import (
     FlatnessResult,
-    epsilon_sharpness,
     pac_bayes_bound_terms,
     pac_bayes_flatness,
     pac_bayes_init,
@@ -48,6 +47,7 @@ from implicitreg.measures.rank import (
     stable_rank,
     stable_ranks,
 )
+from implicitreg.measures.sharpness import epsilon_sharpness
 from implicitreg.measures.size import distance_from_init, l1_norm, l2_norm, param_count
 from implicitreg.measures.tracking import compute
 
