@@ -28,9 +28,19 @@ def _cell(row: dict[str, Any], column: str) -> str:
     mean, std = row[f"{column}_mean"], row[f"{column}_std"]
     if column in PERCENT:
         mean, std = (None if v is None else 100 * v for v in (mean, std))
+        return f"{_fmt(mean, 1)}±{_fmt(std, 1)}"
     if column == "steps":  # the spread of stopping steps is in the report; the mean is enough here
         return _fmt(mean, 0)
-    return f"{_fmt(mean, 1)}±{_fmt(std, 1)}"
+    return f"{_number(mean)}±{_number(std)}"
+
+
+def _number(value: float | None) -> str:
+    """Compact: integers above 1000, one decimal above 1, three significant digits below."""
+    if value is None or value != value:
+        return "–"
+    if abs(value) >= 1000:
+        return f"{value:.0f}"
+    return f"{value:.1f}" if abs(value) >= 1 else f"{value:.3g}"
 
 
 def results_table(summary: dict[str, Any]) -> Table:
