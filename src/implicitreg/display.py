@@ -31,16 +31,22 @@ def _cell(row: dict[str, Any], column: str) -> str:
         return f"{_fmt(mean, 1)}±{_fmt(std, 1)}"
     if column == "steps":  # the spread of stopping steps is in the report; the mean is enough here
         return _fmt(mean, 0)
-    return f"{_number(mean)}±{_number(std)}"
+    return _pair(mean, std)
 
 
-def _number(value: float | None) -> str:
-    """Compact: integers above 1000, one decimal above 1, three significant digits below."""
-    if value is None or value != value:
+def _pair(mean: float | None, std: float | None) -> str:
+    """Compact ``mean±std`` for any scale: no decimals above 1000, one above 1, three significant
+    digits below (the std in the mean's format)."""
+    if mean is None or mean != mean:
         return "–"
-    if abs(value) >= 1000:
-        return f"{value:.0f}"
-    return f"{value:.1f}" if abs(value) >= 1 else f"{value:.3g}"
+    if abs(mean) >= 1000:
+        spec = ".0f"
+    elif abs(mean) >= 1:
+        spec = ".1f"
+    else:
+        spec = ".3g"
+    spread = "–" if std is None or std != std else format(std, spec)
+    return f"{format(mean, spec)}±{spread}"
 
 
 def results_table(summary: dict[str, Any]) -> Table:
