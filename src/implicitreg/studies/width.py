@@ -60,7 +60,7 @@ class Width:
     def defaults(self, quick: bool) -> dict[str, Any]:
         if not quick:
             return {}
-        return {"seeds": 2, "widths": [16, 256, 2048],
+        return {"seeds": 2, "widths": [16, 512, 2048],
                 "train": {"max_steps": 3000, "eval_every": 500, "track_every": 3000}}
 
     def plan(self, config: Config) -> list[Group]:
