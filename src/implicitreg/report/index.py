@@ -31,11 +31,12 @@ def write_index(directory: Path, summaries: list[tuple[str, dict[str, Any]]]) ->
                     f"<td class='{verdict}'>{verdict.upper()}</td><td>{html.escape(number)}</td></tr>")
         records.append({"study": name, "claim": summary["claim"], "verdict": verdict, "key_check": check,
                         "report": f"{name}/report.html"})
+    quick = any(s.get("provenance", {}).get("quick") for _, s in summaries)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>implicitreg studies</title>"
             f"<style>{STYLE} th,td{{text-align:left}}</style></head><body><h1>implicitreg: every study</h1>"
             + ("<p>--quick: smoke tests with fewer seeds and steps; the full runs' verdicts are the studies'.</p>"
-               if any(s.get("provenance", {}).get("quick") for _, s in summaries) else "")
-            "<table><tr><th>study</th><th>claim</th><th>verdict</th><th>key number</th></tr>"
+               if quick else "")
+            + "<table><tr><th>study</th><th>claim</th><th>verdict</th><th>key number</th></tr>"
             + "".join(rows) + "</table></body></html>")
     directory.mkdir(parents=True, exist_ok=True)
     for filename, text in (("index.json", json.dumps(records, indent=2)), ("index.html", page)):
