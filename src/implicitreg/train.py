@@ -111,7 +111,7 @@ def train_population(
     diverged_at = torch.zeros(len(members), dtype=torch.int64, device=device)
     results = [MemberResult(m.run_id, "running", 0, None) for m in members]
     evals = eval_steps(cfg.max_steps, cfg.eval_every)
-    full_batch = batch_size == n
+    full_batch = live.orders[0].full_batch  # batch_size ≥ n: every step sees the whole set, in order
 
     for step in range(1, cfg.max_steps + 1):
         if full_batch:

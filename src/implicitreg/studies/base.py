@@ -81,3 +81,13 @@ def mean_std(values: pd.Series) -> tuple[float, float]:
     if finite.empty:
         return math.nan, math.nan
     return float(finite.mean()), float(finite.std(ddof=1)) if len(finite) > 1 else 0.0
+
+
+def with_model(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add the model column (the first part of ``model/arm/seedN`` run ids)."""
+    return frame.assign(model=frame["run_id"].str.split("/").str[0])
+
+
+def n_classes(data: Any) -> int:
+    """Classes of a study's classification data set (``data``: its DataConfig)."""
+    return 2 if data.name == "separable" else 10

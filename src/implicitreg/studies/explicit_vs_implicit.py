@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 from implicitreg.config import CNNConfig, DataConfig, MLPConfig, Strict, TrainConfig
 from implicitreg.plan import Group, Member, group_runs
 from implicitreg.report import figures as fig
-from implicitreg.studies.base import Analysis, Check, final_values, mean_std
+from implicitreg.studies.base import Analysis, Check, final_values, mean_std, n_classes, with_model
 
 ARMS = ("none", "wd", "dropout", "wd+dropout", "random_labels")  # wd: weight decay
 EXPLICIT = ("wd", "dropout", "wd+dropout")
@@ -90,7 +90,7 @@ class ExplicitVsImplicit:
         return group_runs(runs)
 
     def analyze(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame) -> Analysis:
-        final = _with_model(final_values(runs, metrics)).reindex(
+        final = with_model(final_values(runs, metrics)).reindex(
             columns=[*runs.columns.drop(["config", "provenance"]), "model", *TABLE_METRICS])  # NaN if never evaluated
         rows = []
         for (model, arm), part in final.groupby(["model", "arm"], sort=False):
@@ -102,20 +102,20 @@ class ExplicitVsImplicit:
             row["steps_mean"], row["steps_std"] = mean_std(part["final_step"].astype(float))
             rows.append(row)
         table = pd.DataFrame(rows)
-        chance = 1.0 / _n_classes(config)
+        chance = 1.0 / n_classes(config.data)
         checks = []
         for model in config.models:
             checks.extend(_model_checks(table[table["model"] == model].set_index("arm"), model, chance))
-        notes = [f"chance accuracy = 1/{_n_classes(config)} = {chance:.3f}; means over seeds; "
+        notes = [f"chance accuracy = 1/{n_classes(config.data)} = {chance:.3f}; means over seeds; "
                  f"steps = steps until train accuracy {config.train.target_train_acc} or the budget "
                  f"({config.train.max_steps})."]
         return Analysis(table, checks, notes)
 
     def figures(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame, directory: Path) -> list[Path]:
-        labelled = metrics.merge(_with_model(runs)[["run_id", "model", "arm"]], on="run_id")
-        final = _with_model(final_values(runs, metrics))
+        labelled = metrics.merge(with_model(runs)[["run_id", "model", "arm"]], on="run_id")
+        final = with_model(final_values(runs, metrics))
         order = {"model": list(config.models), "arm": list(ARMS)}
-        chance = (1.0 / _n_classes(config), "chance")
+        chance = (1.0 / n_classes(config.data), "chance")
         paths = []
         tracked = tuple((name, name.replace("_", " ")) for name in config.train.track)
         for name, title in (("test_acc", "test accuracy"), ("train_acc", "train accuracy"),
@@ -127,15 +127,6 @@ class ExplicitVsImplicit:
         paths.append(fig.bars(final, ["test_acc", "gap", "l2_norm", "dist_init"], panel="model", bar="arm",
                               path=directory / "by_arm.png", title="final values by arm (mean ± std over seeds)"))
         return paths
-
-
-def _with_model(frame: pd.DataFrame) -> pd.DataFrame:
-    """Add the model column (the first part of ``model/arm/seedN`` run ids)."""
-    return frame.assign(model=frame["run_id"].str.split("/").str[0])
-
-
-def _n_classes(config: Config) -> int:
-    return 2 if config.data.name == "separable" else 10
 
 
 def _model_checks(table: pd.DataFrame, model: str, chance: float) -> list[Check]:

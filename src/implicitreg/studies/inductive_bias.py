@@ -39,8 +39,7 @@ from implicitreg.config import CNNConfig, DataConfig, MLPConfig, Strict, TrainCo
 from implicitreg.plan import Group, Member, group_runs
 from implicitreg.report import figures as fig
 from implicitreg.report.figures import _save, plt
-from implicitreg.studies.base import Analysis, Check, final_values, mean_std
-from implicitreg.studies.explicit_vs_implicit import _n_classes, _with_model
+from implicitreg.studies.base import Analysis, Check, final_values, mean_std, n_classes, with_model
 
 MODELS = ("mlp", "cnn")
 VARIANTS = ("original", "shuffled")
@@ -137,10 +136,10 @@ class InductiveBias:
         return Analysis(table, checks, _notes(config, stats))
 
     def figures(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame, directory: Path) -> list[Path]:
-        labelled = metrics.merge(_with_model(runs)[["run_id", "model", "arm"]], on="run_id")
+        labelled = metrics.merge(with_model(runs)[["run_id", "model", "arm"]], on="run_id")
         final = _final(runs, metrics)
         order = {"model": list(config.models), "arm": list(config.variants)}
-        chance = (1.0 / _n_classes(config), "chance")
+        chance = (1.0 / n_classes(config.data), "chance")
         anchors = ANCHORS if config.data.name == "mnist1d" else {}
         paths = [accuracy_bars(final, list(config.models), list(config.variants), anchors, chance[0],
                                directory / "accuracy_by_variant.png")]
@@ -157,7 +156,7 @@ class InductiveBias:
 
 def _final(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     """One row per run with its last evaluation; metric columns are NaN for a run never evaluated."""
-    return _with_model(final_values(runs, metrics)).reindex(
+    return with_model(final_values(runs, metrics)).reindex(
         columns=[*runs.columns.drop(["config", "provenance"]), "model", *TABLE_METRICS])
 
 
@@ -215,7 +214,7 @@ def _checks(stats: dict[tuple[str, str], tuple[float, float, int]]) -> list[Chec
 
 
 def _notes(config: Config, stats: dict[tuple[str, str], tuple[float, float, int]]) -> list[str]:
-    notes = [(f"chance accuracy = 1/{_n_classes(config)}; means over seeds; steps = steps until train accuracy "
+    notes = [(f"chance accuracy = 1/{n_classes(config.data)}; means over seeds; steps = steps until train accuracy "
               f"{config.train.target_train_acc} or the budget ({config.train.max_steps}); shuffled = one fixed "
               f"permutation of the input positions (data seed {config.data.seed}), the same for train and test.")]
     if config.data.name == "mnist1d":

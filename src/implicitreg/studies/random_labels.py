@@ -36,8 +36,7 @@ from pydantic import Field, field_validator, model_validator
 from implicitreg.config import CNNConfig, DataConfig, MLPConfig, Strict, TrainConfig
 from implicitreg.plan import Group, Member, group_runs
 from implicitreg.report import figures as fig
-from implicitreg.studies.base import Analysis, Check, final_values, mean_std
-from implicitreg.studies.explicit_vs_implicit import _n_classes, _with_model
+from implicitreg.studies.base import Analysis, Check, final_values, mean_std, n_classes, with_model
 
 RANDOM_INPUTS = "random_inputs"
 LEVEL_PREFIX = "corrupt"
@@ -172,17 +171,17 @@ class RandomLabels:
             model_checks, model_notes = _model_checks(config, part, model, getattr(config.track, model))
             checks.extend(model_checks)
             notes.extend(model_notes)
-        notes.insert(0, f"chance accuracy = 1/{_n_classes(config)}; means ± std over seeds; steps = first evaluation "
+        notes.insert(0, f"chance accuracy = 1/{n_classes(config.data)}; means ± std over seeds; steps = first evaluation "
                         f"(every {config.train.eval_every}) with train accuracy ≥ {config.fit_acc}, or the budget "
                         f"({config.train.max_steps}) for runs that never got there; measures at each run's last step.")
         return Analysis(table, checks, notes)
 
     def figures(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame, directory: Path) -> list[Path]:
         final = _finals(config, runs, metrics)
-        labelled = metrics.merge(_with_model(runs)[["run_id", "model", "arm"]], on="run_id")
+        labelled = metrics.merge(with_model(runs)[["run_id", "model", "arm"]], on="run_id")
         arms = [*map(level_arm, config.levels), *([RANDOM_INPUTS] if config.random_inputs else [])]
         order = {"model": list(config.models), "arm": arms}
-        chance = (1.0 / _n_classes(config), "chance")
+        chance = (1.0 / n_classes(config.data), "chance")
         paths = [
             _vs_level(config, final, ["train_acc", "test_acc"], directory / "accuracy_vs_level.png",
                       "accuracy vs label corruption (mean ± std over seeds)", reference=chance),
@@ -209,7 +208,7 @@ def _measures(config: Config) -> list[str]:
 def _finals(config: Config, runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     """One row per run: final metrics, level, the step it first fitted (NaN if never) and its steps to fit."""
     names = ["train_acc", "test_acc", *_measures(config)]
-    final = _with_model(final_values(runs, metrics))
+    final = with_model(final_values(runs, metrics))
     final = final.reindex(columns=list(dict.fromkeys([*final.columns, *names])))  # NaN if never recorded
     acc = metrics[metrics["name"] == "train_acc"]
     fitted = acc[acc["value"] >= config.fit_acc].groupby("run_id")["step"].min()
