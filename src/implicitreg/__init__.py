@@ -24,9 +24,9 @@ __version__ = "0.1.0"
 
 def run(study: str, quick: bool = False, *, seeds: int | None = None, device: str = "auto",
         engine: str = "population", out: str | Path | None = None, resume: bool = False,
-        threads: int | None = None, **overrides: Any) -> StudyResult:
+        threads: int | None = None, data: str | Path | None = None, **overrides: Any) -> StudyResult:
     """Run a study as ``implicitreg run`` does; overrides use dotted keys (``**{"train.lr": 0.01}``)
-    or nested dicts (``train={"lr": 0.01}``)."""
+    or nested dicts (``train={"lr": 0.01}``); ``data`` is a user's ``.npz`` problem (``--data``)."""
     nested: dict[str, Any] = {}
     for key, value in overrides.items():
         node = nested
@@ -34,7 +34,8 @@ def run(study: str, quick: bool = False, *, seeds: int | None = None, device: st
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
-    options = RunOptions(study, quick, nested, seeds, device, engine, Path(out) if out else None, resume, threads)
+    options = RunOptions(study, quick, nested, seeds, device, engine, Path(out) if out else None, resume, threads,
+                         Path(data) if data is not None else None)
     return execute(prepare(options))
 
 

@@ -71,10 +71,11 @@ def run(
     resume: bool = typer.Option(False, "--resume", help="continue the runs in --out that did not finish"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all available)"),
     as_json: bool = typer.Option(False, "--json", help="print summary.json to stdout"),
+    data: Optional[Path] = typer.Option(None, "--data", help="your own problem as FILE.npz (theory studies)"),
 ) -> None:
     """Run a study (or `all` of them): train, store, analyze, report."""
     try:
-        options = RunOptions(study, quick, parse_sets(set_), seeds, device, engine, out, resume, threads)
+        options = RunOptions(study, quick, parse_sets(set_), seeds, device, engine, out, resume, threads, data)
         prepared_runs = prepare_all(options) if study == ALL else [prepare(options)]
     except ConfigError as err:
         fail(str(err))
@@ -122,8 +123,12 @@ def _execute_with_progress(prepared):
             for task_id in progress.task_ids:
                 progress.update(task_id, total=progress.tasks[task_id].completed)
 
+        def solve_bar(label: str, total: int):
+            handle = progress.add_task(f"{prepared.study.name}: {label}", total=total)
+            return lambda done: progress.update(handle, completed=done)
+
         try:
-            return execute(prepared, progress=progress_for, on_outcome=finished)
+            return execute(prepared, progress=progress_for, on_outcome=finished, solve_progress=solve_bar)
         except KeyboardInterrupt:
             progress.stop()
             err_console.print(f"interrupted: finished populations are stored in {prepared.out}; "

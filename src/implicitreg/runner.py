@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -26,12 +27,13 @@ from implicitreg.plan import Group
 from implicitreg.report.html import write_report
 from implicitreg.store import Store
 from implicitreg.studies import STUDIES, get_study
-from implicitreg.studies.base import Analysis, Study
+from implicitreg.studies.base import Analysis, ProgressBar, Solved, Study, is_solved, no_progress
 
 ENGINES = ("population", "sequential")
 ALL = "all"  # `implicitreg run all`: every study into one directory
 QUICK_NOTE = "--quick: a smoke test with fewer seeds and steps; the full run's verdict is the study's."
 DEVICES = ("auto", "cpu", "cuda")
+SOLUTIONS = "solutions.npz"
 
 
 @dataclass
@@ -47,11 +49,13 @@ class RunOptions:
     out: Path | None = None
     resume: bool = False
     threads: int | None = None
+    data: Path | None = None
 
 
 @dataclass
 class Prepared:
-    """A validated run: the study, its resolved config, device, threads and output directory."""
+    """A validated run: the study, its resolved config, device, threads, output directory and,
+    for a solved study, its loaded problem."""
 
     study: Study
     config: Any
@@ -59,6 +63,7 @@ class Prepared:
     threads: int
     out: Path
     options: RunOptions
+    problem: Any = None
 
 
 def available_threads() -> int:
@@ -90,8 +95,10 @@ def default_out(study: str) -> Path:
 
 def prepare_all(options: RunOptions) -> list[Prepared]:
     """Validate a run of every study into ``OUT/<study>`` (``implicitreg run all``). Writes nothing."""
-    if options.overrides:
-        raise ConfigError("--set: keys differ between studies, so `run all` takes no --set; run a study alone")
+    if options.overrides or options.data is not None:
+        flag = "--set" if options.overrides else "--data"
+        raise ConfigError(f"{flag}: settings differ between studies, so `run all` takes no {flag}; "
+                          "run a study alone")
     base = Path(options.out) if options.out is not None else default_out(ALL)
     if options.out is not None and not base.parent.exists():
         raise ConfigError(f"--out: the parent directory {base.parent} does not exist")
@@ -113,6 +120,12 @@ def prepare(options: RunOptions, parent_may_be_missing: bool = False) -> Prepare
         if "seeds" in overrides:
             raise ConfigError("seeds: given both as --seeds and as --set seeds=…; use one")
         overrides["seeds"] = options.seeds
+    if options.data is not None:
+        if "data_file" not in study.Config.model_fields:
+            takers = sorted(n for n, s in STUDIES.items() if "data_file" in s.Config.model_fields)
+            raise ConfigError(f"--data: {study.name} generates its own data; --data FILE.npz applies to "
+                              f"{', '.join(takers)}")
+        overrides["data_file"] = str(Path(options.data).resolve())
     config = build_config(study.Config, study.defaults(options.quick), overrides)
     device = resolve_device(options.device)
     out = Path(options.out) if options.out is not None else default_out(study.name)
@@ -137,7 +150,13 @@ def prepare(options: RunOptions, parent_may_be_missing: bool = False) -> Prepare
             cached_dataset(group.data)  # sizes a data set cannot provide fail here, before any file exists
         except (ValueError, FileNotFoundError) as err:
             raise ConfigError(str(err)) from None
-    return Prepared(study, config, device, options.threads or available_threads(), out, options)
+    problem = None
+    if is_solved(study):
+        try:
+            problem = study.problem(config)  # a malformed --data file fails here, before any file exists
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    return Prepared(study, config, device, options.threads or available_threads(), out, options, problem)
 
 
 def member_bytes(group: Group, n_eval: int = 2048) -> int:
@@ -168,10 +187,43 @@ def run_record(study: Study, group: Group, member) -> dict[str, Any]:
             "config": group.run_config(member)}
 
 
+def write_solutions(directory: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``solutions.npz``, replaced atomically."""
+    tmp = directory / (SOLUTIONS + ".tmp")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+    os.replace(tmp, directory / SOLUTIONS)
+
+
+def read_solutions(directory: Path) -> dict[str, np.ndarray]:
+    """The arrays of ``solutions.npz`` (empty if the study has not finished solving)."""
+    path = Path(directory) / SOLUTIONS
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def solve(prepared: Prepared, store: Store, prov: dict[str, Any], progress: ProgressBar) -> None:
+    """Run a solved study's dynamics and store its runs and ``solutions.npz`` (skipped on resume
+    once done: solving is deterministic)."""
+    study, config = prepared.study, prepared.config
+    if store.meta().get("solved"):
+        return
+    torch.set_num_threads(prepared.threads)
+    solved: Solved = study.solve(config, prepared.problem, progress)
+    store.start([{"run_id": r.run_id, "study": study.name, "arm": r.arm, "seed": r.seed, "config": r.config}
+                 for r in solved.runs], prov)
+    store.finish(solved.runs)
+    write_solutions(prepared.out, solved.arrays)
+    store.set_meta(solved=True)
+
+
 def execute(prepared: Prepared, backend: Backend | None = None,
             progress: Callable[[Task], Callable[[int, int], None]] | None = None,
-            on_outcome: Callable[[Any], None] | None = None) -> "StudyResult":
-    """Train what is not yet finished, store it, analyze and write the report."""
+            on_outcome: Callable[[Any], None] | None = None,
+            solve_progress: ProgressBar = no_progress) -> "StudyResult":
+    """Solve and train what is not yet finished, store it, analyze and write the report."""
     study, config, out = prepared.study, prepared.config, prepared.out
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -179,6 +231,8 @@ def execute(prepared: Prepared, backend: Backend | None = None,
     with Store(out / Store.FILENAME) as store:
         store.set_meta(study=study.name, config=json.loads(config.model_dump_json()), quick=prepared.options.quick,
                        engine=prepared.options.engine)
+        if is_solved(study):
+            solve(prepared, store, prov, solve_progress)
         finished = store.finished_ids()
         tasks = []
         for group in study.plan(config):
@@ -224,7 +278,7 @@ def summarize(directory: Path) -> tuple[dict[str, Any], Study, Any, Analysis, pd
         meta, runs, metrics = store.meta(), store.runs(), store.metrics()
     study = get_study(meta["study"])
     config = study.Config.model_validate(meta["config"])
-    analysis = study.analyze(config, runs, metrics)
+    analysis = study.analyze(config, runs, metrics, *_solved_args(study, directory))
     first_provenance = runs["provenance"].iloc[0] if len(runs) else {}
     summary = _clean({
         "study": study.name,
@@ -242,10 +296,16 @@ def summarize(directory: Path) -> tuple[dict[str, Any], Study, Any, Analysis, pd
     return summary, study, config, analysis, runs, metrics
 
 
+def _solved_args(study: Study, directory: Path) -> tuple[dict[str, np.ndarray], ...]:
+    """A solved study's analysis and figures also receive its solutions."""
+    return (read_solutions(directory),) if is_solved(study) else ()
+
+
 def write_outputs(directory: Path) -> "StudyResult":
     """Figures, ``summary.json`` and ``report.html`` from the store alone (each replaced atomically)."""
     summary, study, config, analysis, runs, metrics = summarize(directory)
-    figures = study.figures(config, runs, metrics, directory / "figures") if not metrics.empty else []
+    figures = (study.figures(config, runs, metrics, *_solved_args(study, directory), directory / "figures")
+               if not metrics.empty else [])
     tmp = directory / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, directory / "summary.json")

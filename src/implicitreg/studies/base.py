@@ -1,7 +1,10 @@
 """What a study is: configuration, a plan of runs, and an analysis that ends in a verdict.
 
-A study never trains, measures or stores anything itself: it declares its grid of runs
-(:class:`~implicitreg.plan.Group`) and judges the stored results.
+A study never stores anything itself. A deep-network study declares its grid of runs
+(:class:`~implicitreg.plan.Group`), which the population engine trains. A study whose claim is
+about an exact solution (min-norm, max-margin, …) also has ``problem()`` and ``solve()``: it
+computes its dynamics on a small float64 problem and returns the runs' metrics and the learned
+and reference solutions (:class:`Solved`), which the driver stores (``solutions.npz``).
 """
 
 from __future__ import annotations
@@ -9,8 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
@@ -64,6 +68,52 @@ class Study(Protocol):
     def analyze(self, config: Any, runs: pd.DataFrame, metrics: pd.DataFrame) -> Analysis: ...
 
     def figures(self, config: Any, runs: pd.DataFrame, metrics: pd.DataFrame, directory: Path) -> list[Path]: ...
+
+
+ProgressBar = Callable[[str, int], Callable[[int], None]]
+"""``bar = progress(label, total)`` starts a progress bar; ``bar(done)`` moves it."""
+
+
+def no_progress(label: str, total: int) -> Callable[[int], None]:
+    return lambda done: None
+
+
+@dataclass
+class SolvedRun:
+    """One run of a solved study: its identity, settings and metrics rows (step, name, value)."""
+
+    run_id: str
+    arm: str
+    config: dict[str, Any]
+    metrics: list[tuple[int, str, float]]
+    final_step: int
+    seed: int = 0
+    status: str = "done"
+    target_step: int | None = None
+
+
+@dataclass
+class Solved:
+    """What ``solve()`` returns: the runs, and the arrays for ``solutions.npz`` — every learned
+    predictor under its run label and every reference under ``ref_<name>``."""
+
+    runs: list[SolvedRun]
+    arrays: dict[str, np.ndarray]
+
+
+class SolvedStudy(Study, Protocol):
+    """A study with an exact reference: ``problem`` loads or generates the data (``config.data_file``:
+    a user's ``.npz``; ``ValueError`` naming the array if it is malformed), ``solve`` runs the
+    dynamics, and ``analyze``/``figures`` also receive the arrays of ``solutions.npz``."""
+
+    def problem(self, config: Any) -> Any: ...
+
+    def solve(self, config: Any, problem: Any, progress: ProgressBar) -> Solved: ...
+
+
+def is_solved(study: Any) -> bool:
+    """Whether a study computes its runs itself (``solve``) rather than through populations."""
+    return callable(getattr(study, "solve", None))
 
 
 def final_values(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
