@@ -82,6 +82,19 @@ def test_stopping_target_and_steps_match(digits64):
     assert len({r.final_step for r in pop}) > 1, "members should stop at different steps"
 
 
+def test_loss_target_stops_each_member_where_the_sequential_loop_stops(digits64):
+    train = TrainConfig(optimizer="momentum", lr=0.1, max_steps=400, eval_every=10, batch_size=64,
+                        dtype="float64", target_train_acc=None, target_train_loss=0.3)
+    group = Group("mlp", MLPConfig(hidden=[32]), DataConfig(), train, members(4))
+    pop, seq = train_population(group, digits64), train_sequential(group, digits64)
+    assert_close(pop, seq, rel=1e-10)
+    stopped = [r for r in pop if r.target_step is not None]
+    assert stopped and len({r.final_step for r in pop}) > 1
+    for r in stopped:  # the loss at the stopping step is at most the target, one evaluation before it is not
+        losses = {step: v for step, name, v in r.metrics if name == "train_loss"}
+        assert losses[r.final_step] <= 0.3 < losses[r.final_step - 10]
+
+
 def test_divergent_member_frozen_others_unaffected(digits64):
     train = TrainConfig(optimizer="sgd", lr=0.05, max_steps=50, eval_every=10, batch_size=32,
                         dtype="float64", target_train_acc=None)

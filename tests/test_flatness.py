@@ -265,3 +265,25 @@ def test_model_at_chance_has_unbounded_sigma():
     result = pac_bayes_sigma_result(model, (x, y), n_samples=8)
     assert float(result.base_accuracy) < 0.2
     assert _math.isinf(float(result.sigma)) and bool(result.converged)
+
+
+def test_sigma_search_is_shared_until_the_weights_change(monkeypatch):
+    """The PAC-Bayes measures computed one after another reuse one σ search; an in-place change of
+    the weights (as an optimizer step makes) starts a new one, which finds a different σ."""
+    import implicitreg.measures.flatness as flatness
+
+    model, x, y = linear_problem()
+    calls = []
+    original = flatness._search
+    monkeypatch.setattr(flatness, "_search", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(flatness, "_LAST_SEARCH", {})
+    first = pac_bayes_sigma(model, (x, y))
+    assert pac_bayes_flatness(model, (x, y)) == pytest.approx(1 / first**2)
+    pac_bayes_init(model, model, (x, y))
+    assert len(calls) == 1
+    pac_bayes_sigma(model, (x, y), n_samples=32)  # other arguments: a new search
+    assert len(calls) == 2
+    with torch.no_grad():
+        model.weight.mul_(3.0)  # larger margins: more noise is tolerated
+    assert pac_bayes_sigma(model, (x, y)) > first
+    assert len(calls) == 3

@@ -88,6 +88,10 @@ class TrainConfig(Strict):
     target_train_acc: float | None = Field(
         1.0, gt=0.0, le=1.0, description="a member stops once its train accuracy reaches this"
     )
+    target_train_loss: float | None = Field(
+        None, gt=0.0, description="a member stops once its train loss falls to this (with the accuracy target, "
+                                  "once both are met)"
+    )
     eval_every: int = Field(100, ge=1)
     schedule: Literal["constant", "cosine", "linear"] = "constant"
     weight_decay_mode: Literal["coupled", "decoupled"] = "coupled"

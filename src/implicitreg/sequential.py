@@ -95,8 +95,10 @@ def train_member(group: Group, member: Member, module: nn.Module, data: DeviceDa
         if step in evals:
             values = _evaluate(model, init, data, labels)
             result.metrics.extend((step, name, value) for name, value in values.items())
-            target = cfg.target_train_acc
-            if target is not None and values["train_acc"] >= target:
+            targets = [(cfg.target_train_acc, values["train_acc"] >= (cfg.target_train_acc or 0)),
+                       (cfg.target_train_loss, values["train_loss"] <= (cfg.target_train_loss or 0))]
+            set_targets = [met for target, met in targets if target is not None]
+            if set_targets and all(set_targets):
                 result.target_step = step
                 break
     result.status, result.final_step = "done", step

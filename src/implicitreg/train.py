@@ -82,8 +82,8 @@ def train_population(
 ) -> list[MemberResult]:
     """Train the members of ``group`` in lockstep and return one :class:`MemberResult` each.
 
-    A member stops when its train accuracy reaches ``train.target_train_acc`` (checked at each
-    evaluation); a member whose loss turns non-finite is frozen at its last finite weights and
+    A member stops when its train accuracy reaches ``train.target_train_acc`` and its train loss
+    falls to ``train.target_train_loss`` (each if set; checked at each evaluation); a member whose loss turns non-finite is frozen at its last finite weights and
     reported ``diverged``; the others train on unaffected. Members that stopped are dropped from
     the population at the next evaluation, so they cost nothing afterwards.
     """
@@ -133,9 +133,7 @@ def train_population(
         context.step = step
         values = evaluate_population(pop, context) if step in evals else {}
         stopped = ~active.cpu()  # diverged
-        reached = torch.zeros_like(stopped)
-        if step in evals and cfg.target_train_acc is not None and "train_acc" in values:
-            reached = (values["train_acc"] >= cfg.target_train_acc).cpu() & ~stopped
+        reached = _reached_targets(cfg, values) & ~stopped if step in evals else torch.zeros_like(stopped)
         finishing = (reached | (step == cfg.max_steps)) & ~stopped
         for hook in due_hooks:
             values.update(hook(pop, context))
@@ -171,6 +169,16 @@ def train_population(
         if results[i].status == "running":
             results[i].status, results[i].final_step = "done", cfg.max_steps
     return results
+
+
+def _reached_targets(cfg, values: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[P] bool on the CPU: members that meet every stopping target set (none set: none reached)."""
+    targets = [(values["train_acc"] >= cfg.target_train_acc) if cfg.target_train_acc is not None else None,
+               (values["train_loss"] <= cfg.target_train_loss) if cfg.target_train_loss is not None else None]
+    targets = [t.cpu() for t in targets if t is not None]
+    if not targets:
+        return torch.zeros(values["train_loss"].shape[0], dtype=torch.bool)
+    return torch.stack(targets).all(0)
 
 
 @dataclass

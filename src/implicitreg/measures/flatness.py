@@ -140,10 +140,25 @@ def _perturbed_accuracy(s: Stacked, theta: Params, scale_fn: Callable[[torch.Ten
 
 
 @torch.no_grad()
+def _fingerprint(tensors: list[torch.Tensor]) -> tuple:
+    """Identifies tensors' current contents: storage, in-place version, shape and sum (the sum
+    guards against a freed storage reused by a new tensor)."""
+    return tuple((t.data_ptr(), t._version, tuple(t.shape), t.dtype, str(t.device), float(t.double().sum()))
+                 for t in tensors)
+
+
+#: The last σ search, per magnitude_aware flag: the six PAC-Bayes measures share two searches
+#: (isotropic and magnitude-aware) when they are computed one after another on the same weights.
+_LAST_SEARCH: dict[bool, tuple[tuple, FlatnessResult]] = {}
+
+
 def pac_bayes_sigma_result(model, data, target_drop: float = 0.1, n_samples: int = 64, tol: float = 1e-2,
                            max_iter: int = 40, seed: int = 0, magnitude_aware: bool = False,
                            epsilon: float = MAG_EPSILON, sigma0: float = 1e-2, chunk: int = 64) -> FlatnessResult:
     """Search the largest noise scale σ whose Monte-Carlo train-accuracy drop stays ≤ ``target_drop``.
+
+    The search is deterministic, so a repeated call on unchanged weights and data with the same
+    arguments returns the previous result (one per ``magnitude_aware`` flag is kept).
 
     Isotropic: θ + u, u ~ N(0, σ² I) on every parameter (biases included). Magnitude-aware
     (Jiang et al.'s σ'): u_i ~ N(0, σ'² θ_i² + ε²) with ε = ``epsilon`` (default 1e-3, as in
@@ -184,6 +199,21 @@ def pac_bayes_sigma_result(model, data, target_drop: float = 0.1, n_samples: int
     s = stacked(model)
     x, y = train_data(data, s)
     theta = {k: v.detach() for k, v in s.params.items()}
+    key = (_fingerprint([*theta.values(), x, y]), tuple(theta), s.single, target_drop, n_samples, tol, max_iter,
+           seed, epsilon, sigma0)
+    cached = _LAST_SEARCH.get(magnitude_aware)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    result = _search(s, theta, x, y, target_drop, n_samples, tol, max_iter, seed, magnitude_aware, epsilon, sigma0,
+                     chunk)
+    _LAST_SEARCH[magnitude_aware] = (key, result)
+    return result
+
+
+def _search(s: Stacked, theta: Params, x: torch.Tensor, y: torch.Tensor, target_drop: float, n_samples: int,
+            tol: float, max_iter: int, seed: int, magnitude_aware: bool, epsilon: float, sigma0: float,
+            chunk: int) -> FlatnessResult:
+    """The search of :func:`pac_bayes_sigma_result` on validated arguments."""
     if magnitude_aware:
         scale_fn = lambda t, sg: torch.sqrt(sg**2 * t**2 + epsilon**2)
     else:
