@@ -12,9 +12,12 @@ VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "inconclusive": "bold
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
+    """Fixed decimals, or significant digits where fixed ones would hide a small or huge value."""
     if value is None or (isinstance(value, float) and value != value):
         return "–"
     if isinstance(value, float):
+        if value != 0 and not 10 ** -digits <= abs(value) < 1e6:
+            return f"{value:.{digits}g}"
         return f"{value:.{digits}f}"
     return str(value)
 
@@ -52,13 +55,14 @@ def _pair(mean: float | None, std: float | None) -> str:
 def results_table(summary: dict[str, Any]) -> Table:
     """Columns ``X_mean``/``X_std`` of the summary table are shown as ``mean±std``."""
     rows = summary["table"]
-    table = Table(title=f"{summary['study']} — mean±std over seeds; accuracies and gap in %",
+    paired = [c[: -len("_mean")] for c in rows[0] if c.endswith("_mean")] if rows else []
+    title = summary["study"] + (" — mean±std over seeds; accuracies and gap in %" if paired else "")
+    table = Table(title=title,
                   title_justify="left", box=box.SIMPLE_HEAD,
                   padding=0, show_edge=False, pad_edge=False)
     if not rows:
         return table
     plain = [c for c in rows[0] if not c.endswith(("_mean", "_std")) and c not in ("runs", "diverged")]
-    paired = [c[: -len("_mean")] for c in rows[0] if c.endswith("_mean")]
     for column in plain:
         table.add_column(HEADERS.get(column, column), no_wrap=True)
     for column in paired:
