@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
+from threadpoolctl import threadpool_limits
 
 from implicitreg import provenance
 from implicitreg.backends import Backend, LocalBackend, Task
@@ -211,7 +212,10 @@ def solve(prepared: Prepared, store: Store, prov: dict[str, Any], progress: Prog
     if store.meta().get("solved"):
         return
     torch.set_num_threads(prepared.threads)
-    solved: Solved = study.solve(config, prepared.problem, progress)
+    # numpy's BLAS (SVDs, lstsq, cvxpy) gets the same count: BLAS threads that outnumber the free
+    # cores spin, and slow small dense solves down by orders of magnitude
+    with threadpool_limits(limits=prepared.threads, user_api="blas"):
+        solved: Solved = study.solve(config, prepared.problem, progress)
     store.start([{"run_id": r.run_id, "study": study.name, "arm": r.arm, "seed": r.seed, "config": r.config}
                  for r in solved.runs], prov)
     store.finish(solved.runs)

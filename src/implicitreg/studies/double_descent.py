@@ -1,0 +1,510 @@
+"""double-descent: test error peaks at the interpolation threshold and falls again beyond it.
+
+Belkin, Hsu, Ma & Mandal (2019), "Reconciling modern machine-learning practice and the classical
+bias–variance trade-off"; Nakkiran, Kaplun, Bansal, Yang, Barak & Sutskever (2019), "Deep double
+descent: where bigger models and more data hurt"; reproduced on MNIST-1D by Greydanus & Kobak
+(2020/2024), "Scaling down deep learning with MNIST-1D".
+
+Claim checked, in two parts on MNIST-1D:
+
+(a) exact — random ReLU features ``φ(x) = ReLU(Wx + b)/√N`` (W ~ N(0, 1/d), b ~ N(0, 1), fixed per
+    feature seed) with the minimum-norm least-squares fit to one-hot targets (``numpy.linalg.lstsq``,
+    float64) on n training points, for N from n/10 to 10n, denser near n. The test MSE is largest
+    at N ≈ n (the grid point of the peak lies within 10% of n), and falls again beyond it: at every
+    grid step from the peak on, and by at least 10× from the peak to the largest N. The first N whose
+    fits interpolate (train MSE ≤ 1e-12) also lies within 10% of n: the peak is at the interpolation
+    threshold.
+(b) trained — one-hidden-layer ReLU MLPs of widths spanning the interpolation threshold, trained
+    by Adam (no explicit regularization, a fixed budget of steps for every width) on MNIST-1D with
+    15% of the training labels replaced by random classes: the test error over widths peaks near
+    the interpolation threshold (the narrowest width whose mean train accuracy on its noisy labels
+    is ≥ 0.99; the peak width within a factor 2 of it) and the widest network tests better than the
+    peak by more than two standard errors (the second descent).
+
+Design:
+- Part (a) is computed in ``solve`` (runs ``rf/seed<k>``, arm ``rf``; each run sweeps N, and its
+  metrics rows use the number of features N as their ``step``). Part (b) is a plan of populations
+  (runs ``mlp/w<width>/seed<s>``, arm ``mlp``) that the engine trains; ``analyze`` and ``figures``
+  see both in the same tables.
+- Feature sets are nested: the model with N features uses the first N features of the seed's
+  largest draw, so the sweep of one seed is one growing model.
+- Test MSE is the mean over test points and classes of (f(x) − one-hot)²: predicting zero scores
+  0.1. Its spread over feature seeds is multiplicative (the smallest singular value of the feature
+  matrix sets the size of the peak), so the checks use the geometric mean over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, field_validator
+
+from implicitreg.config import DataConfig, MLPConfig, Strict, TrainConfig
+from implicitreg.data import Dataset, load_dataset
+from implicitreg.plan import Group, Member, group_runs
+from implicitreg.references.random_features import (
+    draw_relu_features,
+    min_norm_fit,
+    relu_features,
+)
+from implicitreg.report.figures import _save, curves, plt
+from implicitreg.studies.base import (
+    Analysis,
+    Check,
+    ProgressBar,
+    Solved,
+    SolvedRun,
+    final_values,
+    mean_std,
+)
+
+RF_ARM, MLP_ARM = "rf", "mlp"
+RF_METRICS = ("train_mse", "test_mse", "train_err", "test_err", "coef_norm")
+PEAK_TOLERANCE = 0.10  # (a): |N_peak / n − 1| ≤ 10%
+ROUNDING = 1e-9  # N/n − 1 in floating point: 1100/1000 − 1 is 0.10000000000000009
+DESCENT_FACTOR = 10.0  # (a): test MSE at the peak ≥ 10 × at the largest N
+INTERPOLATION_MSE = 1e-12  # (a): train MSE of a fit that interpolates (every feature seed), in float64
+FIT_MIN = 0.99  # (b): "fits its noisy training labels": mean train accuracy over seeds
+PEAK_FACTOR = 2.0  # (b): peak width within a factor 2 of the interpolation threshold
+SE_MULTIPLIER = 2.0  # (b): the widest network tests better than the peak by > 2 standard errors
+
+
+def _increasing(values: list, what: str) -> list:
+    if any(v <= 0 for v in values) or sorted(set(values)) != list(values):
+        raise ValueError(f"{what} must be strictly increasing positive numbers, got {values}")
+    return values
+
+
+class RandomFeatures(Strict):
+    """Part (a): the random-features sweep (``--set rf.ratios=[…]`` etc.)."""
+
+    n_train: int = Field(1000, ge=10, description="training points n of the random-features fits")
+    n_test: int = Field(1000, ge=10, description="test points of the random-features fits")
+    ratios: list[float] = Field(
+        default_factory=lambda: [0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.5, 2.0, 3.0,
+                                 5.0, 10.0],
+        min_length=3, description="numbers of features N as multiples of n (increasing)")
+    feature_seeds: int = Field(3, ge=1, description="independent feature draws (error bars)")
+    bias_scale: float = Field(1.0, ge=0.0, description="standard deviation of the feature biases")
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, value: list[float]) -> list[float]:
+        return _increasing(value, "rf.ratios")
+
+
+class Config(Strict):
+    """Configuration of ``double-descent``; every field can be set with ``--set``."""
+
+    seed: int = Field(0, ge=0, description="MNIST-1D generation seed (both parts)")
+    rf: RandomFeatures = Field(default_factory=RandomFeatures)
+    n_train: int = Field(4000, ge=10, description="MLP part: training points (4000/1000 is MNIST-1D's own split)")
+    n_test: int = Field(1000, ge=1, description="MLP part: test points")
+    widths: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256, 512, 1024, 2048], min_length=3)
+    seeds: int = Field(3, ge=1, description="MLP seeds per width (init, batch order, corrupted labels)")
+    label_noise: float = Field(0.15, ge=0.0, le=1.0, description="fraction of MLP training labels randomized")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(
+        optimizer="adam", lr=1e-3, batch_size=128, max_steps=8000, eval_every=500, target_train_acc=None,
+        schedule="constant"))
+
+    @field_validator("widths")
+    @classmethod
+    def _widths(cls, value: list[int]) -> list[int]:
+        return _increasing(value, "widths")
+
+
+def feature_counts(rf: RandomFeatures) -> list[int]:
+    """The grid of N: ``round(ratio · n)``, at least 1, without repeats (increasing)."""
+    return sorted({max(1, round(r * rf.n_train)) for r in rf.ratios})
+
+
+def mlp_data(config: Config) -> DataConfig:
+    return DataConfig(name="mnist1d", n_train=config.n_train, n_test=config.n_test, seed=config.seed)
+
+
+def rf_data(config: Config) -> DataConfig:
+    return DataConfig(name="mnist1d", n_train=config.rf.n_train, n_test=config.rf.n_test, seed=config.seed)
+
+
+def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    return np.eye(n_classes)[labels]
+
+
+def sweep_features(data: Dataset, counts: list[int], feature_seed: int, bias_scale: float,
+                   keep: tuple[int, ...] = ()) -> tuple[list[tuple[int, str, float]], dict[int, np.ndarray]]:
+    """Fit the min-norm random-features model at every N of ``counts`` for one feature seed.
+
+    Args:
+        data: train/test inputs (n, d) and integer labels; targets are one-hot (n, k).
+        counts: increasing numbers of features N; the models are nested (first N of one draw).
+        keep: the N whose (N, k) coefficients are returned.
+
+    Returns:
+        metrics rows (N, name, value) for ``RF_METRICS`` and the kept coefficients by N.
+    """
+    k = data.n_classes
+    targets, test_targets = one_hot(data.y_train, k), one_hot(data.y_test, k)
+    weights, bias = draw_relu_features(data.x_train.shape[1], counts[-1], feature_seed, bias_scale)
+    rows, kept = [], {}
+    for count in counts:
+        w, b = weights[:, :count], bias[:count]
+        train_features, test_features = relu_features(data.x_train, w, b), relu_features(data.x_test, w, b)
+        coefficients = min_norm_fit(train_features, targets)
+        fit, predicted = train_features @ coefficients, test_features @ coefficients
+        rows += [
+            (count, "train_mse", float(np.mean((fit - targets) ** 2))),
+            (count, "test_mse", float(np.mean((predicted - test_targets) ** 2))),
+            (count, "train_err", float(np.mean(fit.argmax(1) != data.y_train))),
+            (count, "test_err", float(np.mean(predicted.argmax(1) != data.y_test))),
+            (count, "coef_norm", float(np.linalg.norm(coefficients))),
+        ]
+        if count in keep:
+            kept[count] = coefficients
+    return rows, kept
+
+
+class DoubleDescent:
+    name = "double-descent"
+    claim = ("Test error peaks at the interpolation threshold and falls again beyond it: random ReLU features "
+             "with the min-norm fit at N ≈ n features, and MLPs with noisy labels near the width that first "
+             "fits them.")
+    paper = "Belkin, Hsu, Ma & Mandal 2019; Nakkiran et al. 2019"
+    Config = Config
+
+    def defaults(self, quick: bool) -> dict[str, Any]:
+        if not quick:
+            return {}
+        # a smoke test: one feature draw on n = 500 points and a coarser grid (still 0.9n … 1.1n around
+        # the peak); three widths and one seed on 3/8 of the budget — too short to place the MLP peak
+        return {"rf": {"n_train": 500, "n_test": 500, "feature_seeds": 1,
+                       "ratios": [0.1, 0.5, 0.9, 0.95, 1.0, 1.05, 1.1, 2.0, 5.0, 10.0]},
+                "seeds": 1, "widths": [16, 128, 512], "train": {"max_steps": 3000, "eval_every": 500}}
+
+    # --- part (a): exact ------------------------------------------------------------------------
+
+    def problem(self, config: Config) -> Dataset:
+        """The MNIST-1D split of the random-features part (generated from ``config.seed``)."""
+        data = load_dataset(rf_data(config))
+        if not np.all(np.isfinite(data.x_train)) or not np.all(np.isfinite(data.x_test)):
+            raise ValueError("double-descent: MNIST-1D inputs are not finite (corrupt cache? clear "
+                             "$IMPLICITREG_CACHE)")
+        return data
+
+    def solve(self, config: Config, problem: Dataset, progress: ProgressBar) -> Solved:
+        counts = feature_counts(config.rf)
+        n = config.rf.n_train
+        at_n = min(counts, key=lambda c: (abs(c - n), c))  # the grid point nearest the threshold
+        bar = progress("random features: min-norm fits", config.rf.feature_seeds * len(counts))
+        runs, arrays = [], {}
+        for feature_seed in range(config.rf.feature_seeds):
+            rows, kept = sweep_features(problem, counts, feature_seed, config.rf.bias_scale,
+                                        keep=(at_n, counts[-1]) if feature_seed == 0 else ())
+            bar((feature_seed + 1) * len(counts))
+            runs.append(SolvedRun(f"{RF_ARM}/seed{feature_seed}", RF_ARM,
+                                  {"part": "random features", "n_train": n, "n_test": config.rf.n_test,
+                                   "n_features": counts, "feature_seed": feature_seed,
+                                   "bias_scale": config.rf.bias_scale, "data_seed": config.seed},
+                                  rows, final_step=counts[-1], seed=feature_seed))
+            for count, coefficients in kept.items():
+                arrays[f"{RF_ARM}_N{count}"] = coefficients
+        weights, bias = draw_relu_features(problem.x_train.shape[1], counts[-1], 0, config.rf.bias_scale)
+        arrays.update({f"{RF_ARM}_weights": weights, f"{RF_ARM}_bias": bias,
+                       f"{RF_ARM}_n_features": np.asarray(counts)})
+        return Solved(runs, arrays)
+
+    # --- part (b): populations ------------------------------------------------------------------
+
+    def plan(self, config: Config) -> list[Group]:
+        # every width is its own architecture, hence its own population of seeds
+        runs = []
+        for width in config.widths:
+            for seed in range(config.seeds):
+                member = Member(f"{MLP_ARM}/w{width}/seed{seed}", seed=seed, lr=config.train.lr,
+                                label_noise=config.label_noise, arm=MLP_ARM, tags={"width": width})
+                runs.append(("mlp", MLPConfig(hidden=[width]), mlp_data(config), config.train, member))
+        return group_runs(runs)
+
+    # --- analysis -------------------------------------------------------------------------------
+
+    def analyze(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame,
+                solutions: dict[str, np.ndarray] | None = None) -> Analysis:
+        rf_table = _rf_table(config, runs, metrics)
+        mlp_table = _mlp_table(config, runs, metrics)
+        checks = _rf_checks(config, rf_table, solutions or {}) + _mlp_checks(config, mlp_table)
+        parts = [t for t in (rf_table, mlp_table) if len(t)]
+        table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+        notes = [
+            f"(a) random features φ(x) = ReLU(Wx + b)/√N, W ~ N(0, 1/d), b ~ N(0, {config.rf.bias_scale:g}²), "
+            f"min-norm least squares (numpy.linalg.lstsq) to one-hot targets on n = {config.rf.n_train} MNIST-1D "
+            "points; rows 'rf': size = N features; test MSE = mean over test points and classes of "
+            "(f(x) − one-hot)² (0.1 for the zero predictor); test_mse_geo = geometric mean over feature seeds, "
+            "which the checks use; accuracy = argmax of f(x).",
+            f"(b) rows 'mlp': size = hidden width of a one-hidden-layer ReLU MLP trained with "
+            f"{config.train.optimizer} (lr {config.train.lr:g}, batch {config.train.batch_size}, "
+            f"{config.train.max_steps} steps for every width) on n = {config.n_train} MNIST-1D points with "
+            f"{config.label_noise:.0%} of the labels randomized; train accuracy is on those noisy labels, test "
+            f"on clean ones; interpolation threshold = the narrowest width with mean train accuracy ≥ {FIT_MIN}; "
+            "test error = 1 − test accuracy, means over seeds.",
+            "size/n: N/n for rf; parameters/n for mlp.",
+            "solutions.npz: rf_N<N> = min-norm coefficients (N × 10) of feature seed 0 at the grid point nearest n "
+            "and at the largest N; rf_weights (d × N_max) and rf_bias (N_max) = that seed's features (the first N "
+            "columns make the N-feature model; divide by √N); rf_n_features = the grid of N.",
+        ]
+        notes += _rf_context(rf_table) + _mlp_context(mlp_table)
+        return Analysis(table, checks, notes)
+
+    def figures(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame,
+                solutions: dict[str, np.ndarray] | None, directory: Path) -> list[Path]:
+        paths = []
+        rf_table = _rf_table(config, runs, metrics)
+        if len(rf_table):
+            paths.append(_rf_figure(config, runs, metrics, directory / "rf_test_vs_features.png"))
+        mlp_table = _mlp_table(config, runs, metrics)
+        if len(mlp_table):
+            paths.append(_mlp_figure(config, mlp_table, directory / "mlp_error_vs_width.png"))
+            mlp = _mlp_runs(runs)
+            labelled = metrics[metrics["run_id"].isin(mlp["run_id"])].merge(mlp[["run_id", "width"]], on="run_id")
+            labelled = labelled.assign(model="mlp", width=labelled["width"].map(lambda w: f"w{w}"))
+            order = {"model": ["mlp"], "width": [f"w{w}" for w in config.widths]}
+            paths.append(curves(labelled, "test_acc", panel="model", line="width", order=order,
+                                title="test accuracy along training (clean test labels)",
+                                path=directory / "mlp_curves_test_acc.png"))
+        return paths
+
+
+# --- (a) tables and checks ------------------------------------------------------------------------
+
+def _rf_rows(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """Wide frame: one row per (run, N) of the random-features runs, a column per metric."""
+    ids = runs.loc[runs["arm"] == RF_ARM, "run_id"]
+    part = metrics[metrics["run_id"].isin(ids)]
+    if part.empty:
+        return pd.DataFrame(columns=["run_id", "step", *RF_METRICS])
+    return part.pivot_table(index=["run_id", "step"], columns="name", values="value").reset_index()
+
+
+def _rf_table(config: Config, runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    wide = _rf_rows(runs, metrics)
+    rows = []
+    for count, part in wide.groupby("step", sort=True):
+        row: dict[str, Any] = {"part": RF_ARM, "size": int(count), "size/n": count / config.rf.n_train,
+                               "runs": len(part)}
+        row["train_acc_mean"], row["train_acc_std"] = mean_std(1.0 - part["train_err"])
+        row["test_acc_mean"], row["test_acc_std"] = mean_std(1.0 - part["test_err"])
+        row["test_mse_geo"] = _geometric_mean(part["test_mse"])
+        row["test_mse_mean"], row["test_mse_std"] = mean_std(part["test_mse"])
+        row["train_mse_max"] = float(part["train_mse"].max())
+        row["norm_mean"], row["norm_std"] = mean_std(part["coef_norm"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _geometric_mean(values: pd.Series) -> float:
+    finite = values[np.isfinite(values) & (values > 0)]
+    return float(np.exp(np.log(finite).mean())) if len(finite) else math.nan
+
+
+def _rf_checks(config: Config, table: pd.DataFrame, solutions: dict[str, np.ndarray]) -> list[Check]:
+    names = ("rf: N at the test-MSE peak, relative distance from n",
+             "rf: test MSE at the peak / at the largest N",
+             "rf: largest step-to-step ratio of test MSE beyond the peak",
+             "rf: first N whose fits interpolate, relative distance from n")
+    thresholds = (f"<= {PEAK_TOLERANCE:g}", f">= {DESCENT_FACTOR:g}", "< 1", f"<= {PEAK_TOLERANCE:g}")
+    n = config.rf.n_train
+    if table.empty or f"{RF_ARM}_n_features" not in solutions:
+        why = "the random-features fits did not finish (no rf metrics or solutions.npz)"
+        return [Check(name, None, threshold, None, why) for name, threshold in zip(names, thresholds)]
+    mse = table["test_mse_geo"].to_numpy()
+    sizes = table["size"].to_numpy()
+    peak = int(np.nanargmax(mse))
+    peak_n = int(sizes[peak])
+    distance = abs(peak_n / n - 1.0)
+    checks = [Check(names[0], distance, thresholds[0], bool(distance <= PEAK_TOLERANCE + ROUNDING),
+                    f"peak at N = {peak_n} (test MSE {mse[peak]:.4g}), n = {n}; grid {sizes.tolist()}")]
+    if peak == len(sizes) - 1:
+        why = f"the peak is at the largest N ({peak_n}): nothing beyond it ran"
+        checks += [Check(names[1], None, thresholds[1], None, why), Check(names[2], None, thresholds[2], None, why)]
+    else:
+        factor = float(mse[peak] / mse[-1])
+        checks.append(Check(names[1], factor, thresholds[1], bool(factor >= DESCENT_FACTOR),
+                            f"test MSE {mse[peak]:.4g} at N = {peak_n} vs {mse[-1]:.4g} at N = {int(sizes[-1])}"))
+        steps = mse[peak + 1:] / mse[peak:-1]
+        worst = int(np.argmax(steps))
+        checks.append(Check(names[2], float(steps[worst]), thresholds[2], bool(steps[worst] < 1),
+                            f"N {int(sizes[peak + worst])} → {int(sizes[peak + worst + 1])}: test MSE "
+                            f"{mse[peak + worst]:.4g} → {mse[peak + worst + 1]:.4g}"))
+    interpolating = table[table["train_mse_max"] <= INTERPOLATION_MSE]
+    if interpolating.empty:
+        checks.append(Check(names[3], None, thresholds[3], False,
+                            f"no fit interpolates (train MSE ≤ {INTERPOLATION_MSE:g}) up to N = {int(sizes[-1])}"))
+    else:
+        first = int(interpolating.index[0])
+        first_n = int(sizes[first])
+        distance = abs(first_n / n - 1.0)
+        below = (f"; at N = {int(sizes[first - 1])} train MSE {float(table['train_mse_max'].iloc[first - 1]):.3g}"
+                 if first > 0 else "")
+        checks.append(Check(names[3], distance, thresholds[3], bool(distance <= PEAK_TOLERANCE + ROUNDING),
+                            f"first interpolating N = {first_n}, n = {n}{below} (features that are zero on every "
+                            "training point add nothing, so the threshold can sit a little above n)"))
+    return checks
+
+
+def _rf_context(table: pd.DataFrame) -> list[str]:
+    """Where the second descent ends up against the under-parameterized side: reported, not judged."""
+    if table.empty:
+        return []
+    first, last = table.iloc[0], table.iloc[-1]
+    best = table.loc[table["test_mse_geo"].idxmin()]
+    return [f"(a) not judged: test MSE at the largest N ({int(last['size'])}) {last['test_mse_geo']:.4g} vs "
+            f"{first['test_mse_geo']:.4g} at the smallest ({int(first['size'])}), lowest {best['test_mse_geo']:.4g} at "
+            f"N = {int(best['size'])}; test error {1 - last['test_acc_mean']:.3f} at the largest N vs "
+            f"{1 - first['test_acc_mean']:.3f} at the smallest."]
+
+
+# --- (b) tables and checks ------------------------------------------------------------------------
+
+def _mlp_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    part = runs[runs["arm"] == MLP_ARM]
+    return part.assign(width=part["run_id"].str.split("/").str[1].str[1:].astype(int))
+
+
+def _mlp_params(width: int, input_dim: int = 40, classes: int = 10) -> int:
+    return input_dim * width + width + width * classes + classes
+
+
+def _mlp_table(config: Config, runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    mlp = _mlp_runs(runs)
+    done = mlp[mlp["status"] == "done"]
+    if done.empty:
+        return pd.DataFrame()
+    final = final_values(done, metrics[metrics["run_id"].isin(done["run_id"])])
+    rows = []
+    for width, part in final.groupby("width", sort=True):
+        params = _mlp_params(int(width))
+        row: dict[str, Any] = {"part": MLP_ARM, "size": int(width), "size/n": params / config.n_train,
+                               "runs": len(part)}
+        for name in ("train_acc", "test_acc", "test_loss"):
+            row[f"{name}_mean"], row[f"{name}_std"] = mean_std(part[name])
+        row["norm_mean"], row["norm_std"] = mean_std(part["l2_norm"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _mlp_context(table: pd.DataFrame) -> list[str]:
+    """The test cross-entropy over widths: reported, not judged (the claim is about the error)."""
+    if table.empty:
+        return []
+    loss = table.set_index("size")["test_loss_mean"]
+    return [f"(b) not judged: test cross-entropy lowest at width {int(loss.idxmin())} ({loss.min():.3f}), "
+            f"highest at width {int(loss.idxmax())} ({loss.max():.3f}); at the widest width {loss.iloc[-1]:.3f}."]
+
+
+def _mlp_checks(config: Config, table: pd.DataFrame) -> list[Check]:
+    names = ("mlp: mean train accuracy (noisy labels) at the widest width",
+             "mlp: test-error peak width / interpolation-threshold width",
+             "mlp: test error at the peak minus at the widest width")
+    thresholds = (f">= {FIT_MIN}", f"in [1/{PEAK_FACTOR:g}, {PEAK_FACTOR:g}]", f"> {SE_MULTIPLIER:g} standard errors")
+    ran = set(table["size"].astype(int)) if len(table) else set()
+    missing = [w for w in config.widths if w not in ran]
+    if missing:
+        why = f"widths {missing} have no finished run: the peak cannot be located"
+        return [Check(name, None, threshold, None, why) for name, threshold in zip(names, thresholds)]
+    error = 1.0 - table["test_acc_mean"].to_numpy()
+    widths = table["size"].astype(int).to_numpy()
+    widest = table.iloc[-1]
+    checks = [Check(names[0], float(widest["train_acc_mean"]), thresholds[0],
+                    bool(widest["train_acc_mean"] >= FIT_MIN), f"width {int(widest['size'])}")]
+    fits = table[table["train_acc_mean"] >= FIT_MIN]
+    peak = int(np.argmax(error))
+    peak_detail = f"test error by width: {dict(zip(widths.tolist(), np.round(error, 4).tolist()))}"
+    if fits.empty:
+        checks.append(Check(names[1], None, thresholds[1], None,
+                            f"no width reached mean train accuracy {FIT_MIN}: no interpolation threshold; "
+                            + peak_detail))
+    else:
+        threshold_width = int(fits["size"].iloc[0])
+        ratio = widths[peak] / threshold_width
+        checks.append(Check(names[1], float(ratio), thresholds[1],
+                            bool(1 / PEAK_FACTOR <= ratio <= PEAK_FACTOR),
+                            f"peak at width {widths[peak]}, interpolation threshold at width {threshold_width}; "
+                            + peak_detail))
+    if peak == len(widths) - 1:
+        checks.append(Check(names[2], 0.0, thresholds[2], False,
+                            f"the test error peaks at the widest width ({widths[peak]}): no second descent"))
+    else:
+        row = table.iloc[peak]
+        drop = float(error[peak] - error[-1])
+        se = math.sqrt(sum(np.nan_to_num(float(r["test_acc_std"])) ** 2 / r["runs"] for r in (row, widest)))
+        seeds = int(min(row["runs"], widest["runs"]))
+        checks.append(Check(names[2], drop, thresholds[2], bool(drop > SE_MULTIPLIER * se),
+                            f"peak width {widths[peak]}: {error[peak]:.4f}; widest width {widths[-1]}: "
+                            f"{error[-1]:.4f}; {SE_MULTIPLIER:g}·SE = {SE_MULTIPLIER * se:.4f} over "
+                            f"{seeds} seed(s)" + (" (one seed: no spread, so any drop counts)" if seeds < 2 else "")))
+    return checks
+
+
+# --- figures --------------------------------------------------------------------------------------
+
+def _rf_figure(config: Config, runs: pd.DataFrame, metrics: pd.DataFrame, path: Path) -> Path:
+    """Test MSE, train MSE (log–log) and classification error against N/n; a thin line per feature
+    seed and, for the test MSE, their geometric mean (what the checks use)."""
+    wide = _rf_rows(runs, metrics)
+    n = config.rf.n_train
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for seed, (run_id, part) in enumerate(wide.groupby("run_id", sort=True)):
+        part = part.sort_values("step")
+        ratio = part["step"] / n
+        first = seed == 0
+        axes[0].plot(ratio, part["test_mse"], color="C0", alpha=0.35, linewidth=1,
+                     label="test MSE, each feature seed" if first else None)
+        # an interpolating fit has train MSE ~1e-28: floor it at 1e-32 so that the log axis shows it
+        axes[1].plot(ratio, part["train_mse"].clip(lower=1e-32), color="C1", alpha=0.6, marker=".",
+                     label="train MSE" if first else None)
+        axes[2].plot(ratio, part["test_err"], color="C0", alpha=0.6, marker="o", markersize=3,
+                     label="test error" if first else None)
+        axes[2].plot(ratio, part["train_err"], color="C1", alpha=0.6, marker=".",
+                     label="train error" if first else None)
+    table = _rf_table(config, runs, metrics)
+    axes[0].plot(table["size/n"], table["test_mse_geo"], color="C0", marker="o", markersize=3.5,
+                 label="geometric mean")
+    axes[0].axhline(0.1, color="grey", linestyle=":", linewidth=1, label="zero predictor")
+    labels = ("test MSE (per class)", "train MSE (per class)", "classification error")
+    for ax, label, corner in zip(axes, labels, ("upper left", "upper right", "center right")):
+        ax.set_xscale("log")
+        if ax is not axes[2]:
+            ax.set_yscale("log")
+        ax.axvline(1.0, color="grey", linestyle="--", linewidth=1, label="N = n")
+        ax.set_xlabel(f"features N / n (n = {n})")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc=corner)  # corners the curves leave free
+    fig.suptitle(f"random ReLU features, min-norm fit: {wide['run_id'].nunique()} feature seed(s)")
+    return _save(fig, path)
+
+
+def _mlp_figure(config: Config, table: pd.DataFrame, path: Path) -> Path:
+    """Train and test error (mean ± std over seeds) and test loss against the hidden width."""
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    for name, colour, label in (("train_acc", "C1", "train error (noisy labels)"),
+                                ("test_acc", "C0", "test error (clean labels)")):
+        axes[0].errorbar(table["size"], 1.0 - table[f"{name}_mean"], yerr=table[f"{name}_std"].fillna(0),
+                         marker="o", capsize=3, color=colour, label=label)
+    axes[1].errorbar(table["size"], table["test_loss_mean"], yerr=table["test_loss_std"].fillna(0), marker="o",
+                     capsize=3, color="C0")
+    axes[0].set_ylabel("error")
+    axes[1].set_ylabel("test cross-entropy")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("hidden width")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"MLP, {config.label_noise:.0%} label noise, n = {config.n_train}, {config.train.max_steps} steps")
+    return _save(fig, path)
+
+
+STUDY = DoubleDescent()
