@@ -6,12 +6,15 @@ import os
 import sqlite3
 import subprocess
 import sys
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from typer.testing import CliRunner
 
 # A tiny sweep of the explicit-vs-implicit study: one MLP population of 5 runs (one seed per arm)
 # on 200 MNIST-1D points, 40 steps. ~3 s of imports + ~1 s of training + ~2 s of figures.
@@ -67,6 +70,22 @@ def run_cli(args: list[str], cwd: Path | str | None = None, timeout: float = 180
     proc = subprocess.run(cli_command(args), capture_output=True, text=True, cwd=cwd, env=cli_env(),
                           timeout=timeout)
     return CliResult([str(a) for a in args], proc.returncode, proc.stdout, proc.stderr)
+
+
+def invoke_cli(args: list) -> CliResult:
+    """Run ``implicitreg ARGS`` in this process (typer's CliRunner: no interpreter start-up); an
+    uncaught exception counts as a traceback in stderr."""
+    from implicitreg.cli import app
+
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    finally:
+        torch.set_num_threads(threads)  # a run that got as far as training set it to --threads
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "Traceback (in-process):\n" + "".join(traceback.format_exception(result.exception))
+    return CliResult([str(a) for a in args], result.exit_code, result.stdout, stderr)
 
 
 def start_cli(args: list[str], log: Path, cwd: Path | str | None = None) -> subprocess.Popen:

@@ -11,15 +11,12 @@ and two of them, with the tiny sweep, also run as real subprocesses, two at a ti
 import base64
 import json
 import re
-import traceback
 from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from conftest import TINY, CliResult, read_store, run_cli_many
-from implicitreg.cli import app
+from conftest import TINY, CliResult, read_store, run_cli_many, invoke_cli
 from implicitreg.studies.explicit_vs_implicit import ARMS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -61,6 +58,13 @@ def error_cases(root: Path) -> dict[str, tuple[list[str], list[str]]]:
         # digits' size limit is only checked when the data loads, after --out was written
         "digits-too-many-points": ([*TINY, "--set", "data.name=digits", "--set", "data.n_train=5000",
                                     *out("digits-too-many-points")], ["data.n_train", "1697 points besides the test set"]),
+        "data-for-a-population-study": ([*TINY, "--data", str(root / "a-file"), *out("data-population")],
+                                        ["--data", "generates its own data", "min-norm"]),
+        "data-file-missing": (["run", "min-norm", "--data", str(root / "no.npz"), *out("data-missing")],
+                              ["--data", "no.npz", "does not exist"]),
+        "data-not-an-npz": (["run", "min-norm", "--data", str(root / "a-file"), *out("data-not-npz")],
+                            ["--data", "a-file", "not a readable .npz"]),
+        "data-for-run-all": (["run", "all", "--data", str(root / "a-file"), *out("data-all")], ["--data", "run all"]),
     }
     return cases
 
@@ -89,18 +93,6 @@ def phase1(root) -> dict[str, CliResult]:
     names = list(commands)
     return dict(zip(names, run_cli_many([commands[n] for n in names])))
 
-
-def invoke(args: list[str]) -> CliResult:
-    """Run the CLI in this process (typer's CliRunner); an uncaught exception counts as a traceback."""
-    threads = torch.get_num_threads()
-    try:
-        result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200", "NO_COLOR": "1"})
-    finally:
-        torch.set_num_threads(threads)  # a run that got as far as training set it to --threads
-    stderr = result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        stderr += "Traceback (in-process):\n" + "".join(traceback.format_exception(result.exception))
-    return CliResult([str(a) for a in args], result.exit_code, result.stdout, stderr)
 
 
 def assert_one_line_error(result: CliResult, expected: list[str], root: Path) -> None:
@@ -131,7 +123,7 @@ def test_user_mistake_exits_2_with_one_line_and_writes_nothing(root, phase1, nam
         assert phase1["tiny"].returncode == 0  # needs the tiny sweep's directory
         before = (root / "tiny" / "summary.json").read_bytes()
     args, expected = error_cases(root)[name]
-    assert_one_line_error(invoke(args), expected, root)
+    assert_one_line_error(invoke_cli(args), expected, root)
     if name == "resume-other-config":
         assert (root / "tiny" / "summary.json").read_bytes() == before
 
@@ -145,7 +137,7 @@ def test_user_mistake_in_a_real_process(root, phase1, name):
 
 def test_rerun_into_same_out_without_resume_exits_2_and_keeps_results(root, phase1):
     assert phase1["tiny"].returncode == 0, phase1["tiny"]
-    result = invoke([*TINY, "--out", root / "tiny"])
+    result = invoke_cli([*TINY, "--out", root / "tiny"])
     assert result.returncode == 2, result
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -156,7 +148,7 @@ def test_rerun_into_same_out_without_resume_exits_2_and_keeps_results(root, phas
 
 def test_run_without_out_writes_under_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default runs/<study>-<time> is relative to the working directory
-    result = invoke(TINY)
+    result = invoke_cli(TINY)
     assert result.returncode == 0, result
     made = list((tmp_path / "runs").glob("explicit-vs-implicit-*"))
     assert len(made) == 1 and (made[0] / "results.sqlite").is_file()
@@ -165,7 +157,7 @@ def test_run_without_out_writes_under_runs(tmp_path, monkeypatch):
 # -- successful commands ----------------------------------------------------------------------------
 
 def test_list_names_the_study_and_its_paper():
-    result = invoke(["list"])
+    result = invoke_cli(["list"])
     assert result.returncode == 0, result
     text = " ".join(result.stdout.split())  # rich wraps long lines
     assert "explicit-vs-implicit" in text and "Zhang et al. 2017" in text
@@ -243,7 +235,7 @@ def test_report_html_is_self_contained(root, phase1):
 
 def test_show_json_reprints_the_stored_summary(root, phase1):
     assert phase1["tiny"].returncode == 0, phase1["tiny"]
-    result = invoke(["show", root / "tiny", "--json"])
+    result = invoke_cli(["show", root / "tiny", "--json"])
     assert result.returncode == 0, result
     assert json.loads(result.stdout) == json.loads((root / "tiny" / "summary.json").read_text())
 
@@ -251,7 +243,7 @@ def test_show_json_reprints_the_stored_summary(root, phase1):
 def test_show_prints_tables_and_the_verdict(root, phase1):
     assert phase1["tiny"].returncode == 0, phase1["tiny"]
     summary = json.loads((root / "tiny" / "summary.json").read_text())
-    result = invoke(["show", root / "tiny"])
+    result = invoke_cli(["show", root / "tiny"])
     assert result.returncode == 0, result
     assert f"verdict: {summary['verdict'].upper()}" in result.stdout
     assert "mlp: unregularized train accuracy" in " ".join(result.stdout.split())
@@ -262,7 +254,7 @@ def test_report_rebuilds_the_same_summary_from_the_store(root, phase1):
     assert phase1["tiny"].returncode == 0, phase1["tiny"]
     before = json.loads((root / "tiny" / "summary.json").read_text())
     (root / "tiny" / "report.html").unlink()
-    result = invoke(["report", root / "tiny"])
+    result = invoke_cli(["report", root / "tiny"])
     assert result.returncode == 0, result
     assert f"verdict: {before['verdict']}" in result.stdout
     assert json.loads((root / "tiny" / "summary.json").read_text()) == before

@@ -4,21 +4,18 @@ problems, the --data round trip, malformed files, and the default --quick verdic
 from __future__ import annotations
 
 import json
-import traceback
 from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 import implicitreg
-from implicitreg.cli import app
 from implicitreg.config import build_config
 from implicitreg.references.sparse_regression import (min_l1_interpolant, min_l2_interpolant, q_alpha,
                                                       q_alpha_interpolant)
 from implicitreg.studies.diagonal_net import STUDY, Config, diagonal_gd, generate
 
-from conftest import run_cli
+from conftest import run_cli, invoke_cli
 
 
 def relative(a, b):
@@ -117,12 +114,8 @@ def test_halving_the_growth_step_halves_the_distance_to_the_flow_limit():
 # -- the CLI: --data round trip, malformed files, default --quick -----------------------------------
 
 def invoke(args: list) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200", "NO_COLOR": "1"})
-    stderr = result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        stderr += "Traceback (in-process):\n" + "".join(traceback.format_exception(result.exception))
-    return result.exit_code, result.stdout, stderr
-
+    result = invoke_cli(args)
+    return result.returncode, result.stdout, result.stderr
 
 def sparse_problem(n=15, d=30, seed=3):
     rng = np.random.default_rng(seed)

@@ -2,17 +2,13 @@
 verdicts on known MLP tables, and the CLI contract (a tiny end-to-end run; bad settings exit 2)."""
 
 import json
-import traceback
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from conftest import CliResult, run_cli
+from conftest import run_cli, invoke_cli
 from threadpoolctl import threadpool_limits
-from typer.testing import CliRunner
 
-from implicitreg.cli import app
 from implicitreg.config import build_config
 from implicitreg.references.random_features import (
     draw_relu_features,
@@ -35,18 +31,6 @@ def one_blas_thread():
     with threadpool_limits(limits=1, user_api="blas"):
         yield
 
-
-def invoke(args: list) -> CliResult:
-    """The CLI in this process (no interpreter start-up per case); an uncaught exception counts as a traceback."""
-    threads = torch.get_num_threads()
-    try:
-        result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200", "NO_COLOR": "1"})
-    finally:
-        torch.set_num_threads(threads)
-    stderr = result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        stderr += "Traceback (in-process):\n" + "".join(traceback.format_exception(result.exception))
-    return CliResult([str(a) for a in args], result.exit_code, result.stdout, stderr)
 
 
 def gaussian_inputs(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +171,7 @@ def test_bad_settings_exit_2_with_one_line_and_write_nothing(tmp_path, args, exp
     npz = tmp_path / "problem.npz"
     np.savez(npz, X=np.zeros((4, 2)), y=np.zeros(4))
     out = tmp_path / "out"
-    result = invoke(["run", "double-descent", "--quick", "--out", out, *[a.format(npz=npz) for a in args]])
+    result = invoke_cli(["run", "double-descent", "--quick", "--out", out, *[a.format(npz=npz) for a in args]])
     assert result.returncode == 2, result
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()

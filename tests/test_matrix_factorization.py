@@ -5,21 +5,18 @@ round trip, malformed files, and the default --quick verdict."""
 from __future__ import annotations
 
 import json
-import traceback
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import implicitreg
-from implicitreg.cli import app
 from implicitreg.references.matrix_completion import min_nuclear_completion
 from implicitreg.studies.matrix_factorization import (RAZIN_MASK, RAZIN_OBSERVED, STUDY, Config, factorized_gd,
                                                       orthogonal_factors, product_and_gradients)
 
-from conftest import run_cli
+from conftest import run_cli, invoke_cli
 
 
 def low_rank_problem(n1, n2, rank, fraction, seed):
@@ -136,12 +133,8 @@ def test_min_nuclear_reference_is_feasible_and_no_larger_than_the_truth():
 # -- the CLI: --data round trip, malformed files, default --quick -----------------------------------
 
 def invoke(args: list) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200", "NO_COLOR": "1"})
-    stderr = result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        stderr += "Traceback (in-process):\n" + "".join(traceback.format_exception(result.exception))
-    return result.exit_code, result.stdout, stderr
-
+    result = invoke_cli(args)
+    return result.returncode, result.stdout, result.stderr
 
 SOLUTION_KEYS = {"depth_1", "depth_2", "depth_3", "razin_cohen", "ref_min_nuclear", "status_min_nuclear", "observed",
                  "mask"}

@@ -2,19 +2,16 @@
 
 import itertools
 import json
-import traceback
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import CliResult, run_cli_many
+from conftest import run_cli_many, invoke_cli
 from scipy.optimize import nnls
 from sklearn.svm import SVC
-from typer.testing import CliRunner
 
 from implicitreg import logistic_dynamics as dyn
-from implicitreg.cli import app
 from implicitreg.config import build_config
 from implicitreg.references import svm
 from implicitreg.runner import read_solutions
@@ -23,18 +20,6 @@ from implicitreg.studies.max_margin import STUDY, generic_separable
 
 SIZES = [(10, 2), (25, 3), (40, 5)]
 
-
-def invoke(args: list) -> CliResult:
-    """The CLI in this process (no interpreter start-up per case); an uncaught exception counts as a traceback."""
-    threads = torch.get_num_threads()
-    try:
-        result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200", "NO_COLOR": "1"})
-    finally:
-        torch.set_num_threads(threads)
-    stderr = result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        stderr += "Traceback (in-process):\n" + "".join(traceback.format_exception(result.exception))
-    return CliResult([str(a) for a in args], result.exit_code, result.stdout, stderr)
 
 
 def gaussian_separable(n, d, seed, gap=0.3):
@@ -172,7 +157,7 @@ def test_malformed_files_exit_2_with_one_line_and_write_nothing(tmp_path):
     }
     for name, (arrays, expected) in cases.items():
         np.savez(tmp_path / f"{name}.npz", **arrays)
-        result = invoke(["run", "max-margin", "--quick", "--data", tmp_path / f"{name}.npz", "--out", tmp_path / name])
+        result = invoke_cli(["run", "max-margin", "--quick", "--data", tmp_path / f"{name}.npz", "--out", tmp_path / name])
         assert result.returncode == 2, result
         assert "Traceback" not in result.stderr, result
         lines = result.stderr.strip().splitlines()

@@ -1,17 +1,14 @@
 """The min-norm study: its dynamics against pinv / lstsq / torch.optim, Wilson's construction, and the CLI contract."""
 
 import json
-import traceback
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import CliResult, run_cli_many
-from typer.testing import CliRunner
+from conftest import run_cli_many, invoke_cli
 
 from implicitreg import squared_loss_dynamics as dyn
-from implicitreg.cli import app
 from implicitreg.config import build_config
 from implicitreg.references import least_squares as ref
 from implicitreg.runner import read_solutions
@@ -25,18 +22,6 @@ from implicitreg.studies.min_norm import (
 
 SIZES = [(5, 12), (10, 40), (20, 100)]
 
-
-def invoke(args: list) -> CliResult:
-    """The CLI in this process (no interpreter start-up per case); an uncaught exception counts as a traceback."""
-    threads = torch.get_num_threads()
-    try:
-        result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200", "NO_COLOR": "1"})
-    finally:
-        torch.set_num_threads(threads)
-    stderr = result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        stderr += "Traceback (in-process):\n" + "".join(traceback.format_exception(result.exception))
-    return CliResult([str(a) for a in args], result.exit_code, result.stdout, stderr)
 
 
 def relative(a, b):
@@ -175,7 +160,7 @@ def test_malformed_files_exit_2_with_one_line_and_write_nothing(tmp_path):
         np.savez(tmp_path / f"{name}.npz", **arrays)
         commands.append(["run", "min-norm", "--quick", "--data", tmp_path / f"{name}.npz", "--out", tmp_path / name])
     commands.append(["run", "min-norm", "--quick", "--data", tmp_path / "absent.npz", "--out", tmp_path / "absent"])
-    results = [invoke(command) for command in commands]
+    results = [invoke_cli(command) for command in commands]
     for (name, (_, expected)), result in zip(cases.items(), results):
         assert result.returncode == 2, result
         assert "Traceback" not in result.stderr, result

@@ -18,6 +18,8 @@ def read_npz(path: str | Path, required: tuple[str, ...], optional: tuple[str, .
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--data: {path} does not exist or is not a file (expected an .npz file)")
+    if not zipfile.is_zipfile(path):  # np.load would read other files as .npy or pickles
+        raise ValueError(f"--data {path}: not a readable .npz file (expected a zip archive written by numpy.savez)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             present = set(archive.files)
