@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from implicitreg.config import ConfigError
 from implicitreg.studies.base import Analysis, Check, Study
+from implicitreg.studies.batch_size import STUDY as BATCH_SIZE
 from implicitreg.studies.diagonal_net import STUDY as DIAGONAL_NET
 from implicitreg.studies.double_descent import STUDY as DOUBLE_DESCENT
 from implicitreg.studies.explicit_vs_implicit import STUDY as EXPLICIT_VS_IMPLICIT
@@ -15,7 +16,7 @@ from implicitreg.studies.min_norm import STUDY as MIN_NORM
 from implicitreg.studies.random_labels import STUDY as RANDOM_LABELS
 from implicitreg.studies.width import STUDY as WIDTH
 
-STUDIES: dict[str, Study] = {study.name: study for study in (DIAGONAL_NET, DOUBLE_DESCENT, EXPLICIT_VS_IMPLICIT, INDUCTIVE_BIAS, MATRIX_FACTORIZATION, MAX_MARGIN, MEASURE_RANKING, MIN_NORM, RANDOM_LABELS, WIDTH)}
+STUDIES: dict[str, Study] = {study.name: study for study in (BATCH_SIZE, DIAGONAL_NET, DOUBLE_DESCENT, EXPLICIT_VS_IMPLICIT, INDUCTIVE_BIAS, MATRIX_FACTORIZATION, MAX_MARGIN, MEASURE_RANKING, MIN_NORM, RANDOM_LABELS, WIDTH)}
 
 
 def get_study(name: str) -> Study:

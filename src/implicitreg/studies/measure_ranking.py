@@ -48,15 +48,20 @@ SPECTRAL = ("spectral_product", "spectral_complexity", "sum_of_spectral", "norma
 
 
 class Config(Strict):
-    """Configuration of ``measure-ranking``; every field can be set with ``--set``."""
+    """Configuration of ``measure-ranking``; every field can be set with ``--set``.
+
+    The grid keeps to settings that reach the loss target within the budget (measured: 64-wide
+    nets with dropout 0.1 plateaued at train loss 0.02–0.05 after 10k steps, and lr 0.1 with
+    momentum 0.9 at batch 32 did not train two-layer nets); runs that miss it are left out.
+    """
 
     data: DataConfig = Field(default_factory=lambda: DataConfig(n_train=1000))
-    widths: list[int] = Field(default_factory=lambda: [64, 256], min_length=1)
+    widths: list[int] = Field(default_factory=lambda: [128, 256], min_length=1)
     depths: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
-    lrs: list[float] = Field(default_factory=lambda: [0.02, 0.1], min_length=1)
+    lrs: list[float] = Field(default_factory=lambda: [0.02, 0.05], min_length=1)
     batch_sizes: list[int] = Field(default_factory=lambda: [32, 128], min_length=1)
     weight_decays: list[float] = Field(default_factory=lambda: [0.0, 1e-4], min_length=1)
-    dropouts: list[float] = Field(default_factory=lambda: [0.0, 0.1], min_length=1)
+    dropouts: list[float] = Field(default_factory=lambda: [0.0, 0.05], min_length=1)
     seeds: int = Field(2, ge=1)
     measures: list[str] = Field(default_factory=lambda: list(MEASURES), min_length=1)
     min_models: int = Field(100, ge=2, description="models that must reach the loss target for the ranking")
@@ -102,7 +107,7 @@ class MeasureRanking:
     def defaults(self, quick: bool) -> dict[str, Any]:
         if not quick:
             return {}
-        return {"data": {"n_train": 500}, "widths": [64], "depths": [1, 2], "batch_sizes": [64], "seeds": 1,
+        return {"data": {"n_train": 500}, "widths": [128], "depths": [1, 2], "batch_sizes": [64], "seeds": 1,
                 "min_models": 12,
                 "train": {"max_steps": 4000, "track_every": 4000, "track_expensive_every": 4000}}
 
