@@ -211,10 +211,12 @@ def solve(prepared: Prepared, store: Store, prov: dict[str, Any], progress: Prog
     study, config = prepared.study, prepared.config
     if store.meta().get("solved"):
         return
-    torch.set_num_threads(prepared.threads)
-    # numpy's BLAS (SVDs, lstsq, cvxpy) gets the same count: BLAS threads that outnumber the free
-    # cores spin, and slow small dense solves down by orders of magnitude
-    with threadpool_limits(limits=prepared.threads, user_api="blas"):
+    # One thread unless --threads says otherwise: these are small float64 problems, where a second
+    # thread only adds synchronization (measured 6–13× slower on a busy 2-core machine). numpy's
+    # BLAS (SVDs, lstsq, cvxpy) gets the same count: BLAS threads that outnumber the free cores spin.
+    threads = prepared.options.threads or 1
+    torch.set_num_threads(threads)
+    with threadpool_limits(limits=threads, user_api="blas"):
         solved: Solved = study.solve(config, prepared.problem, progress)
     store.start([{"run_id": r.run_id, "study": study.name, "arm": r.arm, "seed": r.seed, "config": r.config}
                  for r in solved.runs], prov)

@@ -1,0 +1,335 @@
+"""edge-of-stability: full-batch GD drives the sharpness up to 2/η and keeps it there.
+
+Cohen, Kaur, Li, Kolter & Talwalkar (2021), "Gradient descent on neural networks typically occurs
+at the edge of stability".
+
+Claim checked: full-batch gradient descent with step size η on a small tanh MLP with the squared
+loss sharpens progressively — the sharpness (top eigenvalue of the training-loss Hessian) rises —
+until it reaches the stability threshold 2/η of a quadratic model, and then hovers there while the
+loss keeps falling, non-monotonically over long stretches. Checks, from the tracked sharpness:
+
+- for the two largest step sizes, sharpness·η/2 ∈ [0.9, 1.1] at every measurement after sharpening
+  ("after sharpening": from the first measurement with sharpness ≥ 0.9·2/η on), and the training
+  loss falls at least 100× from initialization to the last step;
+- for the smallest step size, sharpness·η/2 < 1 at every measurement (GD stays stable).
+
+The sharpness is measured every ``measure_every`` steps with the library's Lanczos
+(:func:`implicitreg.measures.curvature.hessian_eigenvalues` on the model itself, float64); every
+measurement records its convergence flag, relative residual and HVP count, and measurements that
+did not converge are counted in the table and the checks' details.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field, model_validator
+
+from implicitreg.config import Strict
+from implicitreg.data.npz import read_regression
+from implicitreg.measures.curvature import hessian_eigenvalues
+from implicitreg.report.figures import _save, plt
+from implicitreg.studies.base import Analysis, Check, ProgressBar, Solved, SolvedRun
+
+BAND = (0.9, 1.1)  # sharpness·η/2 after sharpening (the issue's band)
+SHARPENED = 0.9  # "after sharpening": from the first measurement with sharpness·η/2 ≥ this on
+LOSS_DROP = 100.0  # initial / final training loss, for the large step sizes
+DIVERGED = 1e6  # a loss above this multiple of the initial loss counts as divergence: the run stops
+
+
+class Config(Strict):
+    """Configuration of ``edge-of-stability``; every field can be set with ``--set``."""
+
+    data_file: str | None = Field(None, description="a user's regression data (.npz with X n×d, y n)")
+    seed: int = Field(0, ge=0, description="seed of the generated data and of the network's initialization")
+    n_points: int = Field(200, ge=2, description="points of the generated teacher data set")
+    dim: int = Field(20, ge=1, description="input dimension of the generated data set")
+    teacher_width: int = Field(16, ge=1, description="hidden width of the tanh teacher that makes the targets")
+    hidden: list[int] = Field(default_factory=lambda: [32, 32], min_length=1,
+                              description="hidden widths of the tanh student MLP")
+    lrs: list[float] = Field(default_factory=lambda: [0.28, 0.25, 0.15], min_length=3,
+                             description="step sizes: the two largest are checked at the edge of stability, "
+                                         "the smallest for staying below it")
+    steps: int = Field(3000, ge=1, description="full-batch GD steps per step size")
+    measure_every: int = Field(20, ge=1, description="steps between sharpness measurements")
+    lanczos_tol: float = Field(1e-3, gt=0.0, description="relative residual at which Lanczos stops")
+    max_hvp: int = Field(100, ge=2, description="most Hessian-vector products per measurement")
+
+    @model_validator(mode="after")
+    def _step_sizes(self) -> Config:
+        if any(lr <= 0 for lr in self.lrs) or len(set(self.lrs)) != len(self.lrs):
+            raise ValueError(f"lrs must be distinct positive step sizes (two large, one small at least), got {self.lrs}")
+        if any(w < 1 for w in self.hidden):
+            raise ValueError(f"hidden widths must be positive, got {self.hidden}")
+        return self
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A full-batch regression problem: inputs x [n, d] and targets y [n, 1] (float64)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    source: str
+
+
+def teacher_data(n: int, dim: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """x ~ N(0, I) [n, dim]; y [n, 1] = a random one-hidden-layer tanh teacher, standardized.
+
+    The teacher (weights N(0, 1/dim), output weights N(0, 1/width)) is smooth, so a student MLP
+    can fit the points; standardized targets make the initial loss about ½.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dim))
+    w1 = rng.normal(size=(dim, width)) / math.sqrt(dim)
+    w2 = rng.normal(size=width) / math.sqrt(width)
+    y = np.tanh(x @ w1) @ w2
+    y = (y - y.mean()) / y.std()
+    return x, y[:, None]
+
+
+def build_mlp(d: int, hidden: list[int], out: int, seed: int) -> torch.nn.Sequential:
+    """A float64 tanh MLP d → hidden… → out, every weight and bias U(−1/√fan_in, 1/√fan_in)
+    (PyTorch's default scale) drawn from its own generator, so the global RNG is untouched."""
+    generator = torch.Generator().manual_seed(seed)
+    layers: list[torch.nn.Module] = []
+    sizes = [d, *hidden, out]
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+        linear = torch.nn.Linear(fan_in, fan_out, dtype=torch.float64)
+        bound = 1.0 / math.sqrt(fan_in)
+        with torch.no_grad():
+            linear.weight.copy_(torch.rand(fan_out, fan_in, generator=generator, dtype=torch.float64) * 2 * bound - bound)
+            linear.bias.copy_(torch.rand(fan_out, generator=generator, dtype=torch.float64) * 2 * bound - bound)
+        layers.append(linear)
+        if i < len(hidden):
+            layers.append(torch.nn.Tanh())
+    return torch.nn.Sequential(*layers)
+
+
+def squared_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """½ · mean over points of ‖f(x) − y‖² (outputs, targets [n, k]) — Cohen et al.'s MSE convention."""
+    return 0.5 * ((outputs - targets) ** 2).sum(dim=1).mean()
+
+
+def sharpness(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, tol: float, max_hvp: int):
+    """Top Hessian eigenvalue of the full-batch squared loss by Lanczos (an EigResult, k = 1)."""
+    return hessian_eigenvalues(model, squared_loss, (x, y), k=1, method="lanczos", tol=tol, max_hvp=max_hvp)
+
+
+def log_grid(steps: int, points: int = 60) -> set[int]:
+    """About ``points`` log-spaced integers in [0, steps] (0 and steps included)."""
+    return {0, steps, *np.unique(np.geomspace(1, max(steps, 1), points).astype(int)).tolist()}
+
+
+def run_gd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int, measure_every: int,
+           tol: float, max_hvp: int, bar=lambda done: None) -> tuple[list[tuple[int, str, float]], int]:
+    """Full-batch GD θ ← θ − η∇L(θ) on ``model`` in place; returns (metrics rows, last step).
+
+    Rows: ``loss`` on a log grid and at every measurement; at every ``measure_every``-th step
+    ``sharpness``, ``sharpness_x_lr_over_2``, ``lanczos_converged`` (1/0), ``lanczos_residual``,
+    ``lanczos_hvp``; at the last step ``loss_increases`` (steps whose loss exceeded the previous
+    step's) and ``diverged`` (1/0). A loss that is not finite or exceeds 10⁶× the initial one stops
+    the run there.
+    """
+    rows: list[tuple[int, str, float]] = []
+    grid = log_grid(steps)
+    params = list(model.parameters())
+    previous, initial, increases, diverged, step = math.inf, math.nan, 0, False, 0
+    for step in range(steps + 1):
+        loss = squared_loss(model(x), y)
+        value = loss.detach().item()
+        if step == 0:
+            initial = value
+        if not math.isfinite(value) or value > DIVERGED * initial:
+            diverged = True
+            rows.append((step, "loss", value if math.isfinite(value) else math.inf))
+            break
+        increases += value > previous
+        previous = value
+        measure = step % measure_every == 0 or step == steps
+        if measure or step in grid:
+            rows.append((step, "loss", value))
+        if measure:
+            eig = sharpness(model, x, y, tol, max_hvp)
+            top = float(eig.values[0])
+            rows += [(step, "sharpness", top), (step, "sharpness_x_lr_over_2", top * lr / 2),
+                     (step, "lanczos_converged", float(bool(eig.converged[0]))),
+                     (step, "lanczos_residual", float(eig.residuals[0])), (step, "lanczos_hvp", float(eig.n_hvp))]
+            bar(step)
+        if step == steps:
+            break
+        gradients = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, g in zip(params, gradients):
+                p.sub_(lr * g)
+    rows += [(step, "loss_increases", float(increases)), (step, "diverged", float(diverged))]
+    return rows, step
+
+
+def run_label(lr: float) -> str:
+    return f"gd_lr_{lr:g}"
+
+
+class EdgeOfStability:
+    name = "edge-of-stability"
+    claim = ("Full-batch GD on a tanh MLP with squared loss sharpens until the top Hessian eigenvalue reaches "
+             "2/η, then hovers there while the loss keeps falling non-monotonically.")
+    paper = "Cohen, Kaur, Li, Kolter & Talwalkar 2021"
+    Config = Config
+
+    def defaults(self, quick: bool) -> dict[str, Any]:
+        # quick: the same three step sizes and checks, half the steps, sparser measurements
+        return {"steps": 1500, "measure_every": 50} if quick else {}
+
+    def plan(self, config: Config) -> list:
+        return []
+
+    def problem(self, config: Config) -> Problem:
+        """The user's ``X`` [n, d], ``y`` [n] (``--data``) or the generated teacher data."""
+        if config.data_file is None:
+            x, y = teacher_data(config.n_points, config.dim, config.teacher_width, config.seed)
+            return Problem(x, y, f"tanh teacher: {config.n_points} points, dim {config.dim}, seed {config.seed}")
+        x, y = read_regression(config.data_file)
+        if x.shape[0] < 2:
+            raise ValueError(f"--data {config.data_file}: X must hold at least 2 points (rows), got {x.shape[0]}")
+        if not np.std(y) > 0:
+            raise ValueError(f"--data {config.data_file}: y is constant ({y[0]:g} everywhere); a network with an "
+                             "output bias fits it at once, so there is no sharpening to observe — expected "
+                             "varying targets")
+        return Problem(x, y[:, None], f"{config.data_file}: {x.shape[0]} points, dim {x.shape[1]}")
+
+    def solve(self, config: Config, problem: Problem, progress: ProgressBar) -> Solved:
+        x, y = torch.as_tensor(problem.x, dtype=torch.float64), torch.as_tensor(problem.y, dtype=torch.float64)
+        runs, arrays = [], {}
+        for lr in sorted(config.lrs, reverse=True):
+            model = build_mlp(x.shape[1], config.hidden, y.shape[1], config.seed)
+            bar = progress(f"GD η={lr:g}", config.steps)
+            rows, last = run_gd(model, x, y, lr, config.steps, config.measure_every, config.lanczos_tol,
+                                config.max_hvp, bar)
+            label = run_label(lr)
+            runs.append(SolvedRun(label, "gd", {"lr": lr, "two_over_lr": 2 / lr, "steps": config.steps,
+                                                "hidden": config.hidden, "data": problem.source},
+                                  rows, last, seed=config.seed, target_step=config.steps))
+            arrays[label] = torch.nn.utils.parameters_to_vector(model.parameters()).detach().numpy()
+        lrs = np.array(sorted(config.lrs, reverse=True))
+        arrays["ref_stability_threshold"] = 2.0 / lrs  # 2/η per step size, largest η first
+        return Solved(runs, arrays)
+
+    def analyze(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame,
+                solutions: dict[str, np.ndarray] | None = None) -> Analysis:
+        rows = [_summary(lr, metrics[metrics["run_id"] == run_label(lr)]) for lr in sorted(config.lrs, reverse=True)]
+        table = pd.DataFrame(rows)
+        return Analysis(table, _checks(config, table), [
+            ("sharpness: the largest eigenvalue of the Hessian of L(θ) = ½·mean‖f(x) − y‖² over all parameters, "
+             f"by Lanczos (tol {config.lanczos_tol:g}, at most {config.max_hvp} HVPs) every {config.measure_every} "
+             "steps; shown as sharpness·η/2 (1 = the stability threshold 2/η)."),
+            f"after sharpening: from the first measurement with sharpness·η/2 ≥ {SHARPENED} on, to the last step.",
+            "loss_increases: GD steps whose full-batch loss exceeded the previous step's (non-monotone descent).",
+            ("lanczos_nonconverged: measurements whose Ritz residual stayed above tol (their value is a lower bound "
+             "of the top eigenvalue); they are counted, not dropped."),
+        ])
+
+    def figures(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame,
+                solutions: dict[str, np.ndarray] | None, directory: Path) -> list[Path]:
+        fig, (ax_s, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
+        for colour, lr in enumerate(sorted(config.lrs, reverse=True)):
+            part = metrics[metrics["run_id"] == run_label(lr)]
+            sharp = part[part["name"] == "sharpness"].sort_values("step")
+            loss = part[part["name"] == "loss"].sort_values("step")
+            ax_s.plot(sharp["step"], sharp["value"], color=f"C{colour}", label=f"η = {lr:g}")
+            ax_s.axhline(2 / lr, color=f"C{colour}", linestyle="--", linewidth=1)
+            ax_l.plot(loss["step"], loss["value"], color=f"C{colour}", label=f"η = {lr:g}")
+        ax_s.set(xlabel="step", ylabel="sharpness (top Hessian eigenvalue)", title="sharpness; dashed: 2/η")
+        ax_l.set(xlabel="step", ylabel="training loss", yscale="log", title="full-batch training loss")
+        for ax in (ax_s, ax_l):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        return [_save(fig, directory / "sharpness_and_loss.png")]
+
+
+def _series(part: pd.DataFrame, name: str) -> pd.Series:
+    values = part[part["name"] == name].sort_values("step")
+    return pd.Series(values["value"].to_numpy(), index=values["step"].to_numpy(), dtype=float)
+
+
+def _summary(lr: float, part: pd.DataFrame) -> dict[str, Any]:
+    """One table row: the step size's sharpness and loss statistics (NaN where nothing was measured)."""
+    ratio, loss, converged = (_series(part, n) for n in ("sharpness_x_lr_over_2", "loss", "lanczos_converged"))
+    crossed = ratio[ratio >= SHARPENED]
+    after = ratio[ratio.index >= crossed.index[0]] if len(crossed) else ratio.iloc[0:0]
+    nonconverged_after = int((converged[after.index] < 0.5).sum()) if len(after) else 0
+    final = lambda name: float(_series(part, name).iloc[-1]) if len(_series(part, name)) else math.nan
+    return {
+        "lr": lr, "two_over_lr": 2 / lr,
+        "initial_sharpness": float(_series(part, "sharpness").iloc[0]) if len(ratio) else math.nan,
+        "max_sharpness_x_lr_over_2": float(ratio.max()) if len(ratio) else math.nan,
+        "sharpened_at_step": int(crossed.index[0]) if len(crossed) else None,
+        "min_after_sharpening": float(after.min()) if len(after) else math.nan,
+        "max_after_sharpening": float(after.max()) if len(after) else math.nan,
+        "measurements_after_sharpening": len(after),
+        "final_sharpness_x_lr_over_2": float(ratio.iloc[-1]) if len(ratio) else math.nan,
+        "initial_loss": float(loss.iloc[0]) if len(loss) else math.nan,
+        "final_loss": float(loss.iloc[-1]) if len(loss) else math.nan,
+        "loss_drop": float(loss.iloc[0] / loss.iloc[-1]) if len(loss) and loss.iloc[-1] > 0 else math.nan,
+        "loss_increases": final("loss_increases"), "diverged": final("diverged"),
+        "measurements": len(ratio), "lanczos_nonconverged": int((converged < 0.5).sum()),
+        "lanczos_nonconverged_after_sharpening": nonconverged_after,
+    }
+
+
+def _checks(config: Config, table: pd.DataFrame) -> list[Check]:
+    """The edge-of-stability band and loss drop for the two largest η; stability for the smallest."""
+    checks = []
+    for _, row in table.head(2).iterrows():
+        lr = row["lr"]
+        if row["measurements"] == 0:
+            checks += [Check(f"η={lr:g}: sharpness·η/2 in [{BAND[0]}, {BAND[1]}] after sharpening", None,
+                             f"every measurement in [{BAND[0]}, {BAND[1]}]", None, "no sharpness was measured"),
+                       Check(f"η={lr:g}: loss drop (initial/final)", None, f">= {LOSS_DROP:g}", None, "no loss recorded")]
+            continue
+        nonconv = f"; {row['lanczos_nonconverged_after_sharpening']} of them did not converge" \
+            if row["lanczos_nonconverged_after_sharpening"] else ""
+        if row["sharpened_at_step"] is None or pd.isna(row["sharpened_at_step"]):
+            checks.append(Check(f"η={lr:g}: sharpness·η/2 in [{BAND[0]}, {BAND[1]}] after sharpening",
+                                float(row["max_sharpness_x_lr_over_2"]), f"every measurement in [{BAND[0]}, {BAND[1]}]",
+                                False, f"never sharpened: sharpness·η/2 peaked at {row['max_sharpness_x_lr_over_2']:.3f} "
+                                       f"< {SHARPENED} in {config.steps} steps"))
+        else:
+            low, high = float(row["min_after_sharpening"]), float(row["max_after_sharpening"])
+            worst = low if (1 - low) > (high - 1) else high  # the measurement farthest from 2/η
+            checks.append(Check(
+                f"η={lr:g}: sharpness·η/2 in [{BAND[0]}, {BAND[1]}] after sharpening", worst,
+                f"every measurement in [{BAND[0]}, {BAND[1]}]", bool(BAND[0] <= low and high <= BAND[1]),
+                f"sharpened at step {int(row['sharpened_at_step'])}; {int(row['measurements_after_sharpening'])} "
+                f"measurements after, range [{low:.3f}, {high:.3f}]; final {row['final_sharpness_x_lr_over_2']:.3f}"
+                f"{nonconv}"))
+        drop = float(row["loss_drop"])
+        diverged = bool(row["diverged"] == 1.0)
+        checks.append(Check(
+            f"η={lr:g}: loss drop (initial/final)", drop, f">= {LOSS_DROP:g}",
+            bool(drop >= LOSS_DROP) and not diverged,
+            f"loss {row['initial_loss']:.3g} → {row['final_loss']:.3g}; {int(row['loss_increases'])} steps increased "
+            f"the loss" + ("; the run diverged" if diverged else "")))
+    small = table.iloc[-1]
+    if small["measurements"] == 0:
+        checks.append(Check(f"η={small['lr']:g} (small): sharpness stays below 2/η", None, "max sharpness·η/2 < 1",
+                            None, "no sharpness was measured"))
+    else:
+        peak = float(small["max_sharpness_x_lr_over_2"])
+        checks.append(Check(
+            f"η={small['lr']:g} (small): sharpness stays below 2/η", peak, "max sharpness·η/2 < 1", bool(peak < 1.0),
+            f"2/η = {small['two_over_lr']:.3g}; sharpness {small['initial_sharpness']:.3g} at init, at most "
+            f"{peak * small['two_over_lr']:.3g}; loss {small['initial_loss']:.3g} → {small['final_loss']:.3g}"
+            + (f"; {int(small['lanczos_nonconverged'])} measurements did not converge"
+               if small["lanczos_nonconverged"] else "")))
+    return checks
+
+
+STUDY = EdgeOfStability()

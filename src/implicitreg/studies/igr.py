@@ -1,0 +1,403 @@
+"""igr: gradient descent follows the flow of L + (h/4)‖∇L‖² to second order, the flow of L only to first.
+
+Barrett & Dherin (2021), "Implicit gradient regularization"; the SGD term from Smith, Dherin,
+Barrett & De (2021), "On the origin of implicit regularization in stochastic gradient descent".
+
+Claim checked: gradient descent with step h, run to a fixed time T = k·h, ends O(h²) away from the
+flow of the modified loss L̃ = L + (h/4)‖∇L‖² (implicit gradient regularization) and O(h) away from
+the plain gradient flow of L. On two models — a two-parameter model ŷ = a·b·x (x: one column of
+the inputs) and a small tanh MLP — with float64 and accurately integrated flows (DOP853,
+rtol = atol = 1e-12), the distance in parameter space at T is measured for h, h/2, h/4, h/8 …:
+per halving of h it must shrink by a factor in [3.5, 4.5] to the modified flow and in [1.7, 2.3]
+to the plain flow (every consecutive halving, both models).
+
+SGD (the MLP, m equal batches, random reshuffling): one epoch of SGD averaged over all m! batch
+orders is checked to end closer to the flow of L̃_SGD = L + (h/4)‖∇L‖² + (h/4m)·Σ_k‖∇L_k − ∇L‖²
+than to the flow of L̃ without the last term, at every h (the expectation over orders is exact,
+so the comparison has no sampling noise).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.ticker import NullFormatter
+from pydantic import Field, model_validator
+
+from implicitreg.config import Strict
+from implicitreg.data.npz import read_regression
+from implicitreg.references.modified_flows import (
+    gradient,
+    gradient_flow,
+    igr_flow,
+    sgd_flow,
+)
+from implicitreg.report.figures import _save, plt
+from implicitreg.studies.base import Analysis, Check, ProgressBar, Solved, SolvedRun
+
+MODIFIED_BAND = (3.5, 4.5)  # distance to the flow of L̃ shrinks by this factor per halving of h
+PLAIN_BAND = (1.7, 2.3)  # distance to the flow of L shrinks by this factor per halving of h
+MODELS = ("two_param", "mlp")
+
+
+class Config(Strict):
+    """Configuration of ``igr``; every field can be set with ``--set``."""
+
+    data_file: str | None = Field(None, description="a user's regression data (.npz with X n×d, y n)")
+    seed: int = Field(0, ge=0, description="seed of the generated data, the MLP's init and the batch partition")
+    n_points: int = Field(12, ge=1, description="points of the generated data set")
+    dim: int = Field(3, ge=1, description="input dimension of the generated data set")
+    feature: int = Field(0, ge=0, description="column of X that is the two-parameter model's scalar input x")
+    two_param_init: list[float] = Field(default_factory=lambda: [1.5, 0.3], min_length=2, max_length=2,
+                                        description="(a, b) at the start of the two-parameter model")
+    mlp_width: int = Field(6, ge=1, description="hidden width of the one-hidden-layer tanh MLP")
+    h: float = Field(0.1, gt=0.0, description="the largest step size")
+    steps: int = Field(20, ge=1, description="GD steps at the largest h; T = steps·h for every h")
+    halvings: int = Field(3, ge=2, le=6, description="step sizes h, h/2, …, h/2^halvings")
+    batches: int = Field(4, ge=2, le=6, description="SGD batches per epoch m (all m! orders are averaged)")
+    tol: float = Field(1e-12, gt=0.0, le=1e-8, description="rtol = atol of the flows' integrator")
+
+    @property
+    def step_sizes(self) -> list[float]:
+        return [self.h / 2**j for j in range(self.halvings + 1)]
+
+    @property
+    def end_time(self) -> float:
+        return self.steps * self.h
+
+    @model_validator(mode="after")
+    def _sizes(self) -> Config:
+        if self.data_file is None:
+            if self.feature >= self.dim:
+                raise ValueError(f"feature must be a column of the generated X (< dim = {self.dim}), got {self.feature}")
+            if self.n_points % self.batches:
+                raise ValueError(f"n_points must be a multiple of batches = {self.batches} (equal batches), "
+                                 f"got {self.n_points}")
+        return self
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Full-batch regression data: x [n, d], y [n] (float64), and where it came from."""
+
+    x: np.ndarray
+    y: np.ndarray
+    source: str
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model as a flat float64 parameter vector: ``predict(theta, x)`` → [n], and ``theta0``."""
+
+    name: str
+    predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    theta0: np.ndarray
+
+
+def generated_data(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """x ~ N(0, I) [n, dim]; y [n] = a random tanh teacher (4 units) / 2 + 0.1·N(0, 1) noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dim))
+    w, v = rng.normal(size=(dim, 4)), rng.normal(size=4)
+    return x, np.tanh(x @ w) @ v / 2 + 0.1 * rng.normal(size=n)
+
+
+def two_param_model(feature: int, init: list[float]) -> Model:
+    """ŷ = a·b·x[:, feature], θ = (a, b) — Barrett & Dherin's two-parameter example on several points."""
+    return Model("two_param", lambda theta, x: theta[0] * theta[1] * x[:, feature], np.asarray(init, dtype=np.float64))
+
+
+def mlp_model(d: int, width: int, seed: int) -> Model:
+    """ŷ = tanh(x W + b)·v + c, θ = (W [d, width], b, v, c) flat: d·width + 2·width + 1 parameters.
+    Init: W ~ N(0, 1/d), v ~ N(0, 1/width), biases 0 (from ``seed``)."""
+    rng = np.random.default_rng(seed + 1)
+    theta0 = np.concatenate([rng.normal(size=d * width) / math.sqrt(d), np.zeros(width),
+                             rng.normal(size=width) / math.sqrt(width), np.zeros(1)])
+    sizes = [d * width, width, width, 1]
+
+    def predict(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        w, b, v, c = theta.split(sizes)
+        return torch.tanh(x @ w.view(d, width) + b) @ v + c
+
+    return Model("mlp", predict, theta0)
+
+
+def squared_loss(model: Model, x: torch.Tensor, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """θ ↦ L(θ) = (1/2n)·Σ_i (ŷ_i − y_i)² on (x [n, d], y [n])."""
+    return lambda theta: 0.5 * ((model.predict(theta, x) - y) ** 2).mean()
+
+
+def partition(n: int, m: int, seed: int) -> list[np.ndarray]:
+    """m disjoint equal batches of indices (a seeded permutation split in m): L = mean of batch losses."""
+    perm = np.random.default_rng(seed + 2).permutation(n)
+    return [np.sort(perm[k::m]) for k in range(m)]
+
+
+def gd(loss: Callable[[torch.Tensor], torch.Tensor], theta0: np.ndarray, h: float, steps: int,
+       record: set[int] | None = None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """GD θ_{k+1} = θ_k − h∇L(θ_k) for ``steps`` steps: (θ_steps [p], {k: θ_k for k in record})."""
+    theta = torch.as_tensor(theta0, dtype=torch.float64).clone()
+    seen = {0: theta.numpy().copy()} if record and 0 in record else {}
+    for k in range(1, steps + 1):
+        theta = theta - h * gradient(loss, theta)
+        if record and k in record:
+            seen[k] = theta.numpy().copy()
+    return theta.numpy().copy(), seen
+
+
+def sgd_epoch_mean(batch_losses: list[Callable], theta0: np.ndarray, h: float) -> tuple[np.ndarray, float, int]:
+    """One epoch of SGD (one step per batch) for every order of the batches: (mean end point [p],
+    mean distance of an order's end point from the mean, number of orders)."""
+    ends = []
+    for order in itertools.permutations(range(len(batch_losses))):
+        theta = torch.as_tensor(theta0, dtype=torch.float64).clone()
+        for k in order:
+            theta = theta - h * gradient(batch_losses[k], theta)
+        ends.append(theta.numpy())
+    ends_ = np.stack(ends)
+    mean = ends_.mean(axis=0)
+    return mean, float(np.linalg.norm(ends_ - mean, axis=1).mean()), len(ends)
+
+
+def log_steps(steps: int, points: int = 25) -> set[int]:
+    """About ``points`` log-spaced steps in [1, steps], with 0 and steps."""
+    return {0, steps, *np.unique(np.geomspace(1, steps, points).astype(int)).tolist()}
+
+
+def h_label(h: float) -> str:
+    return f"h_{h:g}"
+
+
+class IGR:
+    name = "igr"
+    claim = ("Gradient descent with step h stays O(h²) close to the gradient flow of L + (h/4)‖∇L‖² but only "
+             "O(h) close to the flow of L.")
+    paper = "Barrett & Dherin 2021; Smith, Dherin, Barrett & De 2021"
+    Config = Config
+
+    def defaults(self, quick: bool) -> dict[str, Any]:
+        # quick: h, h/2, h/4 (two halvings, every one still checked) instead of down to h/8
+        return {"halvings": 2} if quick else {}
+
+    def plan(self, config: Config) -> list:
+        return []
+
+    def problem(self, config: Config) -> Problem:
+        """The user's ``X`` [n, d], ``y`` [n] (``--data``) or the generated data."""
+        if config.data_file is None:
+            x, y = generated_data(config.n_points, config.dim, config.seed)
+            return Problem(x, y, f"tanh teacher: {config.n_points} points, dim {config.dim}, seed {config.seed}")
+        x, y = read_regression(config.data_file)
+        where = f"--data {config.data_file}"
+        if config.feature >= x.shape[1]:
+            raise ValueError(f"{where}: the two-parameter model reads column feature={config.feature} of X, but X "
+                             f"has {x.shape[1]} column(s); set --set feature=<0..{x.shape[1] - 1}>")
+        if x.shape[0] < config.batches or x.shape[0] % config.batches:
+            raise ValueError(f"{where}: SGD splits the points into batches={config.batches} equal batches, so the "
+                             f"number of points must be a positive multiple of {config.batches}; X has {x.shape[0]} "
+                             "rows (drop some, or --set batches=…)")
+        return Problem(x, y, f"{config.data_file}: {x.shape[0]} points, dim {x.shape[1]}")
+
+    def solve(self, config: Config, problem: Problem, progress: ProgressBar) -> Solved:
+        x, y = torch.as_tensor(problem.x, dtype=torch.float64), torch.as_tensor(problem.y, dtype=torch.float64)
+        models = [two_param_model(config.feature, config.two_param_init),
+                  mlp_model(x.shape[1], config.mlp_width, config.seed)]
+        runs: list[SolvedRun] = []
+        arrays: dict[str, np.ndarray] = {}
+        hs, end = config.step_sizes, config.end_time
+        for model in models:
+            loss = squared_loss(model, x, y)
+            bar = progress(f"{model.name}: flows and GD", 2 * len(hs))
+            grids = {h: log_steps(round(end / h)) for h in hs}
+            times = sorted({k * h for h in hs for k in grids[h]})
+            plain = gradient_flow(loss, model.theta0, end, times, config.tol, config.tol)
+            plain_at = dict(zip(np.round(plain.t, 12), plain.theta))
+            arrays[f"ref_{model.name}_flow"] = plain.end
+            for i, h in enumerate(hs):
+                steps = round(end / h)
+                grid = sorted(grids[h])
+                modified = igr_flow(loss, model.theta0, end, h, [k * h for k in grid], config.tol, config.tol)
+                bar(2 * i + 1)
+                final, seen = gd(loss, model.theta0, h, steps, set(grid))
+                rows: list[tuple[int, str, float]] = []
+                for k, theta_mod in zip(grid, modified.theta):
+                    theta = seen[k]
+                    rows += [(k, "loss", float(loss(torch.from_numpy(theta)))),
+                             (k, "dist_plain", float(np.linalg.norm(theta - plain_at[round(k * h, 12)]))),
+                             (k, "dist_modified", float(np.linalg.norm(theta - theta_mod)))]
+                rows += [(steps, "flow_evals_plain", float(plain.n_evals)),
+                         (steps, "flow_evals_modified", float(modified.n_evals))]
+                label = f"{model.name}_gd_{h_label(h)}"
+                runs.append(SolvedRun(f"{model.name}/gd_{h_label(h)}", f"{model.name}/gd",
+                                      {"model": model.name, "h": h, "steps": steps, "T": end,
+                                       "parameters": int(model.theta0.size), "data": problem.source},
+                                      rows, steps, seed=config.seed, target_step=steps))
+                arrays[label] = final
+                arrays[f"ref_{model.name}_modified_{h_label(h)}"] = modified.end
+                bar(2 * i + 2)
+        runs_sgd, arrays_sgd = self._sgd(config, problem, models[1], x, y, progress)
+        return Solved(runs + runs_sgd, {**arrays, **arrays_sgd})
+
+    def _sgd(self, config: Config, problem: Problem, model: Model, x: torch.Tensor, y: torch.Tensor,
+             progress: ProgressBar) -> tuple[list[SolvedRun], dict[str, np.ndarray]]:
+        """One epoch of RR-SGD on the MLP, averaged over all batch orders, against the flows of L̃_SGD
+        and L̃_IGR run for the epoch's time m·h."""
+        batches = partition(x.shape[0], config.batches, config.seed)
+        batch_losses = [squared_loss(model, x[idx], y[idx]) for idx in batches]
+        loss = squared_loss(model, x, y)
+        runs, arrays = [], {}
+        bar = progress(f"{model.name}: SGD epoch vs modified flows", len(config.step_sizes))
+        m = config.batches
+        for i, h in enumerate(config.step_sizes):
+            mean, spread, orders = sgd_epoch_mean(batch_losses, model.theta0, h)
+            flow_sgd = sgd_flow(batch_losses, model.theta0, m * h, h, None, config.tol, config.tol)
+            flow_igr = igr_flow(loss, model.theta0, m * h, h, None, config.tol, config.tol)
+            rows = [(m, "dist_sgd_flow", float(np.linalg.norm(mean - flow_sgd.end))),
+                    (m, "dist_igr_flow", float(np.linalg.norm(mean - flow_igr.end))),
+                    (m, "order_spread", spread), (m, "orders", float(orders))]
+            runs.append(SolvedRun(f"{model.name}/sgd_{h_label(h)}", f"{model.name}/sgd",
+                                  {"model": model.name, "h": h, "batches": m, "orders": orders, "T": m * h,
+                                   "batch_indices": [b.tolist() for b in batches], "data": problem.source},
+                                  rows, m, seed=config.seed, target_step=m))
+            arrays[f"{model.name}_sgd_mean_{h_label(h)}"] = mean
+            arrays[f"ref_{model.name}_sgd_flow_{h_label(h)}"] = flow_sgd.end
+            arrays[f"ref_{model.name}_igr_epoch_{h_label(h)}"] = flow_igr.end
+            bar(i + 1)
+        return runs, arrays
+
+    def analyze(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame,
+                solutions: dict[str, np.ndarray] | None = None) -> Analysis:
+        table = _table(config, solutions or {})
+        return Analysis(table, _checks(config, table), _notes(config, table))
+
+    def figures(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame,
+                solutions: dict[str, np.ndarray] | None, directory: Path) -> list[Path]:
+        table = _table(config, solutions or {})
+        if table.empty:
+            return []
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+        for ax, model in zip(axes, MODELS):
+            part = table[(table["model"] == model) & (table["kind"] == "gd")]
+            for column, colour, label in (("dist_plain", "C0", "GD ↔ flow of L"),
+                                          ("dist_modified", "C1", "GD ↔ flow of L + (h/4)‖∇L‖²")):
+                ax.loglog(part["h"], part[column], "o-", color=colour, label=label)
+            _slope_guides(ax, part["h"].to_numpy(), {1: part["dist_plain"].iloc[0], 2: part["dist_modified"].iloc[0]})
+            ax.set(xlabel="step size h", ylabel=f"‖θ_GD(T) − θ_flow(T)‖, T = {config.end_time:g}",
+                   title=f"{model}: distance at T vs h")
+        sgd = table[table["kind"] == "sgd"]
+        ax = axes[2]
+        ax.loglog(sgd["h"], sgd["dist_igr_flow"], "o-", color="C1", label="mean SGD ↔ flow of L + (h/4)‖∇L‖²")
+        ax.loglog(sgd["h"], sgd["dist_sgd_flow"], "o-", color="C2", label="mean SGD ↔ flow of L̃_SGD")
+        _slope_guides(ax, sgd["h"].to_numpy(), {2: sgd["dist_igr_flow"].iloc[0], 3: sgd["dist_sgd_flow"].iloc[0]})
+        ax.set(xlabel="step size h", ylabel=f"distance after one epoch (T = {config.batches}h)",
+               title=f"mlp: SGD, {config.batches} batches, mean over all orders")
+        for ax in axes:
+            ax.xaxis.set_minor_formatter(NullFormatter())  # the minor labels of a short log axis overlap
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=7)
+        return [_save(fig, directory / "distance_vs_h.png")]
+
+
+def _slope_guides(ax, hs: np.ndarray, anchors: dict[int, float]) -> None:
+    """Dashed lines ∝ h^slope through each anchor value at the largest h."""
+    for slope, value in anchors.items():
+        ax.loglog(hs, value * (hs / hs[0]) ** slope, "--", color="grey", linewidth=0.8)
+        ax.annotate(f"slope {slope}", (hs[-1], value * (hs[-1] / hs[0]) ** slope), fontsize=7, color="grey")
+
+
+def _table(config: Config, solutions: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One row per run, every distance computed from ``solutions.npz`` (empty if it is missing)."""
+    rows = []
+    hs = config.step_sizes
+    for model in MODELS:
+        flow = solutions.get(f"ref_{model}_flow")
+        previous: dict[str, float] = {}
+        for h in hs:
+            learned = solutions.get(f"{model}_gd_{h_label(h)}")
+            modified = solutions.get(f"ref_{model}_modified_{h_label(h)}")
+            if learned is None or flow is None or modified is None:
+                continue
+            row = {"run_id": f"{model}/gd_{h_label(h)}", "model": model, "kind": "gd", "h": h,
+                   "steps": round(config.end_time / h), "dist_plain": float(np.linalg.norm(learned - flow)),
+                   "dist_modified": float(np.linalg.norm(learned - modified))}
+            for column in ("dist_plain", "dist_modified"):
+                row[f"{column}_shrink"] = previous[column] / row[column] if column in previous else math.nan
+                previous[column] = row[column]
+            rows.append(row)
+    previous = {}
+    for h in hs:
+        mean = solutions.get(f"mlp_sgd_mean_{h_label(h)}")
+        flow_sgd, flow_igr = (solutions.get(f"ref_mlp_{k}_{h_label(h)}") for k in ("sgd_flow", "igr_epoch"))
+        if mean is None or flow_sgd is None or flow_igr is None:
+            continue
+        row = {"run_id": f"mlp/sgd_{h_label(h)}", "model": "mlp", "kind": "sgd", "h": h, "steps": config.batches,
+               "dist_sgd_flow": float(np.linalg.norm(mean - flow_sgd)),
+               "dist_igr_flow": float(np.linalg.norm(mean - flow_igr))}
+        row["sgd_over_igr"] = row["dist_sgd_flow"] / row["dist_igr_flow"]
+        for column in ("dist_sgd_flow", "dist_igr_flow"):
+            row[f"{column}_shrink"] = previous[column] / row[column] if column in previous else math.nan
+            previous[column] = row[column]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _band_check(name: str, shrinks: np.ndarray, band: tuple[float, float], target: float) -> Check:
+    """All per-halving shrink factors in ``band``; the value is the one farthest (in log) from ``target``."""
+    threshold = f"every halving in [{band[0]}, {band[1]}]"
+    if len(shrinks) == 0 or not np.all(np.isfinite(shrinks)):
+        return Check(name, None, threshold, None, "the distances were not all computed (no solutions.npz?)")
+    worst = float(shrinks[np.argmax(np.abs(np.log(shrinks / target)))])
+    return Check(name, worst, threshold, bool(np.all((shrinks >= band[0]) & (shrinks <= band[1]))),
+                 "shrink factors per halving: " + ", ".join(f"{s:.3f}" for s in shrinks))
+
+
+def _checks(config: Config, table: pd.DataFrame) -> list[Check]:
+    checks = []
+    for model in MODELS:
+        part = table[(table["model"] == model) & (table["kind"] == "gd")] if not table.empty else table
+        for column, band, target, flow in (("dist_modified", MODIFIED_BAND, 4.0, "L + (h/4)‖∇L‖²"),
+                                           ("dist_plain", PLAIN_BAND, 2.0, "L")):
+            shrinks = part[f"{column}_shrink"].to_numpy()[1:] if len(part) == len(config.step_sizes) else np.array([])
+            checks.append(_band_check(f"{model}: GD distance to the flow of {flow} shrinks ×{target:g} per halving",
+                                      shrinks, band, target))
+    sgd = table[table["kind"] == "sgd"] if not table.empty else table
+    name = "mlp: mean one-epoch SGD is closer to the flow of L̃_SGD than of L + (h/4)‖∇L‖²"
+    if len(sgd) != len(config.step_sizes):
+        checks.append(Check(name, None, "< 1 at every h", None, "the SGD distances were not all computed"))
+    else:
+        ratio = sgd["sgd_over_igr"].to_numpy()
+        checks.append(Check(name, float(ratio.max()), "dist(L̃_SGD flow) / dist(L̃_IGR flow) < 1 at every h",
+                            bool(np.all(ratio < 1)),
+                            "ratio per h: " + ", ".join(f"h={h:g}: {r:.3f}" for h, r in zip(sgd["h"], ratio))))
+    return checks
+
+
+def _notes(config: Config, table: pd.DataFrame) -> list[str]:
+    notes = [
+        (f"L(θ) = (1/2n)·Σ(ŷ_i − y_i)²; GD runs T/h steps to T = {config.end_time:g} for h = "
+         + ", ".join(f"{h:g}" for h in config.step_sizes) + "; distances are Euclidean in parameter space at T, "
+         "computed from solutions.npz."),
+        f"flows: scipy solve_ivp DOP853, rtol = atol = {config.tol:g}; H∇L = ∇(½‖∇L‖²) by autograd double backward.",
+        "shrink factor: distance at h divided by distance at h/2 (4 for an O(h²) error, 2 for O(h)).",
+        (f"SGD: the MLP's points split into m = {config.batches} fixed equal batches; one epoch (one step per batch) "
+         f"for every one of the {math.factorial(config.batches)} orders, averaged, against the flows of "
+         "L̃_SGD = L + (h/4)‖∇L‖² + (h/4m)·Σ_k‖∇L_k − ∇L‖² and L̃_IGR = L + (h/4)‖∇L‖² over T = m·h."),
+    ]
+    sgd = table[table["kind"] == "sgd"] if not table.empty else table
+    if len(sgd) > 1:
+        slope = lambda col: np.log2(sgd[f"{col}_shrink"].to_numpy()[1:])
+        notes.append("SGD orders of convergence per halving (log2 of the shrink factor): to L̃_SGD "
+                     + ", ".join(f"{s:.2f}" for s in slope("dist_sgd_flow")) + " (3 expected: O(h³)); to L̃_IGR "
+                     + ", ".join(f"{s:.2f}" for s in slope("dist_igr_flow")) + " (2 expected: the dropped term is O(h²)).")
+    return notes
+
+
+STUDY = IGR()

@@ -1,0 +1,154 @@
+"""The edge-of-stability study: its sharpness against dense Hessians, its GD, its verdict logic, and the CLI contract."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from implicitreg.config import build_config
+from implicitreg.runner import read_solutions
+from implicitreg.studies import edge_of_stability as eos
+
+from conftest import run_cli_many, invoke_cli
+
+
+
+def dense_top_eigenvalue(model, x, y) -> float:
+    """λ_max of the full Hessian of the squared loss, built densely with autograd and eigvalsh (float64)."""
+    params = list(model.parameters())
+    shapes = [p.shape for p in params]
+    flat = torch.nn.utils.parameters_to_vector(params).detach()
+
+    def loss(theta):
+        chunks, start = [], 0
+        for shape in shapes:
+            chunks.append(theta[start:start + shape.numel()].view(shape))
+            start += shape.numel()
+        names = [name for name, _ in model.named_parameters()]
+        out = torch.func.functional_call(model, dict(zip(names, chunks)), (x,))
+        return eos.squared_loss(out, y)
+
+    return float(torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat))[-1])
+
+
+@pytest.mark.parametrize("seed,n,d,hidden", [(1, 30, 4, [6, 5]), (2, 50, 6, [8]), (3, 40, 3, [5, 5, 4])])
+def test_sharpness_matches_the_dense_hessian_before_and_after_training(seed, n, d, hidden):
+    # Lanczos stops when the Ritz residual is below tol·|θ|, which bounds |θ − λ| by tol·|θ|: the study's
+    # tol = 1e-3 must land within 1e-3 (relative) of the dense top eigenvalue, at init and after 50 GD steps
+    x, y = (torch.tensor(a) for a in eos.teacher_data(n, d, 4, seed))
+    model = eos.build_mlp(d, hidden, 1, seed)
+    for _ in range(2):
+        eig = eos.sharpness(model, x, y, tol=1e-3, max_hvp=100)
+        assert bool(eig.converged[0])
+        assert float(eig.values[0]) == pytest.approx(dense_top_eigenvalue(model, x, y), rel=1e-3)
+        eos.run_gd(model, x, y, lr=0.2, steps=50, measure_every=1000, tol=1e-3, max_hvp=100)
+
+
+def test_gd_is_plain_full_batch_gradient_descent():
+    # the study's GD loop against torch.optim.SGD (no momentum) on a copy of the same network: equal to rounding
+    x, y = (torch.tensor(a) for a in eos.teacher_data(40, 5, 4, 0))
+    ours, theirs = eos.build_mlp(5, [7, 7], 1, 0), eos.build_mlp(5, [7, 7], 1, 0)
+    rows, last = eos.run_gd(ours, x, y, lr=0.1, steps=30, measure_every=10, tol=1e-3, max_hvp=50)
+    optimizer = torch.optim.SGD(theirs.parameters(), lr=0.1)
+    for _ in range(30):
+        optimizer.zero_grad()
+        eos.squared_loss(theirs(x), y).backward()
+        optimizer.step()
+    vector = torch.nn.utils.parameters_to_vector
+    torch.testing.assert_close(vector(ours.parameters()), vector(theirs.parameters()), rtol=1e-12, atol=1e-12)
+    names = {name for _, name, _ in rows}
+    assert last == 30 and {"loss", "sharpness", "sharpness_x_lr_over_2", "lanczos_converged"} <= names
+    assert sorted({s for s, name, _ in rows if name == "sharpness"}) == [0, 10, 20, 30]
+
+
+def fabricated(lrs, ratios: dict[float, list[float]], losses: dict[float, tuple[float, float]]) -> pd.DataFrame:
+    """Metrics of runs whose sharpness·η/2 follows ``ratios`` (every 10 steps) and loss goes a → b."""
+    rows = []
+    for lr in lrs:
+        for i, r in enumerate(ratios[lr]):
+            rows += [(eos.run_label(lr), 10 * i, "sharpness_x_lr_over_2", r), (eos.run_label(lr), 10 * i, "sharpness", 2 * r / lr),
+                     (eos.run_label(lr), 10 * i, "lanczos_converged", 1.0)]
+        start, end = losses[lr]
+        last = 10 * (len(ratios[lr]) - 1)
+        rows += [(eos.run_label(lr), 0, "loss", start), (eos.run_label(lr), last, "loss", end),
+                 (eos.run_label(lr), last, "loss_increases", 3.0), (eos.run_label(lr), last, "diverged", 0.0)]
+    return pd.DataFrame(rows, columns=["run_id", "step", "name", "value"])
+
+
+@pytest.mark.parametrize("overshoot,drop,verdict", [(1.04, 1e3, "pass"), (1.2, 1e3, "fail"), (1.04, 10, "fail")])
+def test_verdict_follows_the_band_the_loss_drop_and_the_small_step(overshoot, drop, verdict):
+    config = build_config(eos.Config, {}, {"lrs": [0.4, 0.3, 0.1]})
+    rising = [0.3, 0.6, 0.85]  # before sharpening: not judged
+    ratios = {0.4: rising + [0.95, overshoot, 0.99, 1.0], 0.3: rising + [0.92, 1.01, 0.98], 0.1: [0.1, 0.3, 0.5]}
+    losses = {0.4: (0.5, 0.5 / drop), 0.3: (0.5, 1e-4), 0.1: (0.5, 1e-2)}
+    analysis = eos.STUDY.analyze(config, pd.DataFrame(), fabricated(config.lrs, ratios, losses), {})
+    assert analysis.verdict == verdict, [c for c in analysis.checks if not c.passed]
+    assert len(analysis.checks) == 5
+    assert analysis.checks[0].value == pytest.approx(overshoot if overshoot > 1.08 else 0.95)
+    assert "sharpened at step 30" in analysis.checks[0].detail
+    assert analysis.table["sharpened_at_step"].tolist()[:2] == [30, 30]
+
+
+def test_never_sharpening_or_crossing_with_the_small_step_fails_and_no_data_is_inconclusive():
+    config = build_config(eos.Config, {}, {"lrs": [0.4, 0.3, 0.1]})
+    ratios = {0.4: [0.3, 0.5, 0.7], 0.3: [0.5, 0.95, 1.0], 0.1: [0.5, 0.9, 1.02]}
+    losses = {lr: (0.5, 1e-4) for lr in config.lrs}
+    checks = eos.STUDY.analyze(config, pd.DataFrame(), fabricated(config.lrs, ratios, losses), {}).checks
+    assert checks[0].passed is False and "never sharpened" in checks[0].detail
+    assert checks[2].passed is True and checks[-1].passed is False
+    empty = pd.DataFrame(columns=["run_id", "step", "name", "value"])
+    assert eos.STUDY.analyze(config, pd.DataFrame(), empty, {}).verdict == "inconclusive"
+
+
+def test_default_quick_run_passes_and_data_round_trip(tmp_path):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((60, 5))
+    y = np.tanh(x @ rng.standard_normal(5))
+    np.savez(tmp_path / "mine.npz", X=x, y=y)
+    # --threads 1: the networks are tiny, and the two runs share the test machine's 2 cores
+    default, mine = run_cli_many([["run", "edge-of-stability", "--quick", "--threads", "1", "--out", tmp_path / "default"],
+                                  ["run", "edge-of-stability", "--quick", "--threads", "1", "--data", tmp_path / "mine.npz",
+                                   "--set", "steps=200", "--out", tmp_path / "mine"]])
+    assert default.returncode == 0, default
+    summary = json.loads((tmp_path / "default" / "summary.json").read_text())
+    assert summary["verdict"] == "pass", summary["checks"]
+    assert len(summary["checks"]) == 5
+    assert (tmp_path / "default" / "figures" / "sharpness_and_loss.png").exists()
+    assert mine.returncode == 0, mine
+    summary = json.loads((tmp_path / "mine" / "summary.json").read_text())
+    assert summary["verdict"] in ("pass", "fail") and len(summary["checks"]) == 5
+    assert summary["config"]["data_file"] == str((tmp_path / "mine.npz").resolve())
+    solutions = read_solutions(tmp_path / "mine")
+    config = build_config(eos.Config, {}, {})
+    labels = {eos.run_label(lr) for lr in config.lrs}
+    assert labels | {"ref_stability_threshold"} == set(solutions)
+    n_params = 5 * 32 + 32 + 32 * 32 + 32 + 32 + 1
+    assert all(solutions[label].shape == (n_params,) for label in labels)
+    np.testing.assert_allclose(solutions["ref_stability_threshold"], 2 / np.array(sorted(config.lrs, reverse=True)))
+
+
+def test_malformed_files_exit_2_with_one_line_and_write_nothing(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((10, 4))
+    y = x[:, 0]
+    nan = x.copy()
+    nan[2, 1] = np.nan
+    cases = {
+        "missing": ({"y": y}, "missing array"),
+        "shape": ({"X": x, "y": y[:5]}, "y must have shape (10,)"),
+        "nan": ({"X": nan, "y": y}, "NaN"),
+        "constant": ({"X": x, "y": np.full(10, 3.0)}, "y is constant"),
+    }
+    results = []
+    for name, (arrays, _) in cases.items():
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        results.append(invoke_cli(["run", "edge-of-stability", "--quick", "--data", tmp_path / f"{name}.npz",
+                               "--out", tmp_path / name]))
+    for (name, (_, expected)), result in zip(cases.items(), results):
+        assert result.returncode == 2, result
+        assert "Traceback" not in result.stderr, result
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0] and f"{name}.npz" in lines[0], result
+        assert not (tmp_path / name).exists()
