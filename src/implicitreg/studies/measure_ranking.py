@@ -55,7 +55,7 @@ class Config(Strict):
     momentum 0.9 at batch 32 did not train two-layer nets); runs that miss it are left out.
     """
 
-    data: DataConfig = Field(default_factory=lambda: DataConfig(n_train=1000))
+    data: DataConfig = Field(default_factory=lambda: DataConfig(n_train=500))
     widths: list[int] = Field(default_factory=lambda: [128, 256], min_length=1)
     depths: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
     lrs: list[float] = Field(default_factory=lambda: [0.02, 0.05], min_length=1)
@@ -107,9 +107,9 @@ class MeasureRanking:
     def defaults(self, quick: bool) -> dict[str, Any]:
         if not quick:
             return {}
-        return {"data": {"n_train": 500}, "widths": [128], "depths": [1, 2], "batch_sizes": [64], "seeds": 1,
-                "min_models": 12,
-                "train": {"max_steps": 4000, "track_every": 4000, "track_expensive_every": 4000}}
+        return {"data": {"n_train": 300}, "widths": [128], "depths": [1, 2], "batch_sizes": [64], "lrs": [0.05],
+                "seeds": 1, "min_models": 6,
+                "train": {"max_steps": 3000, "track_every": 3000, "track_expensive_every": 3000}}
 
     def plan(self, config: Config) -> list[Group]:
         # width, depth and batch size are shared by a population; lr, decay, dropout and seed are per member
