@@ -166,3 +166,24 @@ def test_resume_after_sigkill_matches_an_uninterrupted_sweep(sweeps):
     summary_a = json.loads((sweeps["a"] / "summary.json").read_text())
     assert summary_k["verdict"] == summary_a["verdict"] and summary_k["table"] == summary_a["table"]
     assert summary_k["runs"] == {"total": 10, "done": 10}
+
+
+def test_solved_study_resumes_without_solving_again(tmp_path, monkeypatch):
+    """A finished solved study resumed with --resume keeps its runs and solutions.npz as they are
+    (solving is deterministic and was stored); a rerun without --resume is refused."""
+    from conftest import invoke_cli
+    from implicitreg.studies.min_norm import STUDY as MIN_NORM
+
+    out = tmp_path / "mn"
+    first = invoke_cli(["run", "min-norm", "--quick", "--out", out])
+    assert first.returncode == 0, first
+    solutions, runs_before = (out / "solutions.npz").read_bytes(), read_store(out)[0]
+    calls = []
+    monkeypatch.setattr(type(MIN_NORM), "solve", lambda *a: calls.append(a) or pytest.fail("solved again"))
+    resumed = invoke_cli(["run", "min-norm", "--quick", "--resume", "--out", out])
+    assert resumed.returncode == 0, resumed
+    assert calls == [] and (out / "solutions.npz").read_bytes() == solutions
+    pd.testing.assert_frame_equal(read_store(out)[0].drop(columns=["provenance"]),
+                                  runs_before.drop(columns=["provenance"]))
+    again = invoke_cli(["run", "min-norm", "--quick", "--out", out])
+    assert again.returncode == 2 and "--resume" in again.stderr
