@@ -23,7 +23,10 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 HEADERS = {"train_acc": "train", "test_acc": "test", "gap": "gap", "l2_norm": "‖θ‖₂",
-           "dist_init": "‖θ−θ₀‖₂", "steps": "steps", "reached_target": "hit"}
+           "dist_init": "‖θ−θ₀‖₂", "steps": "steps", "reached_target": "hit",
+           # measure-ranking: Kendall τ, granulated τ (Ψ) and its per-hyperparameter parts
+           "tau": "τ", "psi": "Ψ", "sign": "±", "models": "n", "psi_width": "ψ width", "psi_depth": "ψ depth",
+           "psi_lr": "ψ lr", "psi_batch_size": "ψ batch", "psi_weight_decay": "ψ wd", "psi_dropout": "ψ drop"}
 PERCENT = ("train_acc", "test_acc", "gap")
 
 
