@@ -57,6 +57,22 @@ def test_generator_has_a_known_svm_with_positive_dual_coefficients(seed, size):
     assert np.min(y[others] * (x[others] @ w_hat)) >= 1.5 - 1e-6  # the margin gap
 
 
+def test_log_time_rate_is_the_smallest_eigenvalue_of_the_linearized_residual_flow():
+    """λ from the generator's known duals (β/Σβ, support vectors u + vⱼ) in closed form, against the
+    reference computed from the cvxpy SVM and nnls."""
+    n, d, seed = 40, 5, 0
+    x, y = generic_separable(n, d, gap=0.5, spread=1.0, seed=seed)
+    rng = np.random.default_rng([seed, 5])  # the generator's own stream, replayed
+    u = rng.standard_normal(d)
+    u /= np.linalg.norm(u)
+    v = rng.standard_normal((d, d)) @ (np.eye(d) - np.outer(u, u))
+    beta = rng.uniform(0.5, 1.5, d)
+    v -= (beta @ v) / beta.sum()
+    z, alpha = u + v, beta / beta.sum()
+    expected = np.linalg.eigvalsh(z.T @ np.diag(alpha) @ z)[0]
+    assert svm.log_time_rate(x, y, svm.hard_margin_svm(x, y)) == pytest.approx(expected, rel=1e-5)  # QP tolerance
+
+
 def test_separability_lp():
     x, y = generic_separable(30, 3, 0.5, 1.0, seed=0)
     assert svm.separable_through_origin(x, y)
@@ -130,7 +146,7 @@ def test_quick_run_and_data_round_trip(tmp_path):
         checks = {c["name"]: c for c in summary["checks"]}
         assert len(checks) == 4 and all(c["value"] is not None for c in checks.values())
         solutions = read_solutions(tmp_path / name)
-        assert set(solutions) == {"gd", "gd_normalized", "ref_svm"}
+        assert set(solutions) == {"gd", "gd_normalized", "ref_svm", "ref_log_time_rate"}
         assert solutions["gd"].shape == ((5,) if name == "default" else (3,))
     summary = json.loads((tmp_path / "default" / "summary.json").read_text())
     # --quick: t up to 1e5 and the window [1e3, 1e5], as the checks' names say

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import cvxpy as cp
 import numpy as np
-from scipy.optimize import linprog
+from scipy.optimize import linprog, nnls
 
 
 def separable_through_origin(x: np.ndarray, y: np.ndarray) -> bool:
@@ -59,3 +59,26 @@ def support_vectors(x: np.ndarray, y: np.ndarray, w_hat: np.ndarray, tol: float 
     """Indices i with yᵢxᵢᵀŵ ≤ 1 + tol: the points on the margin of the SVM solution ŵ."""
     margins = np.asarray(y, dtype=np.float64) * (np.asarray(x, dtype=np.float64) @ w_hat)
     return np.flatnonzero(margins <= 1.0 + tol)
+
+
+def log_time_rate(x: np.ndarray, y: np.ndarray, w_hat: np.ndarray) -> float:
+    """The rate λ at which GD's residual ρ(t) = w(t) − ŵ ln t settles, per unit of ln t.
+
+    With w = ŵ ln t + ρ, gradient flow on the logistic loss gives dρ/d(ln t) ≈ −Σⱼ αⱼ zⱼzⱼᵀ (ρ − w̃)
+    near its limit w̃ (zⱼ = yⱼxⱼ the support vectors, αⱼ ≥ 0 the duals, ŵ = Σⱼ αⱼzⱼ; the step size
+    cancels), so the transient decays like t^(−λ) with λ the smallest nonzero eigenvalue of
+    Zᵀdiag(α)Z (equal to that of diag(√α) Z Zᵀ diag(√α), used here). The duals come from
+    non-negative least squares (scipy ``nnls``) on ŵ = Zᵀα.
+
+    Returns:
+        λ (NaN if there are no support vectors).
+    """
+    sv = support_vectors(x, y, w_hat)
+    if sv.size == 0:
+        return float("nan")
+    z = np.asarray(y, dtype=np.float64)[sv, None] * np.asarray(x, dtype=np.float64)[sv]
+    alpha = nnls(z.T, w_hat)[0]
+    root = np.sqrt(alpha)
+    eigenvalues = np.linalg.eigvalsh(root[:, None] * (z @ z.T) * root[None, :])
+    positive = eigenvalues[eigenvalues > 1e-10 * eigenvalues.max()]
+    return float(positive.min()) if positive.size else float("nan")
