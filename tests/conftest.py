@@ -88,6 +88,19 @@ def invoke_cli(args: list) -> CliResult:
     return CliResult([str(a) for a in args], result.exit_code, result.stdout, stderr)
 
 
+def assert_user_error(result: CliResult, expected: list[str], out: Path | None = None) -> None:
+    """A user mistake: exit code 2, one line on stderr ("error: …") holding every ``expected``
+    substring, no traceback, and no ``out`` directory written."""
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result
+    for text in expected:
+        assert text in lines[0], (text, result)
+    if out is not None:
+        assert not Path(out).exists(), f"{out} was written by a command that failed validation"
+
+
 def start_cli(args: list[str], log: Path, cwd: Path | str | None = None) -> subprocess.Popen:
     """Start ``implicitreg ARGS`` without waiting; stdout and stderr go to the file ``log``.
 

@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 import pytest
-from conftest import read_store, run_cli
+from conftest import read_store, run_cli, assert_user_error
 from scipy import stats
 
 from implicitreg.config import ConfigError, build_config
@@ -219,7 +219,4 @@ def test_tiny_run_end_to_end(tmp_path):
 def test_a_batch_larger_than_the_training_set_exits_2_and_writes_nothing(tmp_path):
     out = tmp_path / "bad"
     result = run_cli(["run", STUDY.name, *TINY, "--set", "batch_sizes=[16,128]", "--out", out])
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "batch_sizes" in lines[0] and "64" in lines[0] and "Traceback" not in result.stderr
-    assert not out.exists()
+    assert_user_error(result, ["batch_sizes", "64"], out)

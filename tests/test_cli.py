@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, CliResult, read_store, run_cli_many, invoke_cli
+from conftest import TINY, CliResult, read_store, run_cli_many, invoke_cli, assert_user_error
 from implicitreg.studies.explicit_vs_implicit import ARMS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -94,14 +94,8 @@ def phase1(root) -> dict[str, CliResult]:
     return dict(zip(names, run_cli_many([commands[n] for n in names])))
 
 
-
 def assert_one_line_error(result: CliResult, expected: list[str], root: Path) -> None:
-    assert result.returncode == 2, result
-    assert "Traceback" not in result.stderr, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result
-    for text in expected:
-        assert text in lines[0], (text, result)
+    assert_user_error(result, expected)
     assert result.stdout == "", result
     if "--out" in result.args and "--resume" not in result.args:
         target = Path(result.args[result.args.index("--out") + 1])

@@ -15,7 +15,7 @@ from implicitreg.references.sparse_regression import (min_l1_interpolant, min_l2
                                                       q_alpha_interpolant)
 from implicitreg.studies.diagonal_net import STUDY, Config, diagonal_gd, generate
 
-from conftest import run_cli, invoke_cli
+from conftest import run_cli, invoke_cli, assert_user_error
 
 
 def relative(a, b):
@@ -113,9 +113,6 @@ def test_halving_the_growth_step_halves_the_distance_to_the_flow_limit():
 
 # -- the CLI: --data round trip, malformed files, default --quick -----------------------------------
 
-def invoke(args: list) -> tuple[int, str, str]:
-    result = invoke_cli(args)
-    return result.returncode, result.stdout, result.stderr
 
 def sparse_problem(n=15, d=30, seed=3):
     rng = np.random.default_rng(seed)
@@ -130,8 +127,8 @@ def test_data_round_trip(tmp_path):
     path = tmp_path / "mine.npz"
     np.savez(path, X=x, y=y)
     out = tmp_path / "out"
-    code, stdout, stderr = invoke(["run", "diagonal-net", "--quick", "--data", path, "--out", out])
-    assert code == 0, stderr
+    result = invoke_cli(["run", "diagonal-net", "--quick", "--data", path, "--out", out])
+    assert result.returncode == 0, result
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["data_file"] == str(path.resolve())
     assert summary["verdict"] in ("pass", "fail", "inconclusive")
@@ -169,21 +166,13 @@ def malformed_files(root: Path) -> dict[str, tuple[Path, str]]:
 def test_malformed_file_exits_2_with_one_line(tmp_path, name):
     path, message = malformed_files(tmp_path)[name]
     out = tmp_path / "out"
-    code, stdout, stderr = invoke(["run", "diagonal-net", "--quick", "--data", path, "--out", out])
-    assert code == 2, stderr
-    assert "Traceback" not in stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], stderr
-    assert not out.exists()
+    assert_user_error(invoke_cli(["run", "diagonal-net", "--quick", "--data", path, "--out", out]), [message], out)
 
 
 def test_malformed_file_in_a_real_process(tmp_path):
     path, message = malformed_files(tmp_path)["inconsistent"]
     result = run_cli(["run", "diagonal-net", "--quick", "--data", path, "--out", tmp_path / "out"])
-    assert result.returncode == 2, result
-    assert "Traceback" not in result.stderr and message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "out").exists()
+    assert_user_error(result, [message], tmp_path / "out")
 
 
 def test_default_quick_run_passes(tmp_path):

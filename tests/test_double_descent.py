@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli, invoke_cli
+from conftest import run_cli, invoke_cli, assert_user_error
 from threadpoolctl import threadpool_limits
 
 from implicitreg.config import build_config
@@ -172,8 +172,4 @@ def test_bad_settings_exit_2_with_one_line_and_write_nothing(tmp_path, args, exp
     np.savez(npz, X=np.zeros((4, 2)), y=np.zeros(4))
     out = tmp_path / "out"
     result = invoke_cli(["run", "double-descent", "--quick", "--out", out, *[a.format(npz=npz) for a in args]])
-    assert result.returncode == 2, result
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0], result
-    assert not out.exists()
+    assert_user_error(result, [expected], out)

@@ -16,7 +16,7 @@ from implicitreg.references.matrix_completion import min_nuclear_completion
 from implicitreg.studies.matrix_factorization import (RAZIN_MASK, RAZIN_OBSERVED, STUDY, Config, factorized_gd,
                                                       orthogonal_factors, product_and_gradients)
 
-from conftest import run_cli, invoke_cli
+from conftest import run_cli, invoke_cli, assert_user_error
 
 
 def low_rank_problem(n1, n2, rank, fraction, seed):
@@ -132,9 +132,6 @@ def test_min_nuclear_reference_is_feasible_and_no_larger_than_the_truth():
 
 # -- the CLI: --data round trip, malformed files, default --quick -----------------------------------
 
-def invoke(args: list) -> tuple[int, str, str]:
-    result = invoke_cli(args)
-    return result.returncode, result.stdout, result.stderr
 
 SOLUTION_KEYS = {"depth_1", "depth_2", "depth_3", "razin_cohen", "ref_min_nuclear", "status_min_nuclear", "observed",
                  "mask"}
@@ -146,9 +143,9 @@ def test_data_round_trip(tmp_path, with_truth):
     path = tmp_path / "mine.npz"
     np.savez(path, observed=observed, mask=mask, **({"truth": truth} if with_truth else {}))
     out = tmp_path / "out"
-    code, stdout, stderr = invoke(["run", "matrix-factorization", "--quick", "--data", path, "--out", out,
-                                   "--set", "max_steps=4000"])  # depth 2's slow tail is not what this tests
-    assert code == 0, stderr
+    result = invoke_cli(["run", "matrix-factorization", "--quick", "--data", path, "--out", out,
+                         "--set", "max_steps=4000"])  # depth 2's slow tail is not what this tests
+    assert result.returncode == 0, result
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["data_file"] == str(path.resolve())
     checks = {c["name"]: c for c in summary["checks"]}
@@ -193,21 +190,13 @@ def malformed_files(root: Path) -> dict[str, tuple[Path, str]]:
 def test_malformed_file_exits_2_with_one_line(tmp_path, name):
     path, message = malformed_files(tmp_path)[name]
     out = tmp_path / "out"
-    code, stdout, stderr = invoke(["run", "matrix-factorization", "--quick", "--data", path, "--out", out])
-    assert code == 2, stderr
-    assert "Traceback" not in stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], stderr
-    assert not out.exists()
+    assert_user_error(invoke_cli(["run", "matrix-factorization", "--quick", "--data", path, "--out", out]), [message], out)
 
 
 def test_malformed_file_in_a_real_process(tmp_path):
     path, message = malformed_files(tmp_path)["too-few"]
     result = run_cli(["run", "matrix-factorization", "--quick", "--data", path, "--out", tmp_path / "out"])
-    assert result.returncode == 2, result
-    assert "Traceback" not in result.stderr and message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "out").exists()
+    assert_user_error(result, [message], tmp_path / "out")
 
 
 def test_default_quick_run_passes(tmp_path):

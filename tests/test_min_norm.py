@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import run_cli_many, invoke_cli
+from conftest import run_cli_many, invoke_cli, assert_user_error
 
 from implicitreg import squared_loss_dynamics as dyn
 from implicitreg.config import build_config
@@ -162,11 +162,7 @@ def test_malformed_files_exit_2_with_one_line_and_write_nothing(tmp_path):
     commands.append(["run", "min-norm", "--quick", "--data", tmp_path / "absent.npz", "--out", tmp_path / "absent"])
     results = [invoke_cli(command) for command in commands]
     for (name, (_, expected)), result in zip(cases.items(), results):
-        assert result.returncode == 2, result
-        assert "Traceback" not in result.stderr, result
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and expected in lines[0] and f"{name}.npz" in lines[0], result
-        assert not (tmp_path / name).exists()
+        assert_user_error(result, [expected, f"{name}.npz"], tmp_path / name)
     assert results[-1].returncode == 2 and "does not exist" in results[-1].stderr
 
 
