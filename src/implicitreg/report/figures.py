@@ -20,7 +20,7 @@ def _panels(n: int, width: float = 5.0, height: float = 3.6):
     return fig, axes[0]
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -60,7 +60,7 @@ def curves(metrics: pd.DataFrame, name: str, panel: str, line: str, path: Path, 
     axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def bars(final: pd.DataFrame, names: list[str], panel: str, bar: str, path: Path, title: str = "") -> Path:
@@ -80,4 +80,4 @@ def bars(final: pd.DataFrame, names: list[str], panel: str, bar: str, path: Path
             ax.grid(axis="y", alpha=0.3)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -359,7 +359,7 @@ def _versus(config: Config, final: pd.DataFrame, x: str, y: str, path: Path, xla
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    return fig._save(figure, path)
+    return fig.save_figure(figure, path)
 
 
 def _curves(config: Config, final: pd.DataFrame, metrics: pd.DataFrame, name: str, path: Path) -> Path:
@@ -382,7 +382,7 @@ def _curves(config: Config, final: pd.DataFrame, metrics: pd.DataFrame, name: st
     axes[0].set_ylabel(fig.LABELS.get(name, name))
     axes[0].legend(fontsize=7)
     figure.suptitle(f"{fig.LABELS.get(name, name)} along training (mean over seeds)")
-    return fig._save(figure, path)
+    return fig.save_figure(figure, path)
 
 
 STUDY = BatchSize()

@@ -40,7 +40,7 @@ from implicitreg.config import Strict
 from implicitreg.data.npz import read_regression
 from implicitreg.references.sparse_regression import (min_l1_interpolant, min_l2_interpolant, q_alpha,
                                                       q_alpha_interpolant)
-from implicitreg.report.figures import _save, plt
+from implicitreg.report.figures import save_figure, plt
 from implicitreg.studies.base import Analysis, Check, ProgressBar, Solved, SolvedRun, final_values
 
 Q_TOL = 1e-2  # relative distance of GD to the Q_α solution, every α (issue text)
@@ -378,7 +378,7 @@ def _sweep_figure(table: pd.DataFrame, solutions: dict[str, np.ndarray], path: P
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _distance_figure(table: pd.DataFrame, path: Path) -> Path:
@@ -394,7 +394,7 @@ def _distance_figure(table: pd.DataFrame, path: Path) -> Path:
     ax.set_ylabel("relative distance of GD solution")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _loss_figure(losses: pd.DataFrame, config: Config, path: Path) -> Path:
@@ -409,7 +409,7 @@ def _loss_figure(losses: pd.DataFrame, config: Config, path: Path) -> Path:
     ax.set_ylabel("train loss ‖Xβ − y‖²/(2n)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 STUDY = DiagonalNet()

@@ -51,7 +51,7 @@ from implicitreg.references.random_features import (
     min_norm_fit,
     relu_features,
 )
-from implicitreg.report.figures import _save, curves, plt
+from implicitreg.report.figures import save_figure, curves, plt
 from implicitreg.studies.base import (
     Analysis,
     Check,
@@ -483,7 +483,7 @@ def _rf_figure(config: Config, runs: pd.DataFrame, metrics: pd.DataFrame, path: 
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8, loc=corner)  # corners the curves leave free
     fig.suptitle(f"random ReLU features, min-norm fit: {wide['run_id'].nunique()} feature seed(s)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _mlp_figure(config: Config, table: pd.DataFrame, path: Path) -> Path:
@@ -504,7 +504,7 @@ def _mlp_figure(config: Config, table: pd.DataFrame, path: Path) -> Path:
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"MLP, {config.label_noise:.0%} label noise, n = {config.n_train}, {config.train.max_steps} steps")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 STUDY = DoubleDescent()

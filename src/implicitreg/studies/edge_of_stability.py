@@ -35,7 +35,7 @@ from pydantic import Field, model_validator
 from implicitreg.config import Strict
 from implicitreg.data.npz import read_regression
 from implicitreg.measures.curvature import hessian_eigenvalues
-from implicitreg.report.figures import _save, plt
+from implicitreg.report.figures import save_figure, plt
 from implicitreg.studies.base import Analysis, Check, ProgressBar, Solved, SolvedRun
 
 BAND = (0.9, 1.1)  # sharpness·η/2 after sharpening (the band)
@@ -251,7 +251,7 @@ class EdgeOfStability:
         for ax in (ax_s, ax_l):
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        return [_save(fig, directory / "sharpness_and_loss.png")]
+        return [save_figure(fig, directory / "sharpness_and_loss.png")]
 
 
 def _series(part: pd.DataFrame, name: str) -> pd.Series:

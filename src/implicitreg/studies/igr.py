@@ -40,7 +40,7 @@ from implicitreg.references.modified_flows import (
     igr_flow,
     sgd_flow,
 )
-from implicitreg.report.figures import _save, plt
+from implicitreg.report.figures import save_figure, plt
 from implicitreg.studies.base import Analysis, Check, ProgressBar, Solved, SolvedRun
 
 MODIFIED_BAND = (3.5, 4.5)  # distance to the flow of L̃ shrinks by this factor per halving of h
@@ -303,7 +303,7 @@ class IGR:
             ax.xaxis.set_minor_formatter(NullFormatter())  # the minor labels of a short log axis overlap
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7)
-        return [_save(fig, directory / "distance_vs_h.png")]
+        return [save_figure(fig, directory / "distance_vs_h.png")]
 
 
 def _slope_guides(ax, hs: np.ndarray, anchors: dict[int, float]) -> None:

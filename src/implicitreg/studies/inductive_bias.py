@@ -38,7 +38,7 @@ from pydantic import Field, model_validator
 from implicitreg.config import CNNConfig, DataConfig, MLPConfig, Strict, TrainConfig
 from implicitreg.plan import Group, Member, group_runs
 from implicitreg.report import figures as fig
-from implicitreg.report.figures import _save, plt
+from implicitreg.report.figures import save_figure, plt
 from implicitreg.studies.base import Analysis, Check, final_values, mean_std, n_classes, with_model
 
 MODELS = ("mlp", "cnn")
@@ -255,7 +255,7 @@ def accuracy_bars(final: pd.DataFrame, models: list[str], variants: list[str],
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="lower right")
     figure.suptitle("accuracy by model and input variant (mean ± std over seeds; ◆ MNIST-1D paper)")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 STUDY = InductiveBias()

@@ -47,7 +47,7 @@ from implicitreg.config import Strict
 from implicitreg.data.npz import read_matrix_completion
 from implicitreg.measures.rank import effective_rank_from_svals
 from implicitreg.references.matrix_completion import min_nuclear_completion
-from implicitreg.report.figures import _save, plt
+from implicitreg.report.figures import save_figure, plt
 from implicitreg.studies.base import Analysis, Check, ProgressBar, Solved, SolvedRun, final_values
 
 DEEP_TOL = 1e-3  # depth-3 test MSE (issue text)
@@ -524,7 +524,7 @@ def _completion_figure(config: Config, depth_runs: list[str], solutions: dict[st
     spectra.set_ylabel("singular value σ_i")
     spectra.grid(alpha=0.3)
     spectra.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _curves_figure(curves: pd.DataFrame, path: Path) -> Path:
@@ -543,7 +543,7 @@ def _curves_figure(curves: pd.DataFrame, path: Path) -> Path:
         ax.set_ylabel(name.replace("_", " "))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _razin_figure(razin: pd.DataFrame, path: Path) -> Path:
@@ -566,7 +566,7 @@ def _razin_figure(razin: pd.DataFrame, path: Path) -> Path:
         ax.legend(fontsize=8)
     left.set_title("Razin–Cohen 2×2, depth 3: norms")
     right.set_title("rank (σ₂/σ₁) and loss")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 STUDY = MatrixFactorization()

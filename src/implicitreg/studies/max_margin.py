@@ -54,7 +54,7 @@ from implicitreg import logistic_dynamics as dyn
 from implicitreg.config import Strict
 from implicitreg.data.npz import read_classification
 from implicitreg.references import svm
-from implicitreg.report.figures import _save, plt
+from implicitreg.report.figures import save_figure, plt
 from implicitreg.studies.base import Analysis, Check, ProgressBar, Solved, SolvedRun
 
 COSINE_MIN = 0.99
@@ -345,7 +345,7 @@ def _distance_figure(metrics: pd.DataFrame, runs: pd.DataFrame, window: tuple[in
         ax.set_xlabel("t (steps)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _margin_figure(metrics: pd.DataFrame, runs: pd.DataFrame, norm_hat: float | None, path: Path) -> Path:
@@ -369,7 +369,7 @@ def _margin_figure(metrics: pd.DataFrame, runs: pd.DataFrame, norm_hat: float | 
         ax.set_xlabel("t (steps)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _norm_figure(metrics: pd.DataFrame, norm_hat: float | None, lr: float | None, window: tuple[int, int],
@@ -398,7 +398,7 @@ def _norm_figure(metrics: pd.DataFrame, norm_hat: float | None, lr: float | None
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 STUDY = MaxMargin()

@@ -32,7 +32,7 @@ from implicitreg.config import DataConfig, MLPConfig, Strict, TrainConfig
 from implicitreg.evaluate import granulated_kendall_tau, kendall_tau
 from implicitreg.measures import REGISTRY
 from implicitreg.plan import Group, Member, group_runs
-from implicitreg.report.figures import _save, plt
+from implicitreg.report.figures import save_figure, plt
 from implicitreg.studies.base import Analysis, Check, final_values
 
 #: Measures of the end-to-end matrix of a linear (factorized) model: undefined for a ReLU MLP.
@@ -215,7 +215,7 @@ def _ranking_figure(table: pd.DataFrame, path: Path) -> Path:
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     ax.set_title("measures ranked by Ψ ((−): the measure's sign is flipped, higher = simpler)", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _scatter_figure(table: pd.DataFrame, models: pd.DataFrame, path: Path) -> Path:
@@ -236,7 +236,7 @@ def _scatter_figure(table: pd.DataFrame, models: pd.DataFrame, path: Path) -> Pa
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
     fig.suptitle("gap against the best (top row) and worst (bottom row) measures; colour: log₂ width")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 STUDY = MeasureRanking()

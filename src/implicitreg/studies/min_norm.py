@@ -48,7 +48,7 @@ from implicitreg import squared_loss_dynamics as dyn
 from implicitreg.config import Strict
 from implicitreg.data.npz import read_regression
 from implicitreg.references import least_squares as ref
-from implicitreg.report.figures import _save, plt
+from implicitreg.report.figures import save_figure, plt
 from implicitreg.studies.base import Analysis, Check, ProgressBar, Solved, SolvedRun
 
 EXACT_TOL = 1e-6  # GD/SGD: relative distance to their reference
@@ -375,7 +375,7 @@ def _trajectories(metrics: pd.DataFrame, path: Path) -> Path:
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _wilson_errors(final: pd.DataFrame, path: Path) -> Path:
@@ -393,7 +393,7 @@ def _wilson_errors(final: pd.DataFrame, path: Path) -> Path:
     ax.set_ylabel("test error")
     ax.set_title("Wilson et al.'s construction")
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 STUDY = MinNorm()

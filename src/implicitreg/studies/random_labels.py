@@ -321,7 +321,7 @@ def _vs_level(config: Config, final: pd.DataFrame, names: list[str], path: Path,
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     figure.suptitle(title)
-    return fig._save(figure, path)
+    return fig.save_figure(figure, path)
 
 
 STUDY = RandomLabels()

@@ -152,11 +152,7 @@ def _versus_width(table: pd.DataFrame, names: list[str], path: Path, log_y: bool
         ax.set_xlabel("hidden width")
         ax.set_ylabel(fig.LABELS.get(name, name))
         ax.grid(alpha=0.3)
-    fig_.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig_.savefig(path, dpi=110)
-    plt.close(fig_)
-    return path
+    return fig.save_figure(fig_, path)
 
 
 STUDY = Width()
