@@ -81,6 +81,11 @@ class MeasureInfo:
             and flatness radii, None where it does not apply (counts, gaps).
         cost: "cheap" (a pass over the parameters), "forward" (passes over data), "hvp"
             (Hessian-vector products).
+        family: the kind of complexity it measures (:data:`FAMILIES`), as Jiang et al. (2020)
+            group them: "norm" (sizes of the parameters), "norm-product" (products of per-layer
+            norms, their depth-balanced sums, spectral complexity), "margin", "flatness"
+            (PAC-Bayes perturbation radii and bounds), "sharpness" (curvature and worst-case
+            loss increase), "rank", "count".
     """
 
     name: str
@@ -89,18 +94,22 @@ class MeasureInfo:
     lower_is_simpler: bool | None
     cost: Literal["cheap", "forward", "hvp"]
     summary: str
+    family: str
 
 
 REGISTRY: dict[str, MeasureInfo] = {}
+FAMILIES = ("norm", "norm-product", "margin", "flatness", "sharpness", "rank", "count")
 
 
-def register(name: str, needs: tuple[Needs, ...] = ("params",), lower_is_simpler: bool | None = True,
+def register(name: str, family: str, needs: tuple[Needs, ...] = ("params",), lower_is_simpler: bool | None = True,
              cost: Literal["cheap", "forward", "hvp"] = "cheap"):
     """Decorator adding a measure to :data:`REGISTRY` (its docstring's first line is the summary)."""
+    if family not in FAMILIES:
+        raise ValueError(f"measure {name!r}: family must be one of {FAMILIES}, got {family!r}")
 
     def wrap(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        REGISTRY[name] = MeasureInfo(name, fn, needs, lower_is_simpler, cost, summary)
+        REGISTRY[name] = MeasureInfo(name, fn, needs, lower_is_simpler, cost, summary, family)
         return fn
 
     return wrap

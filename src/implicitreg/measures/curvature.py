@@ -417,7 +417,7 @@ def hessian_trace(model, loss_fn: LossFn, data, n_samples: int = 100, seed: int 
     return TraceResult(op.stacked.finish(value), op.stacked.finish(stderr), n_samples)
 
 
-@register("top_hessian_eigenvalue", needs=("params", "data", "loss", "hvp"), lower_is_simpler=True, cost="hvp")
+@register("top_hessian_eigenvalue", "sharpness", needs=("params", "data", "loss", "hvp"), lower_is_simpler=True, cost="hvp")
 def top_hessian_eigenvalue(model, loss_fn: LossFn, data, tol: float = 1e-6, max_hvp: int = 200,
                            seed: int = 0) -> torch.Tensor:
     """Largest Hessian eigenvalue of the training loss (sharpness), by Lanczos: 0-d or [P].
@@ -433,7 +433,7 @@ def top_hessian_eigenvalue(model, loss_fn: LossFn, data, tol: float = 1e-6, max_
     return result.values[..., 0]
 
 
-@register("hessian_trace", needs=("params", "data", "loss", "hvp"), lower_is_simpler=True, cost="hvp")
+@register("hessian_trace", "sharpness", needs=("params", "data", "loss", "hvp"), lower_is_simpler=True, cost="hvp")
 def hessian_trace_value(model, loss_fn: LossFn, data, n_samples: int = 100, seed: int = 0) -> torch.Tensor:
     """Trace of the training-loss Hessian (Hutchinson, Rademacher probes): 0-d or [P].
 

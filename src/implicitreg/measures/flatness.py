@@ -266,7 +266,7 @@ def _warn_unconverged(result: FlatnessResult, what: str, max_iter: int) -> None:
                       RuntimeWarning, stacklevel=3)
 
 
-@register("pac_bayes_sigma", needs=("params", "data"), lower_is_simpler=False, cost="forward")
+@register("pac_bayes_sigma", "flatness", needs=("params", "data"), lower_is_simpler=False, cost="forward")
 def pac_bayes_sigma(model, data, target_drop: float = 0.1, n_samples: int = 64, tol: float = 1e-2,
                     max_iter: int = 40, seed: int = 0, magnitude_aware: bool = False, **kwargs) -> torch.Tensor:
     """Largest Gaussian weight-noise σ keeping the train-accuracy drop ≤ 0.1 (Jiang et al. 2020).
@@ -371,7 +371,7 @@ def _terms_with_search(model, init, data, magnitude_aware: bool, kwargs: dict) -
     return {k: torch.where(defined.to(v.device), v, torch.full_like(v, math.nan)) for k, v in terms.items()}
 
 
-@register("pac_bayes_flatness", needs=("params", "data"), lower_is_simpler=True, cost="forward")
+@register("pac_bayes_flatness", "flatness", needs=("params", "data"), lower_is_simpler=True, cost="forward")
 def pac_bayes_flatness(model, data, **kwargs) -> torch.Tensor:
     """1/σ² with σ from the accuracy-drop search (Jiang et al. 2020, pacbayes.flatness).
 
@@ -382,19 +382,19 @@ def pac_bayes_flatness(model, data, **kwargs) -> torch.Tensor:
     return 1 / result.sigma**2
 
 
-@register("pac_bayes_orig", needs=("params", "data"), lower_is_simpler=True, cost="forward")
+@register("pac_bayes_orig", "flatness", needs=("params", "data"), lower_is_simpler=True, cost="forward")
 def pac_bayes_orig(model, data, **kwargs) -> torch.Tensor:
     """‖w‖²/(4σ²) + log(m/σ) + 10 with σ from the search (Jiang et al. 2020, pacbayes.orig)."""
     return _terms_with_search(model, None, data, False, kwargs)["pacbayes.orig"]
 
 
-@register("pac_bayes_init", needs=("params", "init", "data"), lower_is_simpler=True, cost="forward")
+@register("pac_bayes_init", "flatness", needs=("params", "init", "data"), lower_is_simpler=True, cost="forward")
 def pac_bayes_init(model, init, data, **kwargs) -> torch.Tensor:
     """‖w − w⁰‖²/(4σ²) + log(m/σ) + 10 with σ from the search (Jiang et al. 2020, pacbayes.init)."""
     return _terms_with_search(model, init, data, False, kwargs)["pacbayes.init"]
 
 
-@register("pac_bayes_mag_flatness", needs=("params", "data"), lower_is_simpler=True, cost="forward")
+@register("pac_bayes_mag_flatness", "flatness", needs=("params", "data"), lower_is_simpler=True, cost="forward")
 def pac_bayes_mag_flatness(model, data, **kwargs) -> torch.Tensor:
     """1/σ'² with the magnitude-aware σ' from the search (Jiang et al. 2020, pacbayes.mag.flatness).
 
@@ -405,13 +405,13 @@ def pac_bayes_mag_flatness(model, data, **kwargs) -> torch.Tensor:
     return 1 / result.sigma**2
 
 
-@register("pac_bayes_mag_init", needs=("params", "init", "data"), lower_is_simpler=True, cost="forward")
+@register("pac_bayes_mag_init", "flatness", needs=("params", "init", "data"), lower_is_simpler=True, cost="forward")
 def pac_bayes_mag_init(model, init, data, **kwargs) -> torch.Tensor:
     """Magnitude-aware PAC-Bayes term relative to init (Jiang et al. 2020, pacbayes.mag.init)."""
     return _terms_with_search(model, init, data, True, kwargs)["pacbayes.mag.init"]
 
 
-@register("pac_bayes_mag_orig", needs=("params", "init", "data"), lower_is_simpler=True, cost="forward")
+@register("pac_bayes_mag_orig", "flatness", needs=("params", "init", "data"), lower_is_simpler=True, cost="forward")
 def pac_bayes_mag_orig(model, init, data, **kwargs) -> torch.Tensor:
     """Magnitude-aware PAC-Bayes term relative to the origin (Jiang et al. 2020, pacbayes.mag.orig)."""
     return _terms_with_search(model, init, data, True, kwargs)["pacbayes.mag.orig"]

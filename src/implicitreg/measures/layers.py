@@ -283,28 +283,28 @@ def frobenius_norms(model) -> torch.Tensor:
     return s.finish(layer_frobenius_norms(s))
 
 
-@register("spectral_product")
+@register("spectral_product", "norm-product")
 def spectral_product(model, input_shape=None) -> torch.Tensor:
     """Π_i ‖W_i‖₂ over weight layers (biases excluded; Conv1d: operator norm)."""
     s = stacked(model)
     return s.finish(layer_spectral_norms(s, input_shape).prod(dim=1))
 
 
-@register("frobenius_product")
+@register("frobenius_product", "norm-product")
 def frobenius_product(model) -> torch.Tensor:
     """Π_i ‖W_i‖_F over weight layers (biases excluded; Conv1d: kernel norm)."""
     s = stacked(model)
     return s.finish(layer_frobenius_norms(s).prod(dim=1))
 
 
-@register("sum_of_spectral")
+@register("sum_of_spectral", "norm-product")
 def sum_of_spectral(model, input_shape=None) -> torch.Tensor:
     """Σ_i ‖W_i‖₂ over weight layers (biases excluded; Conv1d: operator norm)."""
     s = stacked(model)
     return s.finish(layer_spectral_norms(s, input_shape).sum(dim=1))
 
 
-@register("sum_of_frobenius")
+@register("sum_of_frobenius", "norm-product")
 def sum_of_frobenius(model) -> torch.Tensor:
     """Σ_i ‖W_i‖_F over weight layers (biases excluded; Conv1d: kernel norm)."""
     s = stacked(model)

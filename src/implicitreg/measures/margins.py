@@ -53,7 +53,7 @@ def _margin(s: Stacked, data, q: float) -> torch.Tensor:
     return torch.quantile(margins, q, dim=1)  # linear interpolation between order statistics
 
 
-@register("margin", needs=("params", "data"), lower_is_simpler=False, cost="forward")
+@register("margin", "margin", needs=("params", "data"), lower_is_simpler=False, cost="forward")
 def margin(model, data, q: float = 0.1) -> torch.Tensor:
     """q-quantile over the points of the output margin f(x)[y] − max_{j≠y} f(x)[j].
 
@@ -83,7 +83,7 @@ def _spectral_complexity(s: Stacked, input_shape) -> torch.Tensor:
     return sigma.prod(1) * (group / sigma).pow(2 / 3).sum(1).pow(3 / 2)
 
 
-@register("spectral_complexity")
+@register("spectral_complexity", "norm-product")
 def spectral_complexity(model, input_shape=None) -> torch.Tensor:
     """Spectral complexity (Π_i ‖W_i‖_σ)·(Σ_i (‖W_iᵀ‖_{2,1}/‖W_i‖_σ)^{2/3})^{3/2} (Bartlett et al. 2017).
 
@@ -105,7 +105,7 @@ def spectral_complexity(model, input_shape=None) -> torch.Tensor:
     return s.finish(_spectral_complexity(s, input_shape))
 
 
-@register("normalized_margin", needs=("params", "data"), lower_is_simpler=False, cost="forward")
+@register("normalized_margin", "margin", needs=("params", "data"), lower_is_simpler=False, cost="forward")
 def normalized_margin(model, data, q: float = 0.1, input_shape=None) -> torch.Tensor:
     """Margin divided by spectral complexity: :func:`margin` / :func:`spectral_complexity`.
 

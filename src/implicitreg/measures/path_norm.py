@@ -29,7 +29,7 @@ from implicitreg.measures.core import register, stacked
 from implicitreg.measures.layers import _require_input_shape, weight_layers
 
 
-@register("path_norm")
+@register("path_norm", "norm")
 def path_norm(model, p: float = 2, input_shape=None) -> torch.Tensor:
     """ℓp path norm (biases as paths from a constant-1 input; Neyshabur et al. 2015).
 

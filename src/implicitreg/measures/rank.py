@@ -130,21 +130,21 @@ def end_to_end_matrix(model) -> torch.Tensor:
     return s.finish(_end_to_end(s))
 
 
-@register("nuclear_norm")
+@register("nuclear_norm", "norm")
 def nuclear_norm(model) -> torch.Tensor:
     """Nuclear norm of the end-to-end matrix W_L⋯W_1 of a linear (factorized) model."""
     s = stacked(model)
     return s.finish(nuclear_from_svals(torch.linalg.svdvals(_end_to_end(s))))
 
 
-@register("effective_rank")
+@register("effective_rank", "rank")
 def effective_rank(model) -> torch.Tensor:
     """Effective rank (Roy & Vetterli 2007) of the end-to-end matrix of a linear (factorized) model."""
     s = stacked(model)
     return s.finish(effective_rank_from_svals(torch.linalg.svdvals(_end_to_end(s))))
 
 
-@register("stable_rank")
+@register("stable_rank", "rank")
 def stable_rank(model) -> torch.Tensor:
     """Stable rank ‖W‖_F²/‖W‖₂² of the end-to-end matrix of a linear (factorized) model."""
     s = stacked(model)

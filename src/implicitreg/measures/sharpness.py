@@ -16,7 +16,7 @@ def _member_losses(s: Stacked, params: Params, x: torch.Tensor, y: torch.Tensor,
     return torch.stack([loss_fn(out[i], y[i]) for i in range(out.shape[0])])
 
 
-@register("epsilon_sharpness", needs=("params", "loss", "data"), lower_is_simpler=True, cost="forward")
+@register("epsilon_sharpness", "sharpness", needs=("params", "loss", "data"), lower_is_simpler=True, cost="forward")
 def epsilon_sharpness(model, loss_fn, data, epsilon: float = 1e-3, steps: int = 20, lr: float = 0.2,
                       seed: int = 0, restarts: int = 1) -> torch.Tensor:
     """Keskar et al.'s ε-sharpness: the largest relative rise of the training loss in an ε-box, in %.

@@ -19,20 +19,20 @@ def params_distance(params: Params, init: Params) -> torch.Tensor:
     return torch.sqrt(sum((params[k].detach() - init[k]).flatten(1).pow(2).sum(1) for k in params))
 
 
-@register("l2_norm")
+@register("l2_norm", "norm")
 def l2_norm(model) -> torch.Tensor:
     """‖θ‖₂ over all parameters, biases included."""
     return (s := stacked(model)).finish(params_l2(s.params))
 
 
-@register("l1_norm")
+@register("l1_norm", "norm")
 def l1_norm(model) -> torch.Tensor:
     """‖θ‖₁ over all parameters, biases included."""
     s = stacked(model)
     return s.finish(sum(p.flatten(1).abs().sum(1) for p in s.params.values()))
 
 
-@register("distance_from_init", needs=("params", "init"))
+@register("distance_from_init", "norm", needs=("params", "init"))
 def distance_from_init(model, init) -> torch.Tensor:
     """‖θ − θ₀‖₂ (Nagarajan & Kolter 2019); ``init`` is the initial model or population."""
     s, s0 = stacked(model), stacked(init)
@@ -41,7 +41,7 @@ def distance_from_init(model, init) -> torch.Tensor:
     return s.finish(params_distance(s.params, {k: v.to(s.params[k]) for k, v in s0.params.items()}))
 
 
-@register("param_count", lower_is_simpler=None)
+@register("param_count", "count", lower_is_simpler=None)
 def param_count(model) -> torch.Tensor:
     """Number of parameters of one member."""
     s = stacked(model)
