@@ -32,7 +32,7 @@ from implicitreg.studies.base import Analysis, ProgressBar, Solved, Study, is_so
 
 ENGINES = ("population", "sequential")
 ALL = "all"  # `implicitreg run all`: every study into one directory
-QUICK_NOTE = "--quick: a smoke test with fewer seeds and steps; the full run's verdict is the study's."
+QUICK_NOTE = "--quick: the same checks at a smaller size (fewer seeds, data or steps)."
 DEVICES = ("auto", "cpu", "cuda")
 SOLUTIONS = "solutions.npz"
 
@@ -285,21 +285,56 @@ def summarize(directory: Path) -> tuple[dict[str, Any], Study, Any, Analysis, pd
     study = get_study(meta["study"])
     config = study.Config.model_validate(meta["config"])
     analysis = study.analyze(config, runs, metrics, *_solved_args(study, directory))
+    counts, missing = run_counts(study, config, runs, meta)
+    verdict, why = judge(study, analysis, counts, missing, bool(meta.get("quick")))
     first_provenance = runs["provenance"].iloc[0] if len(runs) else {}
     summary = _clean({
         "study": study.name,
         "claim": study.claim,
         "paper": study.paper,
-        "verdict": analysis.verdict,
+        "verdict": verdict,
         "checks": [c.as_dict() for c in analysis.checks],
         "table": analysis.table.to_dict("records"),
-        "notes": analysis.notes + ([QUICK_NOTE] if meta.get("quick") else []),
-        "runs": {"total": len(runs), **runs["status"].value_counts().to_dict()},
+        "notes": ([why] if why else []) + analysis.notes + ([QUICK_NOTE] if meta.get("quick") else []),
+        "runs": counts,
         "config": meta["config"],
         "provenance": {**first_provenance, "engine": meta.get("engine"), "quick": meta.get("quick"),
                        "wall_seconds": meta.get("wall_seconds")},
     })
     return summary, study, config, analysis, runs, metrics
+
+
+def run_counts(study: Study, config: Any, runs: pd.DataFrame, meta: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``{planned, done, diverged, failed, missing}`` and the ids of the planned runs that did not
+    finish (failed, interrupted or never started). A solved study plans the runs its solve stored;
+    before its solve finished, its runs are all missing (``planned`` counts the populations' alone)."""
+    planned = [m.run_id for group in study.plan(config) for m in group.members]
+    if is_solved(study):
+        solved = [] if not meta.get("solved") else [r for r in runs["run_id"] if r not in set(planned)]
+        planned = solved + planned
+    status = dict(zip(runs["run_id"], runs["status"]))
+    missing = [r for r in planned if status.get(r) not in ("done", "diverged")]
+    if is_solved(study) and not meta.get("solved"):
+        missing.insert(0, "(the exact solve)")
+    statuses = [status.get(r) for r in planned]
+    counts = {"planned": len(planned), "done": statuses.count("done"), "diverged": statuses.count("diverged"),
+              "failed": statuses.count("failed"), "missing": len(missing)}
+    return counts, missing
+
+
+def judge(study: Study, analysis: Analysis, counts: dict[str, int], missing: list[str], quick: bool) -> tuple[str, str]:
+    """The verdict and, when it is not the checks' own, why: a planned run that failed or never
+    finished makes it inconclusive (its arm's checks rest on fewer runs than planned); a quick run
+    of a study whose claim needs the full size is a smoke test."""
+    caveat = getattr(study, "quick_caveat", None)
+    if quick and caveat:
+        return "smoke", f"verdict smoke: --quick cannot show this claim ({caveat}); run without --quick to judge it."
+    if missing:
+        shown = ", ".join(missing[:8]) + (f", … ({len(missing) - 8} more)" if len(missing) > 8 else "")
+        return "inconclusive", (f"verdict inconclusive: {len(missing)} of {counts['planned']} planned runs did not "
+                                f"finish ({counts['failed']} failed): {shown}; checks {analysis.verdict} on the rest. "
+                                "Continue them with --resume.")
+    return analysis.verdict, ""
 
 
 def _solved_args(study: Study, directory: Path) -> tuple[dict[str, np.ndarray], ...]:

@@ -22,8 +22,55 @@ from implicitreg.plan import Group
 
 
 @dataclass(frozen=True)
+class Support:
+    """How many runs a value was computed from, of how many the plan asked for."""
+
+    used: int
+    planned: int
+    unit: str = "runs"
+
+    @classmethod
+    def of(cls, values: pd.Series, planned: int, unit: str = "runs") -> "Support":
+        """The finite entries of ``values`` (one per run) out of ``planned``."""
+        numeric = pd.to_numeric(values, errors="coerce").astype(float)
+        return cls(int(np.isfinite(numeric).sum()), planned, unit)
+
+    @property
+    def enough(self) -> bool:
+        """At least half of the planned runs remain (a check on fewer is inconclusive)."""
+        return 2 * self.used >= self.planned and self.used > 0
+
+    def describe(self) -> str:
+        return f"{self.used} of {self.planned} {self.unit}"
+
+
+def weakest(*supports: Support | None) -> Support | None:
+    """The support of a value computed from several parts: the part with the fewest runs left."""
+    given = [s for s in supports if s is not None]
+    return min(given, key=lambda s: (s.used / s.planned if s.planned else 1.0)) if given else None
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for None, NaN, ±inf and what is not a number."""
+    if value is None or isinstance(value, bool):
+        return None if value is None else float(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+@dataclass(frozen=True)
 class Check:
-    """One numeric test of the claim: ``passed`` is None when the value could not be computed."""
+    """One numeric test of the claim: ``passed`` is None when it could not be decided.
+
+    Build checks with :meth:`at_most`, :meth:`at_least`, :meth:`within` or :meth:`equals`: they
+    compute ``passed`` and the displayed threshold from the same numbers, and make the check
+    inconclusive (``passed = None``, the reason in ``detail``) when the value is None, NaN or
+    infinite, when it was computed from fewer than half of the planned runs (``support``), or
+    when it rests on something that did not converge (``unreliable``: the reason).
+    """
 
     name: str
     value: float | None
@@ -33,6 +80,57 @@ class Check:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def at_most(cls, name: str, value: Any, limit: float, *, strict: bool = False, of: str = "",
+                detail: str = "", support: Support | None = None, unreliable: str = "") -> "Check":
+        """Passes when ``value <= limit`` (``<`` if ``strict``); ``of`` names the compared quantity
+        in the threshold when it is not the value itself (``max sharpness·η/2 < 1``)."""
+        test = (lambda v: v < limit) if strict else (lambda v: v <= limit)
+        return cls._decide(name, value, f"{of + ' ' if of else ''}{'<' if strict else '<='} {limit:g}", test,
+                           detail, support, unreliable)
+
+    @classmethod
+    def at_least(cls, name: str, value: Any, limit: float, *, strict: bool = False, of: str = "",
+                 detail: str = "", support: Support | None = None, unreliable: str = "") -> "Check":
+        """Passes when ``value >= limit`` (``>`` if ``strict``)."""
+        test = (lambda v: v > limit) if strict else (lambda v: v >= limit)
+        return cls._decide(name, value, f"{of + ' ' if of else ''}{'>' if strict else '>='} {limit:g}", test,
+                           detail, support, unreliable)
+
+    @classmethod
+    def within(cls, name: str, value: Any, low: float, high: float, *, of: str = "", detail: str = "",
+               support: Support | None = None, unreliable: str = "") -> "Check":
+        """Passes when ``low <= value <= high``."""
+        return cls._decide(name, value, f"{of + ' ' if of else ''}in [{low:g}, {high:g}]",
+                           lambda v: low <= v <= high, detail, support, unreliable)
+
+    @classmethod
+    def equals(cls, name: str, value: Any, target: float, *, tolerance: float = 0.0, of: str = "",
+               detail: str = "", support: Support | None = None, unreliable: str = "") -> "Check":
+        """Passes when ``|value − target| <= tolerance``."""
+        shown = f"= {target:g}" + (f" ± {tolerance:g}" if tolerance else "")
+        return cls._decide(name, value, f"{of + ' ' if of else ''}{shown}", lambda v: abs(v - target) <= tolerance,
+                           detail, support, unreliable)
+
+    @classmethod
+    def _decide(cls, name: str, value: Any, threshold: str, test: Callable[[float], bool], detail: str,
+                support: Support | None, unreliable: str) -> "Check":
+        number = _number(value)
+        reasons = []
+        if number is None:
+            reasons.append("no value" if value is None else f"the value is {value}")
+        if support is not None and not support.enough:
+            reasons.append(f"computed from {support.describe()} (fewer than half)")
+        if unreliable:
+            reasons.append(unreliable)
+        parts = [*reasons]
+        if support is not None and support.enough and support.used < support.planned:
+            parts.append(f"computed from {support.describe()}")
+        if detail:
+            parts.append(detail)
+        passed = None if reasons else bool(test(number))
+        return cls(name, number, threshold, passed, "; ".join(parts))
 
 
 @dataclass
@@ -46,11 +144,19 @@ class Analysis:
     @property
     def verdict(self) -> str:
         """pass if every check passed; fail if any failed; inconclusive if any could not be computed."""
-        if any(c.passed is False for c in self.checks):
-            return "fail"
-        if not self.checks or any(c.passed is None for c in self.checks):
-            return "inconclusive"
-        return "pass"
+        return verdict_of(self.checks)
+
+
+VERDICTS = ("pass", "fail", "inconclusive", "smoke")
+
+
+def verdict_of(checks: list[Check]) -> str:
+    """pass if every check passed; fail if any failed; inconclusive if any could not be decided."""
+    if any(c.passed is False for c in checks):
+        return "fail"
+    if not checks or any(c.passed is None for c in checks):
+        return "inconclusive"
+    return "pass"
 
 
 class Study(Protocol):
@@ -60,6 +166,10 @@ class Study(Protocol):
     claim: ClassVar[str]
     paper: ClassVar[str]
     Config: ClassVar[type[BaseModel]]
+    # Optional: why a --quick run cannot show the claim (its verdict then reads "smoke"), and the
+    # minutes a (quick, full) run takes on 2 CPU cores, printed before training starts.
+    # quick_caveat: ClassVar[str]
+    # minutes: ClassVar[tuple[float, float]]
 
     def defaults(self, quick: bool) -> dict[str, Any]: ...
 
@@ -116,18 +226,24 @@ def is_solved(study: Any) -> bool:
     return callable(getattr(study, "solve", None))
 
 
-def final_values(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+def final_values(runs: pd.DataFrame, metrics: pd.DataFrame, keep_diverged: bool = False) -> pd.DataFrame:
     """One row per run: its columns from ``runs`` plus every metric's value at the run's last
-    recorded step (runs stop at different steps). A run with no metrics has NaN values.
+    recorded step (runs stop at different steps). A run with no metrics has NaN values, and so
+    has a diverged run (its last records precede the divergence) unless ``keep_diverged``.
     """
     last_step = metrics.groupby("run_id")["step"].transform("max")
     last = metrics[metrics["step"] == last_step].pivot(index="run_id", columns="name", values="value")
-    return runs.drop(columns=["config", "provenance"]).merge(last.reset_index(), on="run_id", how="left")
+    final = runs.drop(columns=["config", "provenance"]).merge(last.reset_index(), on="run_id", how="left")
+    if not keep_diverged:
+        final.loc[final["status"] == "diverged", list(last.columns)] = math.nan
+    return final
 
 
 def mean_std(values: pd.Series) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value) over finite values."""
-    finite = values.dropna()
+    """Mean and sample standard deviation (0 for a single value) over the finite values; how many
+    there were is :meth:`Support.of`'s to say, and a check's."""
+    numeric = pd.to_numeric(values, errors="coerce").astype(float)
+    finite = numeric[np.isfinite(numeric)]
     if finite.empty:
         return math.nan, math.nan
     return float(finite.mean()), float(finite.std(ddof=1)) if len(finite) > 1 else 0.0
