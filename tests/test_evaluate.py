@@ -6,20 +6,67 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from scipy import stats
 
-from implicitreg.evaluate import GranulatedTau, granulated_kendall_tau, kendall_tau
+from implicitreg.evaluate import GranulatedTau, granulated_kendall_tau, granulated_psi, group_codes, kendall_tau
+
+
+def pair_count_tau_b(a, b) -> float:
+    """τ-b by counting the n(n−1)/2 pairs: (C − D) / √((n0 − tied in a)(n0 − tied in b))."""
+    concordant = discordant = tied_a = tied_b = pairs = 0
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            pairs += 1
+            da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+            tied_a += da == 0
+            tied_b += db == 0
+            concordant += da * db > 0
+            discordant += da * db < 0
+    return (concordant - discordant) / math.sqrt((pairs - tied_a) * (pairs - tied_b))
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_kendall_tau_matches_scipy(seed):
+def test_kendall_tau_matches_a_pair_count(seed):
     rng = np.random.default_rng(seed)
     a, b = rng.normal(size=30), rng.normal(size=30)
     b = b + 0.5 * a
-    assert kendall_tau(a, b) == pytest.approx(stats.kendalltau(a, b)[0], abs=1e-12)
+    assert kendall_tau(a, b) == pytest.approx(pair_count_tau_b(a, b), abs=1e-12)
     # ties in both variables (τ-b)
     ta, tb = rng.integers(0, 4, size=25), rng.integers(0, 3, size=25)
-    assert kendall_tau(ta, tb) == pytest.approx(stats.kendalltau(ta, tb)[0], abs=1e-12)
+    assert kendall_tau(ta, tb) == pytest.approx(pair_count_tau_b(ta, tb), abs=1e-12)
+
+
+def test_kendall_tau_b_by_hand_with_ties():
+    # x = (1, 1, 2, 3), y = (1, 2, 2, 3): of the 6 pairs, (1,2) is tied in x only, (2,3) in y only,
+    # the other 4 are concordant: τ-b = (4 − 0) / √((6 − 1)(6 − 1)) = 0.8
+    assert kendall_tau([1, 1, 2, 3], [1, 2, 2, 3]) == pytest.approx(0.8, abs=1e-15)
+    # x = (1, 2, 2, 3), y = (3, 1, 2, 0): pairs (1,2) D, (1,3) D, (1,4) D, (2,3) x-tie, (2,4) D,
+    # (3,4) D → (0 − 5) / √(5 · 6)
+    assert kendall_tau([1, 2, 2, 3], [3, 1, 2, 0]) == pytest.approx(-5 / math.sqrt(30), abs=1e-15)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_vectorized_psi_equals_the_grouped_definition(seed):
+    """granulated_psi (all measures at once, resampled rows) against granulated_kendall_tau on the
+    resampled frame: ties, NaN measures and duplicated rows included."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({h: rng.integers(0, 3, 60) for h in ("a", "b", "c")})
+    frame["gap"] = rng.integers(0, 6, 60) / 10
+    values = rng.integers(0, 5, size=(3, 60)).astype(float)
+    values[1, rng.choice(60, 8, replace=False)] = np.nan
+    codes = group_codes(frame, ["a", "b", "c"])
+    for rows in (None, rng.integers(0, 60, 60)):
+        psi = granulated_psi(values, frame["gap"].to_numpy(), codes, rows)
+        picked = frame if rows is None else frame.iloc[rows]
+        for k in range(3):
+            sub = picked.assign(m=values[k] if rows is None else values[k][rows])
+            expected = granulated_kendall_tau(sub[np.isfinite(sub["m"])], "m", "gap", ["a", "b", "c"]).psi
+            assert psi[k] == pytest.approx(expected, abs=1e-12)
+
+
+def test_vectorized_psi_known_answer():
+    frame = table()
+    psi = granulated_psi(frame[["measure"]].to_numpy().T, frame["gap"].to_numpy(), group_codes(frame, ["a", "b"]))
+    assert psi[0] == pytest.approx(0.5)  # as computed by hand in test_granulated_tau_known_answer
 
 
 def test_kendall_tau_by_hand_and_inputs():

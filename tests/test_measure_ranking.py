@@ -73,11 +73,44 @@ def test_ranking_is_kendall_tau_over_models_that_reached_the_target():
     expected = stats.kendalltau(kept["spectral_product"], kept["gap"])[0]
     assert table.loc["spectral_product", "tau"] == pytest.approx(expected, abs=1e-12)
     assert list(analysis.table["measure"][:2]) != ["spectral_product"] and analysis.table["rank"].tolist() == [1, 2, 3]
-    assert [c.passed for c in analysis.checks] == [True, True]
-    assert "comparison with Jiang et al." in analysis.notes[-1]
+    # no flatness measure was tracked: the claim cannot be judged, whatever the other checks say
+    assert [c.passed for c in analysis.checks] == [True, True, None]
+    assert "no flatness or sharpness measure" in analysis.checks[2].detail and analysis.verdict == "inconclusive"
     # Ψ over the three varied hyperparameters: the mean of per-hyperparameter means of group τs
     psi = [table.loc["spectral_product", f"psi_{h}"] for h in ("width", "depth", "lr")]
     assert table.loc["spectral_product", "psi"] == pytest.approx(np.nanmean(psi))
+
+
+def claim_sweep(relation, seed=0):
+    """A fake sweep with one flatness measure and one norm product: ``relation(gap, noise)`` gives
+    (flatness, product) values, so the claim's answer is known."""
+    runs, metrics = synthetic(n_per_cell=6, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    gaps = metrics[metrics["name"] == "gap"].set_index("run_id")["value"]
+    extra = []
+    for run_id, gap in gaps.items():
+        flat, product = relation(gap, rng.normal(scale=0.05, size=2))
+        extra += [{"run_id": run_id, "step": 100, "name": "hessian_trace", "value": flat},
+                  {"run_id": run_id, "step": 100, "name": "frobenius_product", "value": product}]
+    return runs, pd.concat([metrics, pd.DataFrame(extra)], ignore_index=True)
+
+
+@pytest.mark.parametrize("relation, expected", [
+    (lambda gap, e: (gap + e[0], -gap + e[1]), True),    # flatness predicts the gap, the product inverts it
+    (lambda gap, e: (-gap + e[0], gap + e[1]), False),   # the reverse: the claim fails
+    (lambda gap, e: (gap + e[0], gap + e[1]), None),     # both predict it equally: the interval holds 0
+])
+def test_the_claim_check_is_the_bootstrap_interval_of_the_family_difference(relation, expected):
+    runs, metrics = claim_sweep(relation)
+    cfg = config(measures=["hessian_trace", "frobenius_product"], min_models=16)
+    analysis = STUDY.analyze(cfg, runs, metrics)
+    claim = analysis.checks[2]
+    table = analysis.table.set_index("measure")
+    # the estimate is the difference of the families' Ψ in the table (one measure each here)
+    assert claim.value == pytest.approx(table.loc["hessian_trace", "psi"] - table.loc["frobenius_product", "psi"])
+    assert claim.passed is expected, claim
+    assert "bootstrap interval" in claim.detail and "resamples" in claim.detail
+    assert analysis.verdict == {True: "pass", False: "fail", None: "inconclusive"}[expected]
 
 
 def test_too_few_models_fail_the_check():

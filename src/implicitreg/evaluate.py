@@ -107,3 +107,54 @@ def granulated_kendall_tau(frame: pd.DataFrame, measure: str, gap: str,
         counts[hp] = len(defined)
     values = [v for v in per.values() if not math.isnan(v)]
     return GranulatedTau(float(np.mean(values)) if values else math.nan, per, counts)
+
+
+def granulated_psi(values: np.ndarray, gaps: np.ndarray, groups: dict[str, np.ndarray],
+                   rows: np.ndarray | None = None) -> np.ndarray:
+    """Ψ of several measures at once, vectorized: the same number as :func:`granulated_kendall_tau`.
+
+    τ-b of a group is Σ sx·sy / √(Σ sx² · Σ sy²) over its ordered pairs, with sx, sy the signs of
+    the pairwise differences (Σ sx² counts the pairs not tied in the measure); models whose
+    measure is NaN drop out of that measure's pairs.
+
+    Args:
+        values: [K, M] K measures over M models (NaN where a measure is undefined).
+        gaps: [M] generalization gaps.
+        groups: per hyperparameter, [M] integer codes of the groups of models that agree on
+            every other hyperparameter (:func:`group_codes`).
+        rows: [M'] model indices to use, with repeats (a bootstrap resample); all models if None.
+    Returns:
+        [K] Ψ per measure (NaN where no hyperparameter has a defined ψ).
+    """
+    rows = np.arange(values.shape[1]) if rows is None else rows
+    x, y = values[:, rows], gaps[rows]
+    valid = np.isfinite(x)
+    pair = valid[:, :, None] & valid[:, None, :]  # [K, m, m]
+    sx = np.where(pair, np.sign(np.nan_to_num(x)[:, :, None] - np.nan_to_num(x)[:, None, :]), 0.0)
+    sy = np.where(pair, np.sign(y[:, None] - y[None, :])[None], 0.0)
+    psi = []
+    for codes in groups.values():
+        code = codes[rows]
+        onehot = (code[:, None] == np.unique(code)[None, :]).astype(float)  # [m, G]
+        # per-group sums over pairs inside the group: Σ_ij A_ig Z_ij A_jg
+        def by_group(z: np.ndarray) -> np.ndarray:
+            return np.einsum("kig,ig->kg", z @ onehot, onehot)
+        concordance, untied_x, untied_y = by_group(sx * sy), by_group(sx * sx), by_group(sy * sy)
+        defined = (untied_x > 0) & (untied_y > 0)
+        tau = np.where(defined, concordance / np.sqrt(np.where(defined, untied_x * untied_y, 1.0)), np.nan)
+        with np.errstate(invalid="ignore"):
+            psi.append(np.where(defined.any(1), np.nansum(tau, 1) / np.maximum(defined.sum(1), 1), np.nan))
+    stacked = np.stack(psi)  # [H, K]
+    counts = np.isfinite(stacked).sum(0)
+    return np.where(counts > 0, np.nansum(stacked, 0) / np.maximum(counts, 1), np.nan)
+
+
+def group_codes(frame: pd.DataFrame, hyperparameters: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per hyperparameter, [M] integer codes of the groups of rows that agree on every other one
+    (one group when it is the only hyperparameter), as :func:`granulated_kendall_tau` forms them."""
+    codes = {}
+    for hp in hyperparameters:
+        others = [h for h in hyperparameters if h != hp]
+        codes[hp] = (frame.groupby(others, dropna=False, sort=False).ngroup().to_numpy() if others
+                     else np.zeros(len(frame), dtype=int))
+    return codes

@@ -114,7 +114,21 @@ class Check:
                            detail, support, unreliable)
 
     @classmethod
-    def _decide(cls, name: str, value: Any, threshold: str, test: Callable[[float], bool], detail: str,
+    def interval_above(cls, name: str, estimate: Any, low: Any, high: Any, limit: float, *, detail: str = "",
+                       support: Support | None = None, unreliable: str = "") -> "Check":
+        """Passes when the whole confidence interval [low, high] of ``estimate`` lies above ``limit``,
+        fails when it lies below, and is inconclusive when it contains ``limit``."""
+        bounds = (_number(low), _number(high))
+        if None in bounds:
+            unreliable = "; ".join(filter(None, [unreliable, "no interval"]))
+        straddles = None not in bounds and bounds[0] <= limit <= bounds[1]
+        if straddles:
+            detail = "; ".join(filter(None, [f"the interval contains {limit:g}", detail]))
+        return cls._decide(name, estimate, f"interval > {limit:g}",
+                           lambda _: None if straddles else bounds[0] > limit, detail, support, unreliable)
+
+    @classmethod
+    def _decide(cls, name: str, value: Any, threshold: str, test: Callable[[float], bool | None], detail: str,
                 support: Support | None, unreliable: str) -> "Check":
         number = _number(value)
         reasons = []
@@ -129,8 +143,8 @@ class Check:
             parts.append(f"computed from {support.describe()}")
         if detail:
             parts.append(detail)
-        passed = None if reasons else bool(test(number))
-        return cls(name, number, threshold, passed, "; ".join(parts))
+        outcome = None if reasons else test(number)
+        return cls(name, number, threshold, None if outcome is None else bool(outcome), "; ".join(parts))
 
 
 @dataclass

@@ -6,11 +6,12 @@ to find them" (ICLR).
 What is checked: a sweep of MLPs on MNIST-1D over width, depth, learning rate, batch size, weight
 decay, dropout and seeds, each trained to the same train cross-entropy (Jiang et al.'s 0.01);
 every measure of the library that applies to an MLP is computed at that point, and each is scored
-by Kendall's τ and the granulated τ (Ψ) between it and the generalization gap. The verdict checks
-that the sweep and the scores were computed (enough models reached the loss target; every
-measure has a defined τ). How the ranking compares with Jiang et al.'s qualitative finding —
-sharpness and PAC-Bayes flatness measures near the top, spectral-norm products near the bottom
-or negative — is reported as an observation, not a check.
+by Kendall's τ and the granulated τ (Ψ) between it and the generalization gap. The claim —
+flatness measures predict the gap better than norm products — is checked as the difference
+D = mean Ψ of the flatness and sharpness families − mean Ψ of the norm-product family (the
+registry's ``family``), with a bootstrap 95% interval over models (each resample recomputes every
+Ψ): pass when the interval lies above 0, fail when it lies below, inconclusive when it straddles
+0. Two checks guard it: enough models reached the loss target, and every measure has a defined τ.
 
 Orientation: τ is computed for (sign · measure, gap) with sign = +1 where a lower value means a
 simpler model and −1 where a higher value does (margins, σ), so a positive τ always means "ranks
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +31,23 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from implicitreg.config import DataConfig, MLPConfig, Strict, TrainConfig
-from implicitreg.evaluate import granulated_kendall_tau, kendall_tau
+from implicitreg.evaluate import granulated_kendall_tau, granulated_psi, group_codes, kendall_tau
 from implicitreg.measures import REGISTRY
 from implicitreg.plan import Group, Member, group_runs
 from implicitreg.report.figures import save_figure, plt
-from implicitreg.studies.base import Analysis, Check, final_values
+from implicitreg.studies.base import Analysis, Check, Support, final_values
 
 #: Measures of the end-to-end matrix of a linear (factorized) model: undefined for a ReLU MLP.
 LINEAR_ONLY = ("effective_rank", "nuclear_norm", "stable_rank")
 MEASURES = tuple(sorted(name for name in REGISTRY if name not in LINEAR_ONLY))
 HYPERPARAMETERS = ("width", "depth", "lr", "batch_size", "weight_decay", "dropout")
 
-#: Jiang et al.'s qualitative groups (their Table 1/2 and Section 6): the flatness family scores
-#: highest, the spectral-norm products lowest (often negative).
-FLATNESS = ("pac_bayes_sigma", "pac_bayes_flatness", "pac_bayes_mag_flatness", "pac_bayes_mag_init",
-            "pac_bayes_mag_orig", "epsilon_sharpness", "top_hessian_eigenvalue", "hessian_trace")
-SPECTRAL = ("spectral_product", "spectral_complexity", "sum_of_spectral", "normalized_margin")
+#: The two sides of the claim, by registry family (Jiang et al.'s Table 1/2 and Section 6: the
+#: flatness family scores highest, the norm products lowest, often negative).
+FLAT_FAMILIES = ("flatness", "sharpness")
+PRODUCT_FAMILIES = ("norm-product",)
+RESAMPLES = 1000
+LEVEL = 0.95
 
 
 class Config(Strict):
@@ -138,31 +141,18 @@ class MeasureRanking:
     def analyze(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame) -> Analysis:
         models = self.models(config, runs, metrics)
         reached = models[models["reached"]]
-        varied = [h for h in HYPERPARAMETERS if reached[h].nunique() > 1] if len(reached) else []
-        rows = []
-        for name in config.measures:
-            oriented = sign(name) * reached[name].astype(float)
-            usable = reached.assign(oriented=oriented)[np.isfinite(oriented)]
-            tau = kendall_tau(usable["oriented"], usable["gap"]) if len(usable) > 1 else math.nan
-            row: dict[str, Any] = {"measure": name, "sign": int(sign(name)), "models": len(usable), "tau": tau}
-            if varied and len(usable) > 1:
-                granulated = granulated_kendall_tau(usable, "oriented", "gap", varied)
-                row["psi"] = granulated.psi
-                row.update({f"psi_{h}": granulated.per_hyperparameter[h] for h in varied})
-            else:
-                row["psi"] = math.nan
-            rows.append(row)
-        table = pd.DataFrame(rows).sort_values(["psi", "tau"], ascending=False, na_position="last")
-        table.insert(0, "rank", range(1, len(table) + 1))
-        table = table.reset_index(drop=True)
+        table = ranking(config, reached)
         defined = int(table["tau"].notna().sum())
+        claim = family_difference(config, reached)
+        planned = len(models)
         checks = [
-            Check("models trained to the loss target", float(len(reached)), f">= {config.min_models}",
-                  bool(len(reached) >= config.min_models),
-                  f"{len(reached)} of {len(models)} runs reached train loss {config.train.target_train_loss} within "
-                  f"{config.train.max_steps} steps; the others are left out, as in Jiang et al."),
-            Check("measures with a defined Kendall τ", float(defined), f"= {len(table)}", bool(defined == len(table)),
-                  "undefined: " + (", ".join(table.loc[table["tau"].isna(), "measure"]) or "none")),
+            Check.at_least("models trained to the loss target", len(reached), config.min_models,
+                           detail=f"{len(reached)} of {planned} runs reached train loss "
+                                  f"{config.train.target_train_loss} within {config.train.max_steps} steps; the "
+                                  "others are left out, as in Jiang et al."),
+            Check.equals("measures with a defined Kendall τ", defined, len(table),
+                         detail="undefined: " + (", ".join(table.loc[table["tau"].isna(), "measure"]) or "none")),
+            claim.check(),
         ]
         gap = reached["gap"]
         notes = [
@@ -170,36 +160,103 @@ class MeasureRanking:
             "(train − test accuracy); Ψ: Jiang et al.'s granulated τ, the mean over hyperparameters of the mean τ "
             "within groups that differ only in that hyperparameter (seeds stay inside the groups); ranked by Ψ.",
             f"sweep: {len(reached)} models; generalization gap {gap.min():.3f} … {gap.max():.3f} (mean "
-            f"{gap.mean():.3f}); varied: {', '.join(varied) or 'nothing'}." if len(reached) else "no model reached "
-            "the loss target.",
-            observation(table),
+            f"{gap.mean():.3f}); varied: {', '.join(varied_in(reached)) or 'nothing'}." if len(reached) else
+            "no model reached the loss target.",
+            claim.note(),
         ]
         return Analysis(table, checks, notes)
 
     def figures(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame, directory: Path) -> list[Path]:
-        table = self.analyze(config, runs, metrics).table
         models = self.models(config, runs, metrics)
+        table = ranking(config, models[models["reached"]])
         return [_ranking_figure(table, directory / "ranking.png"),
                 _scatter_figure(table, models[models["reached"]], directory / "measure_vs_gap.png")]
 
 
-def observation(table: pd.DataFrame) -> str:
-    """How the ranking compares with Jiang et al.'s qualitative finding, in one sentence (no check)."""
-    ranked = table.dropna(subset=["psi"])
-    if ranked.empty:
-        return "comparison with Jiang et al.: no measure has a defined Ψ."
-    half = len(ranked) / 2
-    position = {m: int(r) for m, r in zip(ranked["measure"], ranked["rank"])}
-    flat = [m for m in FLATNESS if m in position]
-    spectral = [m for m in SPECTRAL if m in position]
-    flat_top = [m for m in flat if position[m] <= half]
-    spec_low = [m for m in spectral if position[m] > half or float(ranked.set_index("measure").loc[m, "psi"]) < 0]
-    best = ranked.iloc[0]
-    return (f"comparison with Jiang et al. (flatness near the top, spectral products near the bottom or negative): "
-            f"{len(flat_top)}/{len(flat)} flatness/sharpness measures rank in the top half "
-            f"({', '.join(f'{m} #{position[m]}' for m in flat)}); {len(spec_low)}/{len(spectral)} spectral measures "
-            f"rank in the bottom half or have Ψ < 0 ({', '.join(f'{m} #{position[m]}' for m in spectral)}); "
-            f"best: {best['measure']} (Ψ = {best['psi']:.3f}, τ = {best['tau']:.3f}).")
+def varied_in(reached: pd.DataFrame) -> list[str]:
+    """The hyperparameters that take more than one value among the models ranked."""
+    return [h for h in HYPERPARAMETERS if reached[h].nunique() > 1] if len(reached) else []
+
+
+def ranking(config: Config, reached: pd.DataFrame) -> pd.DataFrame:
+    """One row per measure: sign, models with a finite value, τ, Ψ and ψ per varied hyperparameter,
+    ranked by Ψ (then τ)."""
+    varied = varied_in(reached)
+    rows = []
+    for name in config.measures:
+        oriented = sign(name) * reached[name].astype(float)
+        usable = reached.assign(oriented=oriented)[np.isfinite(oriented)]
+        tau = kendall_tau(usable["oriented"], usable["gap"]) if len(usable) > 1 else math.nan
+        row: dict[str, Any] = {"measure": name, "family": REGISTRY[name].family, "sign": int(sign(name)),
+                               "models": len(usable), "tau": tau}
+        if varied and len(usable) > 1:
+            granulated = granulated_kendall_tau(usable, "oriented", "gap", varied)
+            row["psi"] = granulated.psi
+            row.update({f"psi_{h}": granulated.per_hyperparameter[h] for h in varied})
+        else:
+            row["psi"] = math.nan
+        rows.append(row)
+    table = pd.DataFrame(rows).sort_values(["psi", "tau"], ascending=False, na_position="last")
+    table.insert(0, "rank", range(1, len(table) + 1))
+    return table.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class FamilyDifference:
+    """D = mean Ψ of the flatness and sharpness measures − mean Ψ of the norm products, with its
+    bootstrap percentile interval over models."""
+
+    flat: tuple[str, ...]
+    products: tuple[str, ...]
+    estimate: float
+    low: float
+    high: float
+    resamples: int
+    defined: int
+
+    def check(self) -> Check:
+        missing = ("" if self.flat and self.products else
+                   "the measures tracked include no " + ("flatness or sharpness measure" if not self.flat
+                                                        else "norm-product measure"))
+        return Check.interval_above(
+            "mean Ψ of flatness + sharpness minus mean Ψ of norm products", self.estimate, self.low, self.high, 0.0,
+            detail=f"{LEVEL:.0%} bootstrap interval [{self.low:+.3f}, {self.high:+.3f}] over {self.defined} of "
+                   f"{self.resamples} resamples of the models; {len(self.flat)} flatness/sharpness measures vs "
+                   f"{len(self.products)} norm products",
+            support=Support(self.defined, self.resamples, "resamples"), unreliable=missing)
+
+    def note(self) -> str:
+        return (f"claim: flatness + sharpness ({', '.join(self.flat) or 'none'}) against norm products "
+                f"({', '.join(self.products) or 'none'}): D = {self.estimate:+.3f}, {LEVEL:.0%} bootstrap interval "
+                f"[{self.low:+.3f}, {self.high:+.3f}] ({self.defined} of {self.resamples} resamples defined).")
+
+
+def family_difference(config: Config, reached: pd.DataFrame, resamples: int = RESAMPLES,
+                      seed: int = 0) -> FamilyDifference:
+    """The claim's number: D on the models that reached the target, and its bootstrap interval
+    (models drawn with replacement, every Ψ recomputed on each resample)."""
+    flat = tuple(m for m in config.measures if REGISTRY[m].family in FLAT_FAMILIES)
+    products = tuple(m for m in config.measures if REGISTRY[m].family in PRODUCT_FAMILIES)
+    varied = varied_in(reached)
+    if not flat or not products or not varied or len(reached) < 2:
+        return FamilyDifference(flat, products, math.nan, math.nan, math.nan, resamples, 0)
+    names = [*flat, *products]
+    values = np.stack([sign(m) * reached[m].to_numpy(dtype=float) for m in names])
+    gaps, codes = reached["gap"].to_numpy(dtype=float), group_codes(reached, varied)
+
+    def difference(rows: np.ndarray | None) -> float:
+        psi = granulated_psi(values, gaps, codes, rows)
+        sides = psi[: len(flat)], psi[len(flat):]
+        if any(np.isnan(side).all() for side in sides):
+            return math.nan
+        return float(np.nanmean(sides[0]) - np.nanmean(sides[1]))
+
+    rng = np.random.default_rng(seed)
+    draws = np.array([difference(rng.integers(0, len(reached), len(reached))) for _ in range(resamples)])
+    draws = draws[np.isfinite(draws)]
+    tail = 100 * (1 - LEVEL) / 2
+    low, high = np.percentile(draws, [tail, 100 - tail]) if len(draws) else (math.nan, math.nan)
+    return FamilyDifference(flat, products, difference(None), float(low), float(high), resamples, len(draws))
 
 
 def _ranking_figure(table: pd.DataFrame, path: Path) -> Path:
