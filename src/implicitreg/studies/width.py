@@ -25,7 +25,7 @@ from pydantic import Field, model_validator  # noqa: E402
 from implicitreg.config import DataConfig, MLPConfig, Strict, TrainConfig  # noqa: E402
 from implicitreg.plan import Group, Member, group_runs  # noqa: E402
 from implicitreg.report import figures as fig  # noqa: E402
-from implicitreg.studies.base import Analysis, Check, final_values, mean_std  # noqa: E402
+from implicitreg.studies.base import Analysis, Check, Support, final_values, mean_std, weakest  # noqa: E402
 
 FIT_MIN = 0.99  # "fits the training set": mean train accuracy over seeds
 MEASURES = ("path_norm", "spectral_complexity")
@@ -56,6 +56,7 @@ class Width:
              "threshold, though their parameter count explodes.")
     paper = "Neyshabur, Tomioka & Srebro 2015"
     Config = Config
+    minutes = (0.5, 1.1)  # quick, full: on 2 CPU cores
 
     def defaults(self, quick: bool) -> dict[str, Any]:
         if not quick:
@@ -75,19 +76,19 @@ class Width:
         return group_runs(runs)
 
     def analyze(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame) -> Analysis:
-        final = _with_width(final_values(runs, metrics)).reindex(
-            columns=[*runs.columns.drop(["config", "provenance"]), "width", "train_acc", "test_acc", "gap",
-                     "l2_norm", *config.train.track])
+        final = _final(config, runs, metrics)
         rows = []
-        for width, part in final.groupby("width", sort=True):
+        # every planned width has a row, a width whose runs are all missing too (its values NaN)
+        for width in sorted({*config.widths, *final["width"].astype(int)}):
+            part = final[final["width"] == width]
             row: dict[str, Any] = {"width": int(width), "params": _params(config, int(width)), "runs": len(part),
-                                   "reached_target": f"{int(part['target_step'].notna().sum())}/{len(part)}"}
+                                   "reached_target": f"{int(part['target_step'].notna().sum())}/{config.seeds}"}
             for name in ("train_acc", "test_acc", "gap", "l2_norm", *config.train.track):
                 row[f"{name}_mean"], row[f"{name}_std"] = mean_std(part[name])
             row["steps_mean"], row["steps_std"] = mean_std(part["final_step"].astype(float))
             rows.append(row)
         table = pd.DataFrame(rows)
-        return Analysis(table, _checks(table), [
+        return Analysis(table, _checks(table, final, config.seeds), [
             f"interpolation threshold: the narrowest width with mean train accuracy ≥ {FIT_MIN}; test error = 1 − "
             "test accuracy; means over seeds."])
 
@@ -105,6 +106,13 @@ class Width:
         return paths
 
 
+def _final(config: Config, runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per run with its last evaluation (NaN for a run never evaluated or diverged)."""
+    return _with_width(final_values(runs, metrics)).reindex(
+        columns=[*runs.columns.drop(["config", "provenance"]), "width", "train_acc", "test_acc", "gap", "l2_norm",
+                 *config.train.track])
+
+
 def _with_width(frame: pd.DataFrame) -> pd.DataFrame:
     """Add the width column (``w<width>/seed<n>`` run ids)."""
     return frame.assign(width=frame["run_id"].str.split("/").str[0].str[1:].astype(int))
@@ -115,29 +123,54 @@ def _params(config: Config, width: int) -> int:
     return d * width + width + width * k + k
 
 
-def _checks(table: pd.DataFrame) -> list[Check]:
+FITS = "widest width fits the training set"
+GAP = "test error at the widest minus at the interpolation threshold"
+
+
+def _checks(table: pd.DataFrame, final: pd.DataFrame, seeds: int) -> list[Check]:
+    """Whether the widest width fits, and its test error against the interpolation threshold's.
+
+    ``table`` has a row per width (increasing), ``final`` a row per run: how many seeds of the
+    ``seeds`` planned each mean rests on. The threshold is only located when every width up to it
+    has its train accuracy: a width without one could be the threshold.
+    """
     if table.empty:
-        return [Check("test error at the widest ≤ at the interpolation threshold", None, "<= 0", None)]
-    fits = table[table["train_acc_mean"] >= FIT_MIN]
+        return [Check.at_least(FITS, None, FIT_MIN, detail="no width ran"),
+                Check.at_most(GAP, None, 0.0, detail="no width ran")]
+
+    def support(width: int, column: str) -> Support:
+        return Support.of(final.loc[final["width"] == width, column], seeds, "seeds")
+
     widest = table.iloc[-1]
-    if fits.empty:
-        return [Check("test error at the widest minus at the interpolation threshold", None, "<= 0", None,
-                      f"no width reached mean train accuracy {FIT_MIN}: no interpolation threshold")]
-    threshold = fits.iloc[0]
-    error = lambda row: 1.0 - float(row["test_acc_mean"])  # noqa: E731
-    if int(threshold["width"]) == int(widest["width"]):
-        return [Check("test error at the widest minus at the interpolation threshold", None, "<= 0", None,
-                      f"only the widest width ({int(widest['width'])}) fits: no width beyond the threshold ran")]
-    difference = error(widest) - error(threshold)
-    return [
-        Check("widest width fits the training set", float(widest["train_acc_mean"]), f">= {FIT_MIN}",
-              bool(widest["train_acc_mean"] >= FIT_MIN)),
-        Check("test error at the widest minus at the interpolation threshold", difference, "<= 0",
-              bool(difference <= 0),
-              f"threshold width {int(threshold['width'])}: test error {error(threshold):.4f}; widest width "
-              f"{int(widest['width'])}: {error(widest):.4f}; parameters {int(threshold['params'])} → "
-              f"{int(widest['params'])}"),
-    ]
+    widest_width = int(widest["width"])
+    checks = [Check.at_least(FITS, widest["train_acc_mean"], FIT_MIN, detail=f"width {widest_width}",
+                             support=support(widest_width, "train_acc"))]
+    threshold, unknown = None, None
+    for row in table.itertuples():
+        if not support(int(row.width), "train_acc").enough or pd.isna(row.train_acc_mean):
+            unknown = int(row.width)
+            break
+        if row.train_acc_mean >= FIT_MIN:
+            threshold = row
+            break
+    if unknown is not None:
+        checks.append(Check.at_most(GAP, None, 0.0, detail=(
+            f"width {unknown} has train accuracy from {support(unknown, 'train_acc').describe()}: whether it is the "
+            "interpolation threshold is unknown")))
+    elif threshold is None:
+        checks.append(Check.at_most(GAP, None, 0.0, detail=(
+            f"no width reached mean train accuracy {FIT_MIN}: no interpolation threshold")))
+    elif int(threshold.width) == widest_width:
+        checks.append(Check.at_most(GAP, None, 0.0, detail=(
+            f"only the widest width ({widest_width}) fits: no width beyond the threshold ran")))
+    else:
+        error_threshold, error_widest = 1.0 - threshold.test_acc_mean, 1.0 - float(widest["test_acc_mean"])
+        checks.append(Check.at_most(
+            GAP, error_widest - error_threshold, 0.0,
+            detail=(f"threshold width {int(threshold.width)}: test error {error_threshold:.4f}; widest width "
+                    f"{widest_width}: {error_widest:.4f}; parameters {int(threshold.params)} → {int(widest['params'])}"),
+            support=weakest(support(int(threshold.width), "test_acc"), support(widest_width, "test_acc"))))
+    return checks
 
 
 def _versus_width(table: pd.DataFrame, names: list[str], path: Path, log_y: bool) -> Path:
