@@ -113,6 +113,20 @@ def test_the_claim_check_is_the_bootstrap_interval_of_the_family_difference(rela
     assert analysis.verdict == {True: "pass", False: "fail", None: "inconclusive"}[expected]
 
 
+def test_values_that_did_not_converge_leave_the_ranking():
+    runs, metrics = claim_sweep(lambda gap, e: (gap + e[0], -gap + e[1]))
+    ids = sorted(set(runs.loc[runs["target_step"].notna(), "run_id"]))
+    flags = [{"run_id": r, "step": 100, "name": "hessian_trace.converged", "value": float(i >= 40)}
+             for i, r in enumerate(ids)]
+    metrics = pd.concat([metrics, pd.DataFrame(flags)], ignore_index=True)
+    analysis = STUDY.analyze(config(measures=["hessian_trace", "frobenius_product"], min_models=16), runs, metrics)
+    row = analysis.table.set_index("measure").loc["hessian_trace"]
+    assert row["unconverged"] == 40 and row["models"] == len(ids) - 40
+    claim = analysis.checks[2]
+    # 16 of 56 models left for the flatness side: fewer than half, so the claim is not judged
+    assert claim.passed is None and f"{len(ids) - 40} of {len(ids)} models" in claim.detail
+
+
 def test_too_few_models_fail_the_check():
     runs, metrics = synthetic()
     analysis = STUDY.analyze(config(measures=["path_norm"], min_models=100), runs, metrics)

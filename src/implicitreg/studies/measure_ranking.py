@@ -35,7 +35,7 @@ from implicitreg.evaluate import granulated_kendall_tau, granulated_psi, group_c
 from implicitreg.measures import REGISTRY
 from implicitreg.plan import Group, Member, group_runs
 from implicitreg.report.figures import save_figure, plt
-from implicitreg.studies.base import Analysis, Check, Support, final_values
+from implicitreg.studies.base import Analysis, Check, Support, final_values, weakest
 
 #: Measures of the end-to-end matrix of a linear (factorized) model: undefined for a ReLU MLP.
 LINEAR_ONLY = ("effective_rank", "nuclear_norm", "stable_rank")
@@ -48,6 +48,8 @@ FLAT_FAMILIES = ("flatness", "sharpness")
 PRODUCT_FAMILIES = ("norm-product",)
 RESAMPLES = 1000
 LEVEL = 0.95
+CONVERGED = ".converged"  # the tracked flag stored beside an iterative measure (1 converged, 0 not)
+UNCONVERGED = ".unconverged"
 
 
 class Config(Strict):
@@ -136,7 +138,13 @@ class MeasureRanking:
             "lr": c["member"]["lr"], "weight_decay": c["member"]["weight_decay"], "dropout": c["member"]["dropout"]})
         frame = pd.concat([final.reset_index(drop=True), pd.DataFrame(list(settings))], axis=1)
         frame["reached"] = frame["target_step"].notna() & (frame["status"] == "done")
-        return frame.reindex(columns=[*frame.columns, *[m for m in config.measures if m not in frame]])
+        frame = frame.reindex(columns=[*frame.columns, *[m for m in config.measures if m not in frame]])
+        for name in config.measures:
+            # an iterative estimate that did not converge is no value: it leaves the ranking
+            flag = frame.get(f"{name}{CONVERGED}")
+            frame[f"{name}{UNCONVERGED}"] = (flag == 0.0) if flag is not None else False
+            frame.loc[frame[f"{name}{UNCONVERGED}"], name] = math.nan
+        return frame
 
     def analyze(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame) -> Analysis:
         models = self.models(config, runs, metrics)
@@ -188,7 +196,8 @@ def ranking(config: Config, reached: pd.DataFrame) -> pd.DataFrame:
         usable = reached.assign(oriented=oriented)[np.isfinite(oriented)]
         tau = kendall_tau(usable["oriented"], usable["gap"]) if len(usable) > 1 else math.nan
         row: dict[str, Any] = {"measure": name, "family": REGISTRY[name].family, "sign": int(sign(name)),
-                               "models": len(usable), "tau": tau}
+                               "models": len(usable), "unconverged": int(reached[f"{name}{UNCONVERGED}"].sum()),
+                               "tau": tau}
         if varied and len(usable) > 1:
             granulated = granulated_kendall_tau(usable, "oriented", "gap", varied)
             row["psi"] = granulated.psi
@@ -208,6 +217,7 @@ class FamilyDifference:
 
     flat: tuple[str, ...]
     products: tuple[str, ...]
+    models: Support | None  # the claim measure with the fewest finite values, of the models ranked
     estimate: float
     low: float
     high: float
@@ -223,7 +233,7 @@ class FamilyDifference:
             detail=f"{LEVEL:.0%} bootstrap interval [{self.low:+.3f}, {self.high:+.3f}] over {self.defined} of "
                    f"{self.resamples} resamples of the models; {len(self.flat)} flatness/sharpness measures vs "
                    f"{len(self.products)} norm products",
-            support=Support(self.defined, self.resamples, "resamples"), unreliable=missing)
+            support=weakest(self.models, Support(self.defined, self.resamples, "resamples")), unreliable=missing)
 
     def note(self) -> str:
         return (f"claim: flatness + sharpness ({', '.join(self.flat) or 'none'}) against norm products "
@@ -238,8 +248,9 @@ def family_difference(config: Config, reached: pd.DataFrame, resamples: int = RE
     flat = tuple(m for m in config.measures if REGISTRY[m].family in FLAT_FAMILIES)
     products = tuple(m for m in config.measures if REGISTRY[m].family in PRODUCT_FAMILIES)
     varied = varied_in(reached)
+    models = weakest(*(Support.of(reached[m], len(reached), "models") for m in (*flat, *products)))
     if not flat or not products or not varied or len(reached) < 2:
-        return FamilyDifference(flat, products, math.nan, math.nan, math.nan, resamples, 0)
+        return FamilyDifference(flat, products, models, math.nan, math.nan, math.nan, resamples, 0)
     names = [*flat, *products]
     values = np.stack([sign(m) * reached[m].to_numpy(dtype=float) for m in names])
     gaps, codes = reached["gap"].to_numpy(dtype=float), group_codes(reached, varied)
@@ -256,7 +267,7 @@ def family_difference(config: Config, reached: pd.DataFrame, resamples: int = RE
     draws = draws[np.isfinite(draws)]
     tail = 100 * (1 - LEVEL) / 2
     low, high = np.percentile(draws, [tail, 100 - tail]) if len(draws) else (math.nan, math.nan)
-    return FamilyDifference(flat, products, difference(None), float(low), float(high), resamples, len(draws))
+    return FamilyDifference(flat, products, models, difference(None), float(low), float(high), resamples, len(draws))
 
 
 def _ranking_figure(table: pd.DataFrame, path: Path) -> Path:
