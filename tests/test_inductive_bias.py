@@ -8,11 +8,16 @@ import pytest
 import implicitreg
 from implicitreg.config import ConfigError, build_config
 from implicitreg.studies import STUDIES
-from implicitreg.studies.inductive_bias import MLP_CHANGE_MAX, MODELS, NOISE_SE, STUDY, VARIANTS
-
-CHECK_ORIGINAL = "CNN − MLP test accuracy, original inputs"
-CHECK_SHUFFLED = "CNN − MLP test accuracy, shuffled inputs"
-CHECK_MLP = "MLP |original − shuffled| test accuracy"
+from implicitreg.studies.inductive_bias import (
+    CHECK_MLP,
+    CHECK_ORIGINAL,
+    CHECK_SHUFFLED,
+    MLP_CHANGE_MAX,
+    MODELS,
+    NOISE_SE,
+    STUDY,
+    VARIANTS,
+)
 
 
 @pytest.fixture
@@ -66,7 +71,8 @@ def test_config_rejects_what_the_plan_cannot_honour(overrides, field):
         config(**overrides)
 
 
-def stored(test: dict[tuple[str, str], list[float]], train: float = 1.0):
+def stored(test: dict[tuple[str, str], list[float]], train: float = 1.0,
+           status: dict[tuple[str, str], str] | None = None):
     """runs/metrics frames as the store returns them, one run per listed test accuracy; each run also
     has an earlier evaluation that the analysis must ignore."""
     runs, rows = [], []
@@ -74,7 +80,8 @@ def stored(test: dict[tuple[str, str], list[float]], train: float = 1.0):
         for seed, acc in enumerate(accuracies):
             run_id, step = f"{model}/{variant}/seed{seed}", 500 + 100 * seed
             runs.append({"run_id": run_id, "study": STUDY.name, "arm": variant, "seed": seed, "config": {},
-                         "provenance": {}, "status": "done", "final_step": step, "target_step": step,
+                         "provenance": {}, "status": (status or {}).get((model, variant), "done"),
+                         "final_step": step, "target_step": step,
                          "error": None, "started_at": "", "ended_at": ""})
             for name, value in {"train_acc": train, "test_acc": acc, "gap": train - acc, "l2_norm": 20.0,
                                 "dist_init": 15.0}.items():
@@ -83,11 +90,11 @@ def stored(test: dict[tuple[str, str], list[float]], train: float = 1.0):
     return pd.DataFrame(runs), pd.DataFrame(rows)
 
 
-def outcome(cnn_original, cnn_shuffled, mlp_original, mlp_shuffled):
+def outcome(cnn_original, cnn_shuffled, mlp_original, mlp_shuffled, seeds=None, status=None):
     """Analysis of four cells, each given as its list of per-seed test accuracies."""
     test = {("mlp", "original"): mlp_original, ("mlp", "shuffled"): mlp_shuffled,
             ("cnn", "original"): cnn_original, ("cnn", "shuffled"): cnn_shuffled}
-    return STUDY.analyze(config(seeds=len(cnn_original)), *stored(test))
+    return STUDY.analyze(config(seeds=seeds or len(cnn_original)), *stored(test, status=status))
 
 
 PAPER = dict(cnn_original=[0.93, 0.95], cnn_shuffled=[0.55, 0.57], mlp_original=[0.67, 0.69],
@@ -126,16 +133,50 @@ def test_mlp_tolerance_widens_with_seed_noise_only():
     noisy = outcome(**{**PAPER, "mlp_original": [0.60, 0.76], "mlp_shuffled": [0.655, 0.655]})
     se = 0.16 / math.sqrt(2) / math.sqrt(2)  # std of [0.60, 0.76] over sqrt(2) seeds; the other cell has std 0
     (q,), (n,) = ([c for c in a.checks if c.name == CHECK_MLP] for a in (quiet, noisy))
-    assert q.passed is False and f"<= {MLP_CHANGE_MAX:.4f}" in q.threshold
-    assert n.passed is True and f"<= {NOISE_SE * se:.4f}" in n.threshold
+    assert q.passed is False and q.value == pytest.approx(0.025) and q.threshold == f"<= {MLP_CHANGE_MAX:g}"
+    assert n.passed is True and n.threshold == f"<= {NOISE_SE * se:g}"
+    assert f"SE {se:.4f}" in n.detail
 
 
 def test_missing_cells_make_the_verdict_inconclusive():
     runs, metrics = stored({("mlp", "original"): [0.68], ("mlp", "shuffled"): [0.68]})
-    analysis = STUDY.analyze(config(models=["mlp"]), runs, metrics)
+    analysis = STUDY.analyze(config(models=["mlp"], seeds=1), runs, metrics)
     assert analysis.verdict == "inconclusive"
-    passed = {c.name: c.passed for c in analysis.checks}
-    assert passed == {CHECK_ORIGINAL: None, CHECK_SHUFFLED: None, CHECK_MLP: True}
+    found = {c.name: c for c in analysis.checks}
+    assert {name: c.passed for name, c in found.items()} == {CHECK_ORIGINAL: None, CHECK_SHUFFLED: None,
+                                                              CHECK_MLP: True}
+    assert "computed from 0 of 1 seeds" in found[CHECK_ORIGINAL].detail
+
+
+def test_a_diverged_cell_is_inconclusive_not_a_pass_or_fail():
+    # the shuffled CNN at a learning rate far too large: every seed diverged; its last records (before
+    # the divergence) would otherwise be judged, and the advantage check would "pass"
+    analysis = outcome(**PAPER, status={("cnn", "shuffled"): "diverged"})
+    found = {c.name: c for c in analysis.checks}
+    assert found[CHECK_SHUFFLED].passed is None and found[CHECK_SHUFFLED].value is None
+    assert "computed from 0 of 2 seeds" in found[CHECK_SHUFFLED].detail
+    assert found[CHECK_ORIGINAL].passed is True and found[CHECK_MLP].passed is True
+    assert analysis.verdict == "inconclusive"
+
+
+def test_a_cell_that_lost_seeds_says_so_and_under_half_is_inconclusive():
+    five = {name: values + values[:1] * 3 for name, values in PAPER.items()}  # 5 seeds per cell
+    lost_two = outcome(**{**five, "cnn_original": [0.93, 0.95, 0.94]}, seeds=5)
+    original = {c.name: c for c in lost_two.checks}[CHECK_ORIGINAL]
+    assert original.passed is True and "computed from 3 of 5 seeds" in original.detail
+    assert original.value == pytest.approx(0.94 - 0.674)  # MLP seeds 0.67, 0.69, 0.67, 0.67, 0.67
+    lost_three = outcome(**{**five, "cnn_original": [0.93, 0.95]}, seeds=5)
+    assert {c.name: c for c in lost_three.checks}[CHECK_ORIGINAL].passed is None
+    assert lost_three.verdict == "inconclusive"
+
+
+def test_a_nan_test_accuracy_is_not_counted():
+    runs, metrics = stored({("mlp", "original"): [0.67, 0.69], ("mlp", "shuffled"): [0.68, 0.68],
+                            ("cnn", "original"): [0.93, math.nan], ("cnn", "shuffled"): [0.55, 0.57]})
+    analysis = STUDY.analyze(config(seeds=2), runs, metrics)
+    original = {c.name: c for c in analysis.checks}[CHECK_ORIGINAL]
+    assert original.value == pytest.approx(0.93 - 0.68) and "computed from 1 of 2 seeds" in original.detail
+    assert original.passed is True
 
 
 TINY = {"mlp.hidden": [16], "cnn.channels": 4, "data.n_train": 200, "data.n_test": 100,
@@ -147,8 +188,15 @@ def test_tiny_end_to_end_run(registered, tmp_path):
     runs = result.runs()
     assert sorted(runs["run_id"]) == sorted(f"{m}/{v}/seed0" for m in MODELS for v in VARIANTS)
     assert set(runs["status"]) == {"done"}
-    assert result.verdict in ("pass", "fail")  # every check computable from what ran
-    assert [c["name"] for c in result.summary["checks"]] == [CHECK_ORIGINAL, CHECK_SHUFFLED, CHECK_MLP]
+    checks = result.summary["checks"]
+    assert [c["name"] for c in checks] == [CHECK_ORIGINAL, CHECK_SHUFFLED, CHECK_MLP]
+    # every check computed from what ran, from the stored final test accuracies
+    metrics = result.metrics()
+    final = metrics[metrics["name"] == "test_acc"].sort_values("step").groupby("run_id")["value"].last()
+    assert checks[0]["value"] == pytest.approx(final["cnn/original/seed0"] - final["mlp/original/seed0"])
+    assert checks[2]["value"] == pytest.approx(abs(final["mlp/original/seed0"] - final["mlp/shuffled/seed0"]))
+    assert all(c["passed"] is not None for c in checks)
+    assert result.verdict == ("pass" if all(c["passed"] for c in checks) else "fail")
     assert len(result.summary["table"]) == 4
     figures = {p.name for p in (result.out / "figures").iterdir()}
     assert {"accuracy_by_variant.png", "curves_test_acc.png", "by_variant.png"} <= figures

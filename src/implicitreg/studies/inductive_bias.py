@@ -39,7 +39,8 @@ from implicitreg.config import CNNConfig, DataConfig, MLPConfig, Strict, TrainCo
 from implicitreg.plan import Group, Member, group_runs
 from implicitreg.report import figures as fig
 from implicitreg.report.figures import save_figure, plt
-from implicitreg.studies.base import Analysis, Check, final_values, mean_std, n_classes, with_model
+from implicitreg.studies.base import (Analysis, Check, Support, final_values, mean_std, n_classes, weakest,
+                                     with_model)
 
 MODELS = ("mlp", "cnn")
 VARIANTS = ("original", "shuffled")
@@ -53,6 +54,9 @@ MLP_CHANGE_MAX = 0.02  # paper: 0.68 − 0.68 = 0; equal in distribution, so onl
 NOISE_SE = 3.0  # ... and a difference within 3 standard errors of seed noise cannot refute equality
 TABLE_METRICS = ("train_acc", "test_acc", "gap", "l2_norm", "dist_init")
 SPATIAL_DATA = ("mnist1d", "digits")  # data sets with positions to shuffle; the synthetic ones have none
+CHECK_ORIGINAL = "CNN − MLP test accuracy, original inputs"
+CHECK_SHUFFLED = "CNN − MLP test accuracy, shuffled inputs"
+CHECK_MLP = "MLP |original − shuffled| test accuracy"
 
 
 class Config(Strict):
@@ -95,11 +99,16 @@ class InductiveBias:
              "CNN's advantage and leaves the MLP unchanged.")
     paper = "Greydanus & Kobak 2024; Zhang et al. 2017"
     Config = Config
+    minutes = (1.5, 2.2)  # quick, full: on 2 CPU cores
 
     def defaults(self, quick: bool) -> dict[str, Any]:
         if not quick:
             return {}
-        return {"seeds": 2, "train": {"max_steps": 2500, "eval_every": 250}}
+        # the same checks on 4 seeds and a shorter budget (the shuffled CNN, the slowest to fit, stops short of
+        # 100% train accuracy at 2500 steps but its test accuracy has settled). Not 2 seeds: the MLP check's
+        # tolerance rests on the seed standard error, which 2 seeds per variant barely estimate (a quick run
+        # with 2 seeds failed it at 0.024 > 0.02 with an SE of 0.005).
+        return {"seeds": 4, "train": {"max_steps": 2500, "eval_every": 250}}
 
     def plan(self, config: Config) -> list[Group]:
         runs = []
@@ -132,7 +141,7 @@ class InductiveBias:
                 rows.append(row)
         table = pd.DataFrame(rows)
         stats = _test_stats(final)
-        checks = _checks(stats)
+        checks = _checks(stats, config.seeds)
         return Analysis(table, checks, _notes(config, stats))
 
     def figures(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame, directory: Path) -> list[Path]:
@@ -164,18 +173,24 @@ def _test_stats(final: pd.DataFrame) -> dict[tuple[str, str], tuple[float, float
     """(model, variant) → (mean, sample std, count) of final test accuracy over finite values."""
     stats = {}
     for (model, variant), part in final.groupby(["model", "arm"]):
-        values = part["test_acc"].dropna()
+        values = pd.to_numeric(part["test_acc"], errors="coerce").astype(float)
+        values = values[np.isfinite(values)]
         if not values.empty:
             stats[(model, variant)] = (*mean_std(values), len(values))
     return stats
 
 
-def _checks(stats: dict[tuple[str, str], tuple[float, float, int]]) -> list[Check]:
+def _checks(stats: dict[tuple[str, str], tuple[float, float, int]], seeds: int) -> list[Check]:
+    """The three checks from the per-cell test-accuracy statistics; each says how many of the
+    ``seeds`` planned per cell it rests on (inconclusive under half)."""
     def mean(model: str, variant: str) -> float | None:
         return stats[(model, variant)][0] if (model, variant) in stats else None
 
     def difference(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None else a - b
+
+    def support(*cells: tuple[str, str]) -> Support | None:
+        return weakest(*(Support(stats[c][2] if c in stats else 0, seeds, "seeds") for c in cells))
 
     def paper(a: tuple[str, str], b: tuple[str, str]) -> str:
         return f"MNIST-1D paper: {ANCHORS[a]:.2f} − {ANCHORS[b]:.2f} = {ANCHORS[a] - ANCHORS[b]:+.2f}"
@@ -195,21 +210,20 @@ def _checks(stats: dict[tuple[str, str], tuple[float, float, int]]) -> list[Chec
         (_, s1, n1), (_, s2, n2) = stats[("mlp", "original")], stats[("mlp", "shuffled")]
         se = math.sqrt(s1 ** 2 / n1 + s2 ** 2 / n2)  # of the difference of two independent means
         tolerance = max(MLP_CHANGE_MAX, NOISE_SE * se)
-        mlp_threshold = f"<= {tolerance:.4f} (max of {MLP_CHANGE_MAX} and {NOISE_SE:g} × SE {se:.4f})"
+        why = f"tolerance max({MLP_CHANGE_MAX}, {NOISE_SE:g} × SE {se:.4f})"
     else:  # one seed per variant estimates no seed noise
-        tolerance, mlp_threshold = MLP_CHANGE_MAX, f"<= {MLP_CHANGE_MAX} (no seed SE with < 2 seeds per variant)"
-
-    def check(name: str, value: float | None, threshold: str, ok, detail_text: str) -> Check:
-        return Check(name, value, threshold, None if value is None else bool(ok(value)), detail_text)
+        tolerance, why = MLP_CHANGE_MAX, f"tolerance {MLP_CHANGE_MAX} (no seed SE with < 2 seeds per variant)"
 
     drop = "" if cnn_drop is None else f"; the CNN loses {cnn_drop:.4f} when shuffled (paper: 0.38)"
+    cells = {variant: (("cnn", variant), ("mlp", variant)) for variant in VARIANTS}
     return [
-        check("CNN − MLP test accuracy, original inputs", original, f">= {CNN_ADVANTAGE_MIN}",
-              lambda v: v >= CNN_ADVANTAGE_MIN, detail(("cnn", "original"), ("mlp", "original"))),
-        check("CNN − MLP test accuracy, shuffled inputs", shuffled, f"<= {SHUFFLED_ADVANTAGE_MAX}",
-              lambda v: v <= SHUFFLED_ADVANTAGE_MAX, detail(("cnn", "shuffled"), ("mlp", "shuffled")) + drop),
-        check("MLP |original − shuffled| test accuracy", mlp_change, mlp_threshold,
-              lambda v: v <= tolerance, detail(("mlp", "original"), ("mlp", "shuffled"))),
+        Check.at_least(CHECK_ORIGINAL, original, CNN_ADVANTAGE_MIN, detail=detail(*cells["original"]),
+                       support=support(*cells["original"])),
+        Check.at_most(CHECK_SHUFFLED, shuffled, SHUFFLED_ADVANTAGE_MAX, detail=detail(*cells["shuffled"]) + drop,
+                      support=support(*cells["shuffled"])),
+        Check.at_most(CHECK_MLP, mlp_change, tolerance,
+                      detail=f"{why}; {detail(('mlp', 'original'), ('mlp', 'shuffled'))}",
+                      support=support(("mlp", "original"), ("mlp", "shuffled"))),
     ]
 
 

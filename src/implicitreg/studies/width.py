@@ -168,7 +168,8 @@ def _checks(table: pd.DataFrame, final: pd.DataFrame, seeds: int) -> list[Check]
         checks.append(Check.at_most(
             GAP, error_widest - error_threshold, 0.0,
             detail=(f"threshold width {int(threshold.width)}: test error {error_threshold:.4f}; widest width "
-                    f"{widest_width}: {error_widest:.4f}; parameters {int(threshold.params)} → {int(widest['params'])}"),
+                    f"{widest_width}: {error_widest:.4f}; parameters {int(threshold.params)} → "
+                    f"{int(widest['params'])}"),
             support=weakest(support(int(threshold.width), "test_acc"), support(widest_width, "test_acc"))))
     return checks
 
