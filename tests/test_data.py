@@ -86,11 +86,97 @@ def test_mnist1d_seed_changes_the_data(fresh_cache):
     assert len(list(fresh_cache.glob("*.npz"))) == 2  # the seed is part of the cache key
 
 
+@pytest.fixture(scope="module")
+def canonical() -> dict:
+    """The paper's MNIST-1D: the generator's default arguments (seed 42), 4000 train / 1000 test."""
+    from implicitreg.data.mnist1d import _generate
+
+    return _generate(mnist1d.data.make_dataset, mnist1d.data.get_dataset_args())
+
+
+def test_mnist1d_smaller_sizes_are_the_first_points_of_the_canonical_set(no_download, fresh_cache, canonical):
+    assert canonical["x"].shape == (4000, 40) and canonical["x_test"].shape == (1000, 40)
+    small = load_mnist1d(n_train=500, n_test=200)
+    np.testing.assert_array_equal(small.x_train, canonical["x"][:500])
+    np.testing.assert_array_equal(small.y_train, canonical["y"][:500])
+    np.testing.assert_array_equal(small.x_test, canonical["x_test"][:200])
+    np.testing.assert_array_equal(small.y_test, canonical["y_test"][:200])
+    full = load_dataset(DataConfig(name="mnist1d", n_train=4000, n_test=1000, seed=42))
+    np.testing.assert_array_equal(full.x_train, canonical["x"])
+    np.testing.assert_array_equal(full.x_test, canonical["x_test"])
+    assert len(list(fresh_cache.glob("*.npz"))) == 1  # both sizes come from one cached set
+
+
+def test_mnist1d_seed_means_what_it_says(data_cache, canonical):
+    zero = load_dataset(DataConfig(name="mnist1d", n_train=100, n_test=50, seed=0))
+    assert not np.array_equal(zero.x_train, canonical["x"][:100])  # 0 is seed 0, not the default 42
+    np.testing.assert_array_equal(zero.x_train, load_mnist1d(n_train=100, n_test=50, seed=0).x_train)
+    forty_two = load_dataset(DataConfig(name="mnist1d", n_train=100, n_test=50, seed=42))
+    np.testing.assert_array_equal(forty_two.x_train, canonical["x"][:100])
+
+
+def test_mnist1d_beyond_the_canonical_set_is_a_larger_draw(data_cache):
+    data = load_mnist1d(n_train=4500, n_test=600)
+    assert data.x_train.shape == (4500, 40) and data.x_test.shape == (600, 40)
+    assert set(np.unique(data.y_test)) == set(range(10))
+    # train and test come from one draw, split by index: no point is in both
+    train_rows = {row.tobytes() for row in data.x_train}
+    assert not any(row.tobytes() in train_rows for row in data.x_test)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong-arrays"])
+def test_mnist1d_damaged_cache_file_is_regenerated(fresh_cache, monkeypatch, canonical, damage):
+    calls = []
+
+    def generator(args):  # the canonical set, instantly (the real generator takes seconds)
+        calls.append(args.seed)
+        return {name: canonical[name].copy() for name in ("x", "y", "x_test", "y_test")}
+
+    monkeypatch.setattr(mnist1d.data, "make_dataset", generator)
+    load_mnist1d(n_train=50, n_test=20)
+    (path,) = fresh_cache.glob("*.npz")
+    if damage == "garbage":
+        path.write_bytes(b"not an npz at all" * 100)
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        np.savez(path, x=np.zeros((3, 40)))
+    again = load_mnist1d(n_train=50, n_test=20)
+    assert calls == [42, 42]  # generated again rather than read
+    np.testing.assert_array_equal(again.x_train, canonical["x"][:50])
+    with np.load(path, allow_pickle=False) as archive:  # the cache file was replaced by a good one
+        assert archive["x"].shape == (4000, 40)
+    assert [p.name for p in fresh_cache.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_cache_variable_naming_a_file_is_one_clear_error(tmp_path, monkeypatch):
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("x")
+    monkeypatch.setenv("IMPLICITREG_CACHE", str(not_a_dir))
+    with pytest.raises(ValueError, match=r"IMPLICITREG_CACHE: expected a directory .*a-file"):
+        load_mnist1d(n_train=50, n_test=20)
+    monkeypatch.setenv("IMPLICITREG_CACHE", str(not_a_dir / "below"))  # a path below a file cannot be made
+    with pytest.raises(ValueError, match=r"IMPLICITREG_CACHE: cannot write the data cache in .*below"):
+        load_mnist1d(n_train=50, n_test=20)
+
+
+def test_cache_variable_naming_a_file_is_a_cli_error(tmp_path, monkeypatch):
+    from conftest import TINY, assert_user_error, invoke_cli
+
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("x")
+    monkeypatch.setenv("IMPLICITREG_CACHE", str(not_a_dir))
+    out = tmp_path / "out"
+    # sizes no other test loads, so the in-process data set cache cannot answer first
+    result = invoke_cli([*TINY, "--set", "data.n_train=203", "--set", "data.n_test=97", "--out", out])
+    assert_user_error(result, ["IMPLICITREG_CACHE", "a-file", "not a directory"], out)
+
+
 @pytest.mark.parametrize("n_train,n_test", [
     pytest.param(205, 100, id="total-not-multiple-of-10"),
     pytest.param(29, 71, id="float-split-truncates"),
 ])
-def test_mnist1d_returns_exactly_the_requested_sizes(fresh_cache, n_train, n_test):
+def test_mnist1d_returns_exactly_the_requested_sizes(data_cache, n_train, n_test):
     data = load_mnist1d(n_train=n_train, n_test=n_test)
     assert (len(data.x_train), len(data.x_test)) == (n_train, n_test)
 

@@ -7,14 +7,21 @@ from implicitreg.data.dataset import Dataset, DeviceData
 from implicitreg.data.digits import load_digits
 from implicitreg.data.inputs import INPUT_MODES, transform_inputs
 from implicitreg.data.label_noise import corrupt_labels
-from implicitreg.data.mnist1d import load_mnist1d
+from implicitreg.data.mnist1d import CANONICAL_SEED, load_mnist1d
 from implicitreg.data.synthetic import regression, separable, teacher_student
 from implicitreg.data.vision import load_cifar10, load_mnist
 
 
 def load_dataset(config: DataConfig) -> Dataset:
-    """Build the data set a :class:`DataConfig` names."""
-    sizes = dict(n_train=config.n_train, n_test=config.n_test, seed=config.seed)
+    """Build the data set a :class:`DataConfig` names.
+
+    ``config.seed`` is used as given; ``None`` means the data set's own default (MNIST-1D's 42,
+    which is the paper's set; 0 for the others).
+    """
+    seed = config.seed
+    if seed is None:
+        seed = CANONICAL_SEED if config.name == "mnist1d" else 0
+    sizes = dict(n_train=config.n_train, n_test=config.n_test, seed=seed)
     if config.name == "mnist1d":
         dataset = load_mnist1d(**sizes)
     elif config.name == "digits":
@@ -24,7 +31,7 @@ def load_dataset(config: DataConfig) -> Dataset:
     else:
         synthetic = {"regression": regression, "separable": separable, "teacher-student": teacher_student}
         dataset = synthetic[config.name](dim=config.dim, noise=config.noise, **sizes)
-    return transform_inputs(dataset, config.inputs, config.seed)
+    return transform_inputs(dataset, config.inputs, seed)
 
 
 __all__ = [

@@ -29,10 +29,15 @@ def _esc(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _cell(value: Any) -> str:
+def _text(value: Any) -> str:
+    """A table value as plain text (not yet escaped)."""
     if isinstance(value, float):
         return "" if value != value else f"{value:.4g}"
-    return _esc(value)
+    return str(value)
+
+
+def _cell(value: Any) -> str:
+    return _esc(_text(value))
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -55,7 +60,7 @@ def _merge_mean_std(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if key.endswith("_mean") and f"{key[:-5]}_std" in row:
                 std = row[f"{key[:-5]}_std"]
                 spread = "" if std is None or std != std else f"{std:.2g}"
-                out[key[:-5]] = f"{_cell(value)} ± {spread}"
+                out[key[:-5]] = f"{_text(value)} ± {spread}"  # escaped once, as a cell
             else:
                 out[key] = value
         merged.append(out)
@@ -89,7 +94,8 @@ def write_report(summary: dict[str, Any], table: pd.DataFrame, figures: list[Pat
         "the verdict is <em>pass</em> when all pass, <em>fail</em> when any fails, <em>inconclusive</em> when a "
         "number could not be computed (missing or diverged runs). Curves show the mean over seeds with a ±1 std "
         "band; runs that reached their train-accuracy target stop, so late points average over fewer runs.</p>",
-        "<h2>Provenance</h2>", f"<pre>{_esc(json.dumps(summary.get('provenance', {}), indent=2))}</pre>",
+        "<h2>Provenance</h2>",
+        f"<pre>{_esc(json.dumps({'config': summary.get('config'), **summary.get('provenance', {})}, indent=2))}</pre>",
         "</body></html>",
     ]
     path.write_text("\n".join(parts), encoding="utf-8")

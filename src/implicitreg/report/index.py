@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from implicitreg.report.html import STYLE
 
@@ -26,9 +27,11 @@ def write_index(directory: Path, summaries: list[tuple[str, dict[str, Any]]]) ->
         shown = f"{value:.4g}" if isinstance(value, (int, float)) else "n/a"
         number = "" if check is None else f"{check['name']} = {shown} ({check['threshold']})"
         verdict = summary["verdict"]
-        rows.append(f"<tr><td><a href='{html.escape(name)}/report.html'>{html.escape(name)}</a></td>"
+        # every string may come from a plugin study: escape it, and URL-quote the link's directory name
+        rows.append(f"<tr><td><a href='{html.escape(quote(name))}/report.html'>{html.escape(name)}</a></td>"
                     f"<td style='text-align:left'>{html.escape(summary['claim'])}</td>"
-                    f"<td class='{verdict}'>{verdict.upper()}</td><td>{html.escape(number)}</td></tr>")
+                    f"<td class='{html.escape(verdict)}'>{html.escape(verdict.upper())}</td>"
+                    f"<td>{html.escape(number)}</td></tr>")
         records.append({"study": name, "claim": summary["claim"], "verdict": verdict, "key_check": check,
                         "report": f"{name}/report.html"})
     quick = any(s.get("provenance", {}).get("quick") for _, s in summaries)
