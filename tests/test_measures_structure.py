@@ -157,6 +157,22 @@ def test_conv_input_length_comes_from_the_model_or_is_required():
         path_norm(user)
 
 
+
+def test_compute_takes_the_input_shape_the_error_asks_for_or_reads_it_from_data():
+    from implicitreg.measures import compute
+
+    user = nn.Sequential(nn.Conv1d(1, 2, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(20, 3)).double()
+    names = ["path_norm", "spectral_product", "spectral_complexity"]
+    with pytest.raises(ValueError, match=r"input_shape=\(L,\).*measures\.compute.*data="):
+        compute(names, user)
+    given = compute(names, user, input_shape=(1, 20))
+    x = torch.randn(8, 1, 20, generator=torch.Generator().manual_seed(0), dtype=D)
+    inferred = compute(names + ["normalized_margin"], user, data=(x, torch.arange(8) % 3))
+    for name in names:
+        assert given[name] == REGISTRY[name].fn(user, input_shape=(1, 20)) == inferred[name], name
+    assert torch.isfinite(inferred["normalized_margin"])
+
+
 # ---------------------------------------------------------------- path norm
 
 

@@ -1,8 +1,10 @@
 """The sequential engine: one plain ``nn.Module`` + ``torch.optim`` loop per run.
 
 This is the loop a user would write, and the reference the population is tested against: it
-shares only the random streams (:mod:`implicitreg.sampling`) and the initial modules, and
-computes loss, gradients, updates and evaluation with stock PyTorch.
+computes loss, gradients, updates and evaluation with stock PyTorch, and shares with the
+population engine the plan — random streams (:mod:`implicitreg.sampling`), initial modules,
+tracked measures (the same hooks, on the plain module) and the rules for stopping targets and
+divergence (:func:`implicitreg.train.checkpoint`).
 """
 
 from __future__ import annotations
@@ -12,10 +14,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from implicitreg.data import DeviceData
+from implicitreg.measures.tracking import tracking_hooks
 from implicitreg.optim import schedule_fn
 from implicitreg.plan import Group, Member
 from implicitreg.sampling import BatchOrder, DropoutMasks, member_labels
-from implicitreg.train import MemberResult, Progress, build_members, eval_steps, torch_dtype
+from implicitreg.train import (
+    Hook,
+    LoopContext,
+    MemberResult,
+    Progress,
+    build_members,
+    checkpoint,
+    due,
+    eval_steps,
+    finish,
+    torch_dtype,
+)
 
 
 def make_torch_optimizer(model: nn.Module, group: Group, member: Member) -> torch.optim.Optimizer:
@@ -39,7 +53,9 @@ def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks, classificat
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, init: list[torch.Tensor], data: DeviceData, labels: torch.Tensor) -> dict[str, float]:
+def _evaluate(model: nn.Module, context: LoopContext) -> dict[str, torch.Tensor]:
+    """The loop's built-in metrics of one module (labels [1, n], init params [1, ...]): each [1]."""
+    data, labels = context.data, context.labels[0]
     classification = data.n_classes > 0
     values = {}
     for split, x, y in (("train", data.x_train, labels), ("test", data.x_test, data.y_test)):
@@ -48,22 +64,25 @@ def _evaluate(model: nn.Module, init: list[torch.Tensor], data: DeviceData, labe
         values[f"{split}_acc"] = float((out.argmax(1) == y).double().mean()) if classification else float("nan")
     values["gap"] = (values["train_acc"] - values["test_acc"] if classification
                      else values["test_loss"] - values["train_loss"])
-    params = list(model.parameters())
-    values["l2_norm"] = float(torch.sqrt(sum((p.double() ** 2).sum() for p in params)))
-    values["dist_init"] = float(torch.sqrt(sum(((p.double() - p0) ** 2).sum() for p, p0 in zip(params, init))))
-    return values
+    params = dict(model.named_parameters())
+    values["l2_norm"] = float(torch.sqrt(sum((p.double() ** 2).sum() for p in params.values())))
+    values["dist_init"] = float(torch.sqrt(sum(((p.double() - context.init_params[k][0].double()) ** 2).sum()
+                                               for k, p in params.items())))
+    return {name: torch.tensor([value], dtype=torch.float64) for name, value in values.items()}
 
 
 def train_member(group: Group, member: Member, module: nn.Module, data: DeviceData,
-                 progress: Progress | None = None) -> MemberResult:
-    """Train one run with a stock PyTorch loop; same schedule, stopping and divergence rules."""
+                 progress: Progress | None = None, hooks: tuple[Hook, ...] = ()) -> MemberResult:
+    """Train one run with a stock PyTorch loop; same schedule, tracked measures, stopping and divergence rules."""
     cfg = group.train
+    hooks = (*hooks, *tracking_hooks(cfg))
     device = data.x_train.device
     dtype = torch_dtype(cfg.dtype)
     model = module.to(device=device, dtype=dtype)
-    init = [p.detach().double().clone() for p in model.parameters()]
     classification = data.n_classes > 0
     labels = member_labels(data.y_train, member, data.n_classes)
+    context = LoopContext(data, labels.unsqueeze(0),
+                          {k: p.detach().clone().unsqueeze(0) for k, p in model.named_parameters()})
     n = data.x_train.shape[0]
     order = BatchOrder(member.seed, n, n if cfg.optimizer == "gd" else cfg.batch_size)
     dropout = DropoutMasks(member.seed, member.dropout, model.hidden_shapes())
@@ -71,7 +90,7 @@ def train_member(group: Group, member: Member, module: nn.Module, data: DeviceDa
     schedule = schedule_fn(cfg.schedule, cfg.max_steps)
     evals = eval_steps(cfg.max_steps, cfg.eval_every)
     decoupled_sgd = cfg.weight_decay_mode == "decoupled" and cfg.optimizer != "adam" and member.weight_decay > 0
-    result = MemberResult(member.run_id, "running", 0, None)
+    results = [MemberResult(member.run_id, "running", 0, None)]
     for step in range(1, cfg.max_steps + 1):
         idx = order.next().to(device)
         masks = dropout.next(len(idx))
@@ -80,9 +99,10 @@ def train_member(group: Group, member: Member, module: nn.Module, data: DeviceDa
             group_["lr"] = member.lr * schedule(step - 1)
         optimizer.zero_grad()
         loss = _loss(model, data.x_train[idx], labels[idx], masks, classification)
-        if not torch.isfinite(loss):
-            result.status, result.final_step = "diverged", step
-            return result
+        context.step = step
+        if not torch.isfinite(loss):  # frozen at its last finite weights: nothing more to measure
+            checkpoint(cfg, (), False, model, context, _evaluate, torch.tensor([step]), results, [0])
+            break
         loss.backward()
         if decoupled_sgd:
             # torch.optim.SGD has no decoupled decay; this is the SGDW step w ← (1 − ηλ)w − η·d.
@@ -92,20 +112,16 @@ def train_member(group: Group, member: Member, module: nn.Module, data: DeviceDa
         optimizer.step()
         if progress is not None:
             progress(step, cfg.max_steps)
-        if step in evals:
-            values = _evaluate(model, init, data, labels)
-            result.metrics.extend((step, name, value) for name, value in values.items())
-            targets = [(cfg.target_train_acc, values["train_acc"] >= (cfg.target_train_acc or 0)),
-                       (cfg.target_train_loss, values["train_loss"] <= (cfg.target_train_loss or 0))]
-            set_targets = [met for target, met in targets if target is not None]
-            if set_targets and all(set_targets):
-                result.target_step = step
-                break
-    result.status, result.final_step = "done", step
-    return result
+        if due(step, evals, hooks) and bool(checkpoint(cfg, hooks, step in evals, model, context, _evaluate,
+                                                       torch.zeros(1, dtype=torch.int64), results, [0])[0]):
+            break
+    finish(results, [0], cfg.max_steps)
+    return results[0]
 
 
-def train_sequential(group: Group, data: DeviceData, progress: Progress | None = None) -> list[MemberResult]:
-    """Train every member of ``group`` one after another."""
+def train_sequential(group: Group, data: DeviceData, progress: Progress | None = None,
+                     hooks: tuple[Hook, ...] = ()) -> list[MemberResult]:
+    """Train every member of ``group`` one after another (``hooks`` as :func:`~implicitreg.train.train_population`'s)."""
     modules = build_members(group, data)
-    return [train_member(group, member, module, data, progress) for member, module in zip(group.members, modules)]
+    return [train_member(group, member, module, data, progress, hooks)
+            for member, module in zip(group.members, modules)]

@@ -24,18 +24,26 @@ from implicitreg.seeding import generator
 Progress = Callable[[int, int], None]
 
 
+Model = Population | torch.nn.Module  # a population, or one plain module (the sequential engine: P = 1)
+Evaluate = Callable[[Model, "LoopContext"], dict[str, torch.Tensor]]
+
+
 class Hook(Protocol):
-    """A measurement taken every ``every`` steps: returns named per-member values, each [P]."""
+    """A measurement taken every ``every`` steps: returns named per-member values, each [P].
+
+    Called on a population, or on the sequential engine's plain module (P = 1).
+    """
 
     name: str
     every: int
 
-    def __call__(self, population: Population, context: "LoopContext") -> dict[str, torch.Tensor]: ...
+    def __call__(self, model: Model, context: "LoopContext") -> dict[str, torch.Tensor]: ...
 
 
 @dataclass
 class LoopContext:
-    """What hooks may read: the data, each member's labels [P, n], initial parameters, the step."""
+    """What hooks may read: the data, each member's labels [P, n], initial parameters (name →
+    [P, ...], the module's layout), the step."""
 
     data: DeviceData
     labels: torch.Tensor
@@ -127,33 +135,11 @@ def train_population(
         pop.params = apply_updates(pop.params, updates, active)
         if progress is not None:
             progress(step, cfg.max_steps)
-        due_hooks = [h for h in hooks if step % h.every == 0]
-        if step not in evals and not due_hooks:
+        if not due(step, evals, hooks):
             continue
         context.step = step
-        values = evaluate_population(pop, context) if step in evals else {}
-        stopped = ~active.cpu()  # diverged
-        reached = _reached_targets(cfg, values) & ~stopped if step in evals else torch.zeros_like(stopped)
-        finishing = (reached | (step == cfg.max_steps)) & ~stopped
-        for hook in due_hooks:
-            values.update(hook(pop, context))
-        _record(results, live.index, values, step, stopped)
-        # every tracked measure is also taken at each run's last step, whatever its cadence: on the
-        # finishing members alone, since Hessian and PAC-Bayes measures cost seconds per member
-        last = [h for h in hooks if h not in due_hooks] if bool(finishing.any()) else []
-        if last:
-            ending = torch.nonzero(finishing).squeeze(1)
-            sub = LoopContext(context.data, context.labels[ending.to(device)],
-                              {k: v[ending.to(device)] for k, v in context.init_params.items()}, step)
-            extra = {name: v for h in last for name, v in h(pop.subset(ending.to(device)), sub).items()}
-            ending_index = [live.index[int(i)] for i in ending]
-            _record(results, ending_index, extra, step, torch.zeros(len(ending), dtype=torch.bool))
-        for pos, i in enumerate(live.index):
-            if stopped[pos]:
-                results[i].status, results[i].final_step = "diverged", int(diverged_at[pos])
-            elif reached[pos]:
-                results[i].status, results[i].final_step, results[i].target_step = "done", step, step
-        stopped |= reached
+        stopped = checkpoint(cfg, hooks, step in evals, pop, context, evaluate_population, diverged_at.cpu(),
+                             results, live.index)
         if bool(stopped.all()):
             break
         if bool(stopped.any()):
@@ -165,13 +151,72 @@ def train_population(
             context.labels = context.labels[keep]
             context.init_params = {k: v[keep] for k, v in context.init_params.items()}
             active, diverged_at = active[keep], diverged_at[keep]
-    for i in live.index:
-        if results[i].status == "running":
-            results[i].status, results[i].final_step = "done", cfg.max_steps
+    finish(results, live.index, cfg.max_steps)
     return results
 
 
-def _reached_targets(cfg, values: dict[str, torch.Tensor]) -> torch.Tensor:
+def due(step: int, evals: set[int], hooks: tuple[Hook, ...]) -> bool:
+    """Whether anything is measured after ``step``: an evaluation or a hook at its cadence."""
+    return step in evals or any(step % h.every == 0 for h in hooks)
+
+
+def checkpoint(cfg, hooks: tuple[Hook, ...], evaluated: bool, model: Model, context: LoopContext,
+               evaluate: Evaluate, diverged_at: torch.Tensor, results: list[MemberResult],
+               index: list[int]) -> torch.Tensor:
+    """Measure the live members at ``context.step`` and settle who stops there; both engines call it.
+
+    Evaluates (if ``evaluated``), checks the stopping targets, runs the hooks due, records every
+    value, runs every other hook on the members finishing here (each tracked measure is taken at
+    each run's last step, whatever its cadence) and marks results ``done`` or ``diverged``.
+
+    Args:
+        model: a population, or one plain module (P = 1). evaluate: ``evaluate(model, context)``
+            → the loop's built-in metrics, each [P].
+        diverged_at: [P] int64 on the CPU: the step at which a member's loss turned non-finite,
+            0 if it never did (a diverged member records nothing more).
+        results, index: the results, and the index into them of each of the P members.
+
+    Returns:
+        [P] bool on the CPU: the members that stop here (diverged or reached their targets).
+    """
+    step = context.step
+    stopped = diverged_at > 0
+    values = evaluate(model, context) if evaluated else {}
+    reached = reached_targets(cfg, values) & ~stopped if evaluated else torch.zeros_like(stopped)
+    finishing = (reached | (step == cfg.max_steps)) & ~stopped
+    due_hooks = [h for h in hooks if step % h.every == 0]
+    for hook in due_hooks:
+        values.update(hook(model, context))
+    _record(results, index, values, step, stopped)
+    # on the finishing members alone: Hessian and PAC-Bayes measures cost seconds per member
+    last = [h for h in hooks if h not in due_hooks] if bool(finishing.any()) else []
+    if last:
+        ending = torch.nonzero(finishing).squeeze(1)
+        if len(ending) == len(index):
+            sub, sub_context = model, context
+        else:
+            device = context.labels.device
+            sub = model.subset(ending.to(device))
+            sub_context = LoopContext(context.data, context.labels[ending.to(device)],
+                                      {k: v[ending.to(device)] for k, v in context.init_params.items()}, step)
+        extra = {name: v for h in last for name, v in h(sub, sub_context).items()}
+        _record(results, [index[int(i)] for i in ending], extra, step, torch.zeros(len(ending), dtype=torch.bool))
+    for pos, i in enumerate(index):
+        if stopped[pos]:
+            results[i].status, results[i].final_step = "diverged", int(diverged_at[pos])
+        elif reached[pos]:
+            results[i].status, results[i].final_step, results[i].target_step = "done", step, step
+    return stopped | reached
+
+
+def finish(results: list[MemberResult], index: list[int], max_steps: int) -> None:
+    """Members still running after the last step are done there."""
+    for i in index:
+        if results[i].status == "running":
+            results[i].status, results[i].final_step = "done", max_steps
+
+
+def reached_targets(cfg, values: dict[str, torch.Tensor]) -> torch.Tensor:
     """[P] bool on the CPU: members that meet every stopping target set (none set: none reached)."""
     targets = [(values["train_acc"] >= cfg.target_train_acc) if cfg.target_train_acc is not None else None,
                (values["train_loss"] <= cfg.target_train_loss) if cfg.target_train_loss is not None else None]

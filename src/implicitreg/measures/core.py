@@ -3,10 +3,16 @@ parameters, and a registry of measures with their metadata.
 
 A measure is a pure function of a :class:`Stacked` view (plus data, a loss) that returns one
 value per member, shape [P]. Called on a plain module it returns a 0-d tensor.
+
+An *iterative* measure (Lanczos, power iteration, a bisection) also knows, per member, whether it
+converged. Its function takes ``with_convergence: bool = False``: with False it returns the value
+(and warns where a member did not converge); with True an :class:`Estimate` of the value and its
+flags, and no warning — the caller holds the flags. :attr:`MeasureInfo.iterative` tells which.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
@@ -41,6 +47,7 @@ class Stacked:
         """Outputs of every member on shared inputs x: [N, ...] → [P, N, C]."""
         if self.population is not None:
             return self.population.forward(x)
+        require_eval(self.template)
         return vmap(lambda p: functional_call(self.template, p, (x,)))(self.params)
 
     def finish(self, values: torch.Tensor) -> torch.Tensor:
@@ -66,6 +73,36 @@ def stacked(model: "nn.Module | Population | Stacked") -> Stacked:
             raise ValueError("the model has no parameters to measure")
         return Stacked(model, params, True)
     raise TypeError(f"expected an nn.Module or a Population, got {type(model).__name__}")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """An iterative measure's value with its per-member convergence.
+
+    Attributes:
+        value: 0-d for a module, [P] for a population.
+        converged: bool, same shape: whether that member met the method's stopping rule.
+    """
+
+    value: torch.Tensor
+    converged: torch.Tensor
+
+
+#: Modules that compute something else in training mode (batch statistics, random masks).
+_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+def require_eval(template: nn.Module) -> None:
+    """Refuse a module whose BatchNorm or Dropout layers are in training mode.
+
+    Measures evaluate the function the model computes at test time; in training mode BatchNorm
+    would use (and update) batch statistics and Dropout draw masks, which ``vmap`` rejects.
+    """
+    training = [name or type(template).__name__ for name, m in template.named_modules()
+                if isinstance(m, _MODE_DEPENDENT) and m.training]
+    if training:
+        raise ValueError(f"the model is in training mode ({', '.join(training[:5])} use batch statistics or random "
+                         "masks there): call model.eval() before measuring it")
 
 
 Needs = Literal["params", "init", "data", "loss", "hvp"]
@@ -95,6 +132,11 @@ class MeasureInfo:
     cost: Literal["cheap", "forward", "hvp"]
     summary: str
     family: str
+
+    @property
+    def iterative(self) -> bool:
+        """True when the measure reports per-member convergence (``fn`` takes ``with_convergence``)."""
+        return "with_convergence" in inspect.signature(self.fn).parameters
 
 
 REGISTRY: dict[str, MeasureInfo] = {}

@@ -14,7 +14,9 @@ member's worth of Python overhead.
 - :func:`hessian_trace`: Hutchinson's estimator with Rademacher probes, with its standard error.
 
 Non-convergence is never silent: :class:`EigResult` carries per-eigenvalue ``converged`` flags,
-the HVPs spent and the relative residuals; the registered scalar wrappers warn.
+the HVPs spent and the relative residuals; the registered top eigenvalue warns, or with
+``with_convergence=True`` returns its flags. (Hutchinson's trace has no stopping rule: its
+uncertainty is the standard error of :class:`TraceResult`.)
 
 The recurrences are also exposed on any batched symmetric operator (:func:`lanczos`,
 :func:`power_iteration`), which is how they are tested against dense eigensolvers.
@@ -36,7 +38,7 @@ from typing import Literal
 import torch
 from torch.func import functional_call, grad, jvp, vmap
 
-from implicitreg.measures.core import Stacked, register, stacked
+from implicitreg.measures.core import Estimate, Stacked, register, require_eval, stacked
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MatVec = Callable[[torch.Tensor], torch.Tensor]
@@ -127,6 +129,7 @@ def hessian_operator(model, loss_fn: LossFn, data) -> HessianOperator:
         ``torch.func`` (forward-over-reverse) and ``vmap``s over members.
     """
     s = stacked(model)
+    require_eval(s.template)
     x, y = _check_data(data, s)
     names = list(s.params)
     shapes = [tuple(p.shape[1:]) for p in s.params.values()]
@@ -144,7 +147,12 @@ def hessian_operator(model, loss_fn: LossFn, data) -> HessianOperator:
     gradient = grad(member_loss)
 
     def member_hvp(theta: torch.Tensor, v: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-        return jvp(lambda t: gradient(t, x, ys), (theta,), (v,))[1]
+        if not ys.is_floating_point():
+            return jvp(lambda t: gradient(t, x, ys), (theta,), (v,))[1]
+        # A float target gets an explicit zero tangent: left implicit it is a ZeroTensor, which the
+        # forward-mode formula of mse_loss's backward divides in place ("ZeroTensors are immutable",
+        # pytorch/pytorch#123996). The product is unchanged: the target is constant.
+        return jvp(lambda t, yt: gradient(t, x, yt), (theta, ys), (v, torch.zeros_like(ys)))[1]
 
     batched = vmap(member_hvp, in_dims=(0, 0, 0 if per_member_y else None))
 
@@ -418,14 +426,17 @@ def hessian_trace(model, loss_fn: LossFn, data, n_samples: int = 100, seed: int 
 
 
 @register("top_hessian_eigenvalue", "sharpness", needs=("params", "data", "loss", "hvp"), lower_is_simpler=True, cost="hvp")
-def top_hessian_eigenvalue(model, loss_fn: LossFn, data, tol: float = 1e-6, max_hvp: int = 200,
-                           seed: int = 0) -> torch.Tensor:
+def top_hessian_eigenvalue(model, loss_fn: LossFn, data, tol: float = 1e-6, max_hvp: int = 200, seed: int = 0,
+                           with_convergence: bool = False) -> torch.Tensor | Estimate:
     """Largest Hessian eigenvalue of the training loss (sharpness), by Lanczos: 0-d or [P].
 
-    Warns (``RuntimeWarning``) when a member did not converge within ``max_hvp`` products; the
-    full result is :func:`hessian_eigenvalues`.
+    Warns (``RuntimeWarning``) when a member did not converge within ``max_hvp`` products; with
+    ``with_convergence=True`` returns an :class:`~implicitreg.measures.core.Estimate` (value and
+    per-member ``converged``) instead of warning. The full result is :func:`hessian_eigenvalues`.
     """
     result = hessian_eigenvalues(model, loss_fn, data, k=1, method="lanczos", tol=tol, max_hvp=max_hvp, seed=seed)
+    if with_convergence:
+        return Estimate(result.values[..., 0], result.converged[..., 0])
     if not bool(result.converged.all()):
         warnings.warn(f"top_hessian_eigenvalue: Lanczos did not reach tol={tol} within {max_hvp} HVPs for "
                       f"{int((~result.converged).sum())} member(s); max relative residual "

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.func import functional_call, vmap
 
-from implicitreg.measures.core import Stacked, register, stacked
+from implicitreg.measures.core import Estimate, Stacked, register, require_eval, stacked
 from implicitreg.seeding import stream_seed
 
 Params = dict[str, torch.Tensor]
@@ -197,6 +197,7 @@ def pac_bayes_sigma_result(model, data, target_drop: float = 0.1, n_samples: int
     if not tol > 0 or not sigma0 > 0 or not epsilon >= 0:
         raise ValueError(f"tol, sigma0: expected > 0 and epsilon ≥ 0, got {tol}, {sigma0}, {epsilon}")
     s = stacked(model)
+    require_eval(s.template)
     x, y = train_data(data, s)
     theta = {k: v.detach() for k, v in s.params.items()}
     key = (_fingerprint([*theta.values(), x, y]), tuple(theta), s.single, target_drop, n_samples, tol, max_iter,
@@ -256,7 +257,12 @@ def _search(s: Stacked, theta: Params, x: torch.Tensor, y: torch.Tensor, target_
     )
 
 
-def _warn_unconverged(result: FlatnessResult, what: str, max_iter: int) -> None:
+def _report(result: FlatnessResult, value: torch.Tensor, what: str, max_iter: int,
+            with_convergence: bool) -> torch.Tensor | Estimate:
+    """``value`` with the search's per-member flags (``with_convergence``), or ``value`` after a
+    ``RuntimeWarning`` naming the members whose search did not converge."""
+    if with_convergence:
+        return Estimate(value, result.converged)
     failed = ~result.converged.reshape(-1)
     if failed.any():
         members = failed.nonzero().flatten().tolist()
@@ -264,23 +270,26 @@ def _warn_unconverged(result: FlatnessResult, what: str, max_iter: int) -> None:
                       f"{members[:10]}{' …' if len(members) > 10 else ''}; their σ is the lower end of an "
                       "unfinished bracket (see pac_bayes_sigma_result for upper, n_iter, converged)",
                       RuntimeWarning, stacklevel=3)
+    return value
 
 
 @register("pac_bayes_sigma", "flatness", needs=("params", "data"), lower_is_simpler=False, cost="forward")
 def pac_bayes_sigma(model, data, target_drop: float = 0.1, n_samples: int = 64, tol: float = 1e-2,
-                    max_iter: int = 40, seed: int = 0, magnitude_aware: bool = False, **kwargs) -> torch.Tensor:
+                    max_iter: int = 40, seed: int = 0, magnitude_aware: bool = False, with_convergence: bool = False,
+                    **kwargs) -> torch.Tensor | Estimate:
     """Largest Gaussian weight-noise σ keeping the train-accuracy drop ≤ 0.1 (Jiang et al. 2020).
 
     See :func:`pac_bayes_sigma_result` for the arguments (``epsilon``, ``sigma0``, ``chunk`` pass
-    through ``kwargs``). Members whose search did not converge raise a ``RuntimeWarning``.
+    through ``kwargs``). Members whose search did not converge raise a ``RuntimeWarning``; with
+    ``with_convergence=True`` an :class:`~implicitreg.measures.core.Estimate` carries their flags
+    instead (so do all the PAC-Bayes measures below).
 
     Returns:
         σ: 0-d for a module, [P] for a population.
     """
     result = pac_bayes_sigma_result(model, data, target_drop, n_samples, tol, max_iter, seed, magnitude_aware,
                                     **kwargs)
-    _warn_unconverged(result, "pac_bayes_sigma", max_iter)
-    return result.sigma
+    return _report(result, result.sigma, "pac_bayes_sigma", max_iter, with_convergence)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,61 +366,63 @@ def pac_bayes_bound_terms(model, init, data, sigma, magnitude_aware: bool = Fals
     return {k: s.finish(v) for k, v in terms.items()}
 
 
-def _terms_with_search(model, init, data, magnitude_aware: bool, kwargs: dict) -> dict[str, torch.Tensor]:
-    name = "pac_bayes_mag" if magnitude_aware else "pac_bayes"
-    max_iter = kwargs.get("max_iter", 40)
+def _terms_with_search(model, init, data, magnitude_aware: bool, term: str, with_convergence: bool,
+                       kwargs: dict) -> torch.Tensor | Estimate:
     result = pac_bayes_sigma_result(model, data, magnitude_aware=magnitude_aware, **kwargs)
-    _warn_unconverged(result, name, max_iter)
     # The terms are undefined where σ = 0 (no feasible σ) or σ = inf (a model at chance): NaN there,
     # so that one such member does not stop a tracked population.
     defined = (result.sigma > 0) & torch.isfinite(result.sigma)
     sigma = torch.where(defined, result.sigma, torch.ones_like(result.sigma))
     terms = pac_bayes_bound_terms(model, init, data, sigma, magnitude_aware=magnitude_aware,
                                   epsilon=kwargs.get("epsilon", MAG_EPSILON))
-    return {k: torch.where(defined.to(v.device), v, torch.full_like(v, math.nan)) for k, v in terms.items()}
+    value = torch.where(defined.to(terms[term].device), terms[term], torch.full_like(terms[term], math.nan))
+    name = "pac_bayes_mag" if magnitude_aware else "pac_bayes"
+    return _report(result, value, name, kwargs.get("max_iter", 40), with_convergence)
+
+
+def _flatness(model, data, magnitude_aware: bool, with_convergence: bool, kwargs: dict) -> torch.Tensor | Estimate:
+    result = pac_bayes_sigma_result(model, data, magnitude_aware=magnitude_aware, **kwargs)
+    name = "pac_bayes_mag_flatness" if magnitude_aware else "pac_bayes_flatness"
+    return _report(result, 1 / result.sigma**2, name, kwargs.get("max_iter", 40), with_convergence)
 
 
 @register("pac_bayes_flatness", "flatness", needs=("params", "data"), lower_is_simpler=True, cost="forward")
-def pac_bayes_flatness(model, data, **kwargs) -> torch.Tensor:
+def pac_bayes_flatness(model, data, with_convergence: bool = False, **kwargs) -> torch.Tensor | Estimate:
     """1/σ² with σ from the accuracy-drop search (Jiang et al. 2020, pacbayes.flatness).
 
     inf where no feasible σ was found (σ = 0; the search then warns that it did not converge).
     """
-    result = pac_bayes_sigma_result(model, data, **kwargs)
-    _warn_unconverged(result, "pac_bayes_flatness", kwargs.get("max_iter", 40))
-    return 1 / result.sigma**2
+    return _flatness(model, data, False, with_convergence, kwargs)
 
 
 @register("pac_bayes_orig", "flatness", needs=("params", "data"), lower_is_simpler=True, cost="forward")
-def pac_bayes_orig(model, data, **kwargs) -> torch.Tensor:
+def pac_bayes_orig(model, data, with_convergence: bool = False, **kwargs) -> torch.Tensor | Estimate:
     """‖w‖²/(4σ²) + log(m/σ) + 10 with σ from the search (Jiang et al. 2020, pacbayes.orig)."""
-    return _terms_with_search(model, None, data, False, kwargs)["pacbayes.orig"]
+    return _terms_with_search(model, None, data, False, "pacbayes.orig", with_convergence, kwargs)
 
 
 @register("pac_bayes_init", "flatness", needs=("params", "init", "data"), lower_is_simpler=True, cost="forward")
-def pac_bayes_init(model, init, data, **kwargs) -> torch.Tensor:
+def pac_bayes_init(model, init, data, with_convergence: bool = False, **kwargs) -> torch.Tensor | Estimate:
     """‖w − w⁰‖²/(4σ²) + log(m/σ) + 10 with σ from the search (Jiang et al. 2020, pacbayes.init)."""
-    return _terms_with_search(model, init, data, False, kwargs)["pacbayes.init"]
+    return _terms_with_search(model, init, data, False, "pacbayes.init", with_convergence, kwargs)
 
 
 @register("pac_bayes_mag_flatness", "flatness", needs=("params", "data"), lower_is_simpler=True, cost="forward")
-def pac_bayes_mag_flatness(model, data, **kwargs) -> torch.Tensor:
+def pac_bayes_mag_flatness(model, data, with_convergence: bool = False, **kwargs) -> torch.Tensor | Estimate:
     """1/σ'² with the magnitude-aware σ' from the search (Jiang et al. 2020, pacbayes.mag.flatness).
 
     inf where no feasible σ' was found (σ' = 0; the search then warns that it did not converge).
     """
-    result = pac_bayes_sigma_result(model, data, magnitude_aware=True, **kwargs)
-    _warn_unconverged(result, "pac_bayes_mag_flatness", kwargs.get("max_iter", 40))
-    return 1 / result.sigma**2
+    return _flatness(model, data, True, with_convergence, kwargs)
 
 
 @register("pac_bayes_mag_init", "flatness", needs=("params", "init", "data"), lower_is_simpler=True, cost="forward")
-def pac_bayes_mag_init(model, init, data, **kwargs) -> torch.Tensor:
+def pac_bayes_mag_init(model, init, data, with_convergence: bool = False, **kwargs) -> torch.Tensor | Estimate:
     """Magnitude-aware PAC-Bayes term relative to init (Jiang et al. 2020, pacbayes.mag.init)."""
-    return _terms_with_search(model, init, data, True, kwargs)["pacbayes.mag.init"]
+    return _terms_with_search(model, init, data, True, "pacbayes.mag.init", with_convergence, kwargs)
 
 
 @register("pac_bayes_mag_orig", "flatness", needs=("params", "init", "data"), lower_is_simpler=True, cost="forward")
-def pac_bayes_mag_orig(model, init, data, **kwargs) -> torch.Tensor:
+def pac_bayes_mag_orig(model, init, data, with_convergence: bool = False, **kwargs) -> torch.Tensor | Estimate:
     """Magnitude-aware PAC-Bayes term relative to the origin (Jiang et al. 2020, pacbayes.mag.orig)."""
-    return _terms_with_search(model, init, data, True, kwargs)["pacbayes.mag.orig"]
+    return _terms_with_search(model, init, data, True, "pacbayes.mag.orig", with_convergence, kwargs)

@@ -10,9 +10,14 @@ The spectral norm of a linear layer is ``torch.linalg.matrix_norm(W, ord=2)``. T
 of a ``Conv1d`` layer is its true operator norm as a linear map on inputs of the layer's actual
 input length (stride, padding, dilation and groups included), computed matrix-free from AᵀA with
 ``conv1d`` and ``conv_transpose1d`` by Lanczos (power iteration accelerated in a Krylov space),
-batched over the population with a grouped convolution. The input length of every convolution is found by one forward pass on a zero
-input of the model's input shape: ``input_shape=`` when given, else the module's ``input_len``
-(or ``input_shape``) attribute; a model with convolutions and neither raises ``ValueError``.
+batched over the population with a grouped convolution. The input length of every convolution
+is found by one forward pass on a zero input of the model's input shape: ``input_shape=`` when
+given (``measures.compute`` also reads it from ``data``), else the module's ``input_len`` (or
+``input_shape``) attribute; a model with convolutions and neither raises ``ValueError``.
+
+BatchNorm in eval mode is an affine map per channel, part of the function but of no weight
+layer: the norm measures fold it into the ``nn.Linear`` / ``nn.Conv1d`` layer feeding it
+(:func:`folded`) before reading the weights; :func:`weight_layers` refuses an unfolded one.
 
 References:
     Bartlett, Foster & Telgarsky, "Spectrally-normalized margin bounds for neural networks", 2017.
@@ -22,6 +27,7 @@ References:
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 
@@ -30,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from implicitreg.measures.core import Stacked, register, stacked
+from implicitreg.measures.core import Estimate, Stacked, register, require_eval, stacked
 
 
 @dataclass(frozen=True)
@@ -60,10 +66,14 @@ def weight_layers(s: Stacked) -> list[WeightLayer]:
     """The ``nn.Linear`` and ``nn.Conv1d`` layers of ``s`` in registration order.
 
     Raises:
-        ValueError: a parameter of dim ≥ 2 per member belongs to no such layer, or there is none.
+        ValueError: a parameter of dim ≥ 2 per member belongs to no such layer, or there is none, or
+            a BatchNorm layer is left unfolded (see :func:`folded`).
     """
     layers, covered = [], set()
     for name, module in s.template.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            raise ValueError(f"BatchNorm layer {name!r} scales its weight layer's output, which the weights alone do "
+                             "not show: this measure does not fold it (fold_batchnorm(model) does)")
         if isinstance(module, (nn.Linear, nn.Conv1d)):
             key = f"{name}.weight" if name else "weight"
             if key not in s.params:
@@ -81,9 +91,9 @@ def weight_layers(s: Stacked) -> list[WeightLayer]:
     return layers
 
 
-def weight_layer_names(model) -> list[str]:
+def weight_layer_names(model, input_shape=None) -> list[str]:
     """Names of the weight layers, in the order of the columns of the per-layer measures."""
-    return [layer.name for layer in weight_layers(stacked(model))]
+    return [layer.name for layer in weight_layers(folded(model, input_shape))]
 
 
 def model_input_shape(template: nn.Module, input_shape=None) -> tuple[int, ...] | None:
@@ -109,10 +119,104 @@ def _require_input_shape(s: Stacked, input_shape, what: str) -> tuple[int, ...]:
     shape = model_input_shape(s.template, input_shape)
     if shape is None:
         raise ValueError(
-            f"{what} needs the model's input length, which {type(s.template).__name__} does not store: pass "
-            "input_shape=(L,) (per-sample shape, e.g. (40,) for MNIST-1D), or give the module an `input_len` "
-            "attribute")
+            f"{what} needs the model's per-sample input shape, which {type(s.template).__name__} does not store: "
+            "pass input_shape=(L,) (e.g. (40,) for MNIST-1D) to the measure or to measures.compute — or give "
+            "measures.compute data=(x, y), whose x it is read from — or give the module an `input_len` attribute")
     return shape
+
+
+def folded(model, input_shape=None) -> Stacked:
+    """``stacked(model)`` with every BatchNorm folded into the Linear / Conv1d layer that feeds it.
+
+    In eval mode BatchNorm maps a channel z to γ (z − μ)/√(σ² + ε) + β (running μ, σ²), so after
+    z = W x + b it is the layer W' = diag(s) W, b' = s (b − μ) + β with s = γ/√(σ² + ε): the same
+    function, with the scale in the weights where the norm measures read it. Which layer feeds a
+    BatchNorm is seen in one forward pass (its input must be that layer's output tensor), and the
+    folded model's outputs are checked against the original's on a random input.
+
+    Raises:
+        ValueError: the model is in training mode, a BatchNorm has no running statistics or does
+            not directly follow a Linear / Conv1d layer, or the folded model computes another function.
+    """
+    s = stacked(model)
+    norms = [(name, m) for name, m in s.template.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return s
+    require_eval(s.template)
+    shape = _require_input_shape(s, input_shape, "folding BatchNorm")
+    like = next(iter(s.params.values()))
+    x = torch.randn(4, *shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(like)
+    feeders = _feeding_layers(s, x)
+    template, params = copy.deepcopy(s.template), dict(s.params)
+    for name, norm in norms:
+        if norm.running_mean is None:
+            raise ValueError(f"BatchNorm {name!r} keeps no running statistics (track_running_stats=False): it "
+                             "normalizes by batch statistics even in eval mode, which no weight layer can hold")
+        if name not in feeders:
+            raise ValueError(f"BatchNorm {name!r} does not directly follow an nn.Linear / nn.Conv1d layer: "
+                             "it cannot be folded into weights")
+        layer = feeders[name]
+        w = params[f"{layer}.weight"]  # [P, C, ...]
+        mean, var = norm.running_mean.to(w), norm.running_var.to(w)
+        gamma = params.pop(f"{name}.weight", torch.ones_like(mean).expand(w.shape[0], -1))
+        beta = params.pop(f"{name}.bias", torch.zeros_like(mean).expand(w.shape[0], -1))
+        scale = gamma / torch.sqrt(var + norm.eps)  # [P, C]
+        bias = params.get(f"{layer}.bias", torch.zeros_like(scale))
+        params[f"{layer}.weight"] = w * scale.reshape(*scale.shape, *[1] * (w.dim() - 2))
+        params[f"{layer}.bias"] = (bias - mean) * scale + beta
+        parent, _, leaf = name.rpartition(".")
+        setattr(template.get_submodule(parent), leaf, nn.Identity())
+        module = template.get_submodule(layer)
+        if module.bias is None:  # the folded layer has a bias even where the original had none
+            module.bias = nn.Parameter(torch.zeros(module.weight.shape[0], dtype=w.dtype, device=w.device))
+    out = Stacked(template, params, s.single)
+    with torch.no_grad():
+        before, after = s.forward(x), out.forward(x)
+    tol = torch.finfo(x.dtype).eps ** 0.5
+    if not torch.allclose(after, before, rtol=tol, atol=tol * float(before.abs().max())):
+        raise ValueError("folding BatchNorm into the layers that feed it changed the model's outputs (a layer's "
+                         "output is used elsewhere too, e.g. a skip connection): it cannot be folded into weights")
+    return out
+
+
+def _feeding_layers(s: Stacked, x: torch.Tensor) -> dict[str, str]:
+    """BatchNorm name → name of the Linear / Conv1d layer whose output tensor it receives (member 0 on x)."""
+    outputs: dict[int, tuple[str, torch.Tensor]] = {}  # holds the tensors, so that their ids stay unique
+    feeders: dict[str, str] = {}
+
+    def layer_hook(name):
+        return lambda _module, _args, out: outputs.__setitem__(id(out), (name, out))
+
+    def norm_hook(name):
+        def hook(_module, args):
+            source = outputs.get(id(args[0]))
+            if source is not None and source[1] is args[0]:
+                feeders[name] = source[0]
+        return hook
+
+    handles = []
+    for name, module in s.template.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            handles.append(module.register_forward_hook(layer_hook(name)))
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            handles.append(module.register_forward_pre_hook(norm_hook(name)))
+    try:
+        with torch.no_grad():
+            functional_call(s.template, {k: v[0] for k, v in s.params.items()}, (x,))
+    except RuntimeError as err:
+        raise ValueError(f"input_shape {tuple(x.shape[1:])} does not fit the model: {err}") from err
+    finally:
+        for handle in handles:
+            handle.remove()
+    return feeders
+
+
+def fold_batchnorm(model: nn.Module, input_shape=None) -> nn.Module:
+    """A copy of ``model`` (eval mode) with every BatchNorm folded into the layer feeding it (:func:`folded`)."""
+    s = folded(model, input_shape)
+    module = copy.deepcopy(s.template)
+    module.load_state_dict({k: v[0] for k, v in s.params.items()}, strict=False)
+    return module
 
 
 def conv_input_lengths(s: Stacked, layers: list[WeightLayer], input_shape=None) -> dict[str, int]:
@@ -121,6 +225,7 @@ def conv_input_lengths(s: Stacked, layers: list[WeightLayer], input_shape=None) 
     if not convs:
         return {}
     shape = _require_input_shape(s, input_shape, "the operator norm of a Conv1d layer")
+    require_eval(s.template)
     lengths: dict[str, int] = {}
     handles = [layer.module.register_forward_pre_hook(
         lambda _m, args, name=layer.name: lengths.__setitem__(name, int(args[0].shape[-1]))) for layer in convs]
@@ -212,14 +317,14 @@ def top_eigenvalues_psd(apply, n: int, P: int, dtype: torch.dtype, device: torch
 
 
 def conv1d_operator_norms(weight: torch.Tensor, conv: nn.Conv1d, length: int, tol: float = 1e-10,
-                          max_iter: int = 500, seed: int = 0) -> torch.Tensor:
+                          max_iter: int = 500, seed: int = 0, with_convergence: bool = False) -> torch.Tensor | Estimate:
     """Operator norms ‖A‖₂ of the convolutions with kernels ``weight`` [P, C_out, C_in/g, k] on inputs
     of length ``length`` (zero padding, ``conv``'s stride, dilation and groups): [P].
 
     The top eigenvalue of AᵀA (A = ``conv1d``, Aᵀ = ``conv_transpose1d``) by
     :func:`top_eigenvalues_psd`, all members at once with a grouped convolution; ``tol`` bounds
     the relative residual of σ². Non-convergence after ``max_iter`` products is reported with a
-    ``RuntimeWarning``.
+    ``RuntimeWarning``, or — ``with_convergence=True`` — as the flags [P] of an :class:`Estimate`.
     """
     P, c_out, c_in_g, _ = weight.shape
     groups = conv.groups * P
@@ -234,23 +339,46 @@ def conv1d_operator_norms(weight: torch.Tensor, conv: nn.Conv1d, length: int, to
     with torch.no_grad():
         values, converged, steps = top_eigenvalues_psd(gram, c_in * length, P, weight.dtype, weight.device, tol,
                                                        max_iter, seed)
+    if with_convergence:
+        return Estimate(values.sqrt(), converged)
     if not bool(converged.all()):
         warnings.warn(f"Conv1d operator norm: Lanczos did not reach rtol {tol:g} in {steps} iterations for members "
                       f"{torch.nonzero(~converged).flatten().tolist()}", RuntimeWarning, stacklevel=2)
     return values.sqrt()
 
 
-def layer_spectral_norms(s: Stacked, input_shape=None, layers: list[WeightLayer] | None = None) -> torch.Tensor:
-    """Spectral norm of every weight layer: [P, L] (see :func:`spectral_norms`)."""
+def layer_spectral_estimates(s: Stacked, input_shape=None, layers: list[WeightLayer] | None = None) -> Estimate:
+    """Spectral norm of every weight layer, value [P, L], and whether all of a member's were
+    exact or converged, [P] (a linear layer's is an SVD; a Conv1d layer's an iteration)."""
     layers = weight_layers(s) if layers is None else layers
     lengths = conv_input_lengths(s, layers, input_shape)
-    values = []
+    values, converged = [], torch.ones(s.size, dtype=torch.bool, device=layers[0].weight.device)
     for layer in layers:
         if layer.is_conv:
-            values.append(conv1d_operator_norms(layer.weight, layer.module, lengths[layer.name]))
+            conv = conv1d_operator_norms(layer.weight, layer.module, lengths[layer.name], with_convergence=True)
+            values.append(conv.value)
+            converged = converged & conv.converged
         else:
             values.append(torch.linalg.matrix_norm(layer.weight, ord=2))
-    return torch.stack(values, dim=1)
+    return Estimate(torch.stack(values, dim=1), converged)
+
+
+def layer_spectral_norms(s: Stacked, input_shape=None, layers: list[WeightLayer] | None = None) -> torch.Tensor:
+    """Spectral norm of every weight layer: [P, L] (see :func:`spectral_norms`); warns where a
+    Conv1d layer's iteration did not converge."""
+    return report(layer_spectral_estimates(s, input_shape, layers), False, "spectral norm of a Conv1d layer")
+
+
+def report(estimate: Estimate, with_convergence: bool, what: str) -> torch.Tensor | Estimate:
+    """What a measure built on spectral norms returns: the :class:`Estimate` when asked for it,
+    else its value, after a ``RuntimeWarning`` naming the members whose iteration did not converge."""
+    if with_convergence:
+        return estimate
+    failed = ~estimate.converged.reshape(-1)
+    if bool(failed.any()):
+        warnings.warn(f"{what}: Lanczos did not converge for member(s) {failed.nonzero().flatten().tolist()[:10]}",
+                      RuntimeWarning, stacklevel=3)
+    return estimate.value
 
 
 def spectral_norms(model, input_shape=None) -> torch.Tensor:
@@ -258,14 +386,14 @@ def spectral_norms(model, input_shape=None) -> torch.Tensor:
 
     Linear layers: the largest singular value of the weight matrix. Conv1d layers: the operator
     norm of the convolution on the layer's actual input (see the module docstring). Biases are
-    excluded. Column order: :func:`weight_layer_names`.
+    excluded; BatchNorm is folded into the layer feeding it. Column order: :func:`weight_layer_names`.
 
     Args:
         model: a module or population.
         input_shape: the per-sample input shape (e.g. ``(40,)`` for a CNN1D on MNIST-1D); needed
             for convolutional models that do not store an ``input_len``.
     """
-    s = stacked(model)
+    s = folded(model, input_shape)
     return s.finish(layer_spectral_norms(s, input_shape))
 
 
@@ -274,38 +402,43 @@ def layer_frobenius_norms(s: Stacked) -> torch.Tensor:
     return torch.stack([layer.matrix().flatten(1).norm(dim=1) for layer in weight_layers(s)], dim=1)
 
 
-def frobenius_norms(model) -> torch.Tensor:
+def frobenius_norms(model, input_shape=None) -> torch.Tensor:
     """Frobenius norm of every weight tensor (a Conv1d *kernel*, not its operator): [L] or [P, L].
 
-    Biases are excluded. Column order: :func:`weight_layer_names`.
+    Biases are excluded; BatchNorm is folded (``input_shape`` as :func:`spectral_norms`, read only
+    then). Column order: :func:`weight_layer_names`.
     """
-    s = stacked(model)
+    s = folded(model, input_shape)
     return s.finish(layer_frobenius_norms(s))
 
 
+def _spectral_measure(model, input_shape, with_convergence: bool, what: str, reduce) -> torch.Tensor | Estimate:
+    s = folded(model, input_shape)
+    estimate = layer_spectral_estimates(s, input_shape)
+    return report(Estimate(s.finish(reduce(estimate.value)), s.finish(estimate.converged)), with_convergence, what)
+
+
 @register("spectral_product", "norm-product")
-def spectral_product(model, input_shape=None) -> torch.Tensor:
-    """Π_i ‖W_i‖₂ over weight layers (biases excluded; Conv1d: operator norm)."""
-    s = stacked(model)
-    return s.finish(layer_spectral_norms(s, input_shape).prod(dim=1))
+def spectral_product(model, input_shape=None, with_convergence: bool = False) -> torch.Tensor | Estimate:
+    """Π_i ‖W_i‖₂ over weight layers (biases excluded; Conv1d: operator norm; BatchNorm folded)."""
+    return _spectral_measure(model, input_shape, with_convergence, "spectral_product", lambda v: v.prod(dim=1))
 
 
 @register("frobenius_product", "norm-product")
-def frobenius_product(model) -> torch.Tensor:
-    """Π_i ‖W_i‖_F over weight layers (biases excluded; Conv1d: kernel norm)."""
-    s = stacked(model)
+def frobenius_product(model, input_shape=None) -> torch.Tensor:
+    """Π_i ‖W_i‖_F over weight layers (biases excluded; Conv1d: kernel norm; BatchNorm folded)."""
+    s = folded(model, input_shape)
     return s.finish(layer_frobenius_norms(s).prod(dim=1))
 
 
 @register("sum_of_spectral", "norm-product")
-def sum_of_spectral(model, input_shape=None) -> torch.Tensor:
-    """Σ_i ‖W_i‖₂ over weight layers (biases excluded; Conv1d: operator norm)."""
-    s = stacked(model)
-    return s.finish(layer_spectral_norms(s, input_shape).sum(dim=1))
+def sum_of_spectral(model, input_shape=None, with_convergence: bool = False) -> torch.Tensor | Estimate:
+    """Σ_i ‖W_i‖₂ over weight layers (biases excluded; Conv1d: operator norm; BatchNorm folded)."""
+    return _spectral_measure(model, input_shape, with_convergence, "sum_of_spectral", lambda v: v.sum(dim=1))
 
 
 @register("sum_of_frobenius", "norm-product")
-def sum_of_frobenius(model) -> torch.Tensor:
-    """Σ_i ‖W_i‖_F over weight layers (biases excluded; Conv1d: kernel norm)."""
-    s = stacked(model)
+def sum_of_frobenius(model, input_shape=None) -> torch.Tensor:
+    """Σ_i ‖W_i‖_F over weight layers (biases excluded; Conv1d: kernel norm; BatchNorm folded)."""
+    s = folded(model, input_shape)
     return s.finish(layer_frobenius_norms(s).sum(dim=1))

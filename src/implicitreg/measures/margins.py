@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from implicitreg.measures.core import Stacked, register, stacked
-from implicitreg.measures.layers import layer_spectral_norms, weight_layers
+from implicitreg.measures.core import Estimate, Stacked, register, stacked
+from implicitreg.measures.layers import folded, layer_spectral_estimates, report, weight_layers
 
 
 def _unpack(data) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,44 +77,57 @@ def layer_group_norms(s: Stacked) -> torch.Tensor:
     return torch.stack([layer.matrix().norm(dim=2).sum(1) for layer in weight_layers(s)], dim=1)
 
 
-def _spectral_complexity(s: Stacked, input_shape) -> torch.Tensor:
-    sigma = layer_spectral_norms(s, input_shape)  # [P, L]
+def _spectral_complexity(s: Stacked, input_shape) -> Estimate:
+    """[P] values of a folded view, with the spectral norms' convergence [P]."""
+    sigma = layer_spectral_estimates(s, input_shape)  # [P, L]
     group = layer_group_norms(s)
-    return sigma.prod(1) * (group / sigma).pow(2 / 3).sum(1).pow(3 / 2)
+    value = sigma.value.prod(1) * (group / sigma.value).pow(2 / 3).sum(1).pow(3 / 2)
+    return Estimate(value, sigma.converged)
 
 
 @register("spectral_complexity", "norm-product")
-def spectral_complexity(model, input_shape=None) -> torch.Tensor:
+def spectral_complexity(model, input_shape=None, with_convergence: bool = False) -> torch.Tensor | Estimate:
     """Spectral complexity (Π_i ‖W_i‖_σ)·(Σ_i (‖W_iᵀ‖_{2,1}/‖W_i‖_σ)^{2/3})^{3/2} (Bartlett et al. 2017).
 
-    Choices: reference matrices M_i = 0; ReLU's Lipschitz constant 1; biases excluded. For a
-    Conv1d layer ‖W‖_σ is the operator norm of the convolution on its actual input (see
-    :func:`~implicitreg.measures.layers.spectral_norms`) and ‖Wᵀ‖_{2,1} the (2,1) norm of the
-    kernel reshaped to [C_out, C_in·k] (the sum over output channels of their kernels' ℓ2 norms),
-    not of the unrolled operator (which would add a factor of about the output length).
-    A layer with a zero weight gives NaN.
+    Choices: reference matrices M_i = 0; ReLU's Lipschitz constant 1; biases excluded; BatchNorm
+    (eval mode) folded into the layer feeding it. For a Conv1d layer ‖W‖_σ is the operator norm of
+    the convolution on its actual input (see :func:`~implicitreg.measures.layers.spectral_norms`)
+    and ‖Wᵀ‖_{2,1} the (2,1) norm of the kernel reshaped to [C_out, C_in·k] (the sum over output
+    channels of their kernels' ℓ2 norms), not of the unrolled operator (which would add a factor
+    of about the output length). A layer with a zero weight gives NaN.
 
     Args:
         model: a module or population.
         input_shape: per-sample input shape, for convolutional models that store no ``input_len``.
+        with_convergence: return an :class:`~implicitreg.measures.core.Estimate` with the Conv1d
+            norms' per-member convergence instead of warning.
 
     Returns:
         0-d for a module, [P] for a population.
     """
-    s = stacked(model)
-    return s.finish(_spectral_complexity(s, input_shape))
+    s = folded(model, input_shape)
+    estimate = _spectral_complexity(s, input_shape)
+    return report(Estimate(s.finish(estimate.value), s.finish(estimate.converged)), with_convergence,
+                  "spectral_complexity")
 
 
 @register("normalized_margin", "margin", needs=("params", "data"), lower_is_simpler=False, cost="forward")
-def normalized_margin(model, data, q: float = 0.1, input_shape=None) -> torch.Tensor:
+def normalized_margin(model, data, q: float = 0.1, input_shape=None,
+                      with_convergence: bool = False) -> torch.Tensor | Estimate:
     """Margin divided by spectral complexity: :func:`margin` / :func:`spectral_complexity`.
 
     Invariant under rescaling a layer's weight and bias by c > 0 and the next layer's weight by
     1/c, since the function, the product of spectral norms and every ratio ‖W_iᵀ‖_{2,1}/‖W_i‖_σ
     are. Not invariant under rescaling a single hidden unit (which changes spectral norms).
+    ``input_shape`` defaults to that of the data's x.
 
     Returns:
-        0-d for a module, [P] for a population. Higher is simpler.
+        0-d for a module, [P] for a population (an :class:`~implicitreg.measures.core.Estimate`
+        with ``with_convergence=True``). Higher is simpler.
     """
-    s = stacked(model)
-    return s.finish(_margin(s, data, q) / _spectral_complexity(s, input_shape))
+    x, _ = _unpack(data)
+    input_shape = tuple(x.shape[1:]) if input_shape is None else input_shape
+    s = folded(model, input_shape)
+    complexity = _spectral_complexity(s, input_shape)
+    value = _margin(s, data, q) / complexity.value
+    return report(Estimate(s.finish(value), s.finish(complexity.converged)), with_convergence, "normalized_margin")

@@ -13,8 +13,9 @@ Computed with the standard trick: every parameter replaced by |θ|^p, one forwar
 all-ones input, outputs summed, 1/p-th power. With nonnegative weights, biases and input every
 pre-activation is ≥ 0, so ReLU is the identity there and the pass sums over all paths. The
 trick holds for networks of ``nn.Linear`` / ``nn.Conv1d`` layers, ReLUs and linear reshapes
-(:class:`~implicitreg.models.MLP`, :class:`~implicitreg.models.CNN1D`); pooling or other
-nonlinearities would make it something else.
+(:class:`~implicitreg.models.MLP`, :class:`~implicitreg.models.CNN1D`), with BatchNorm (eval
+mode) folded into the layer feeding it first; pooling or other nonlinearities would make it
+something else.
 
 References:
     Neyshabur, Tomioka & Srebro, "Norm-based capacity control in neural networks", COLT 2015.
@@ -25,8 +26,8 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call, vmap
 
-from implicitreg.measures.core import register, stacked
-from implicitreg.measures.layers import _require_input_shape, weight_layers
+from implicitreg.measures.core import register, require_eval
+from implicitreg.measures.layers import _require_input_shape, folded, weight_layers
 
 
 @register("path_norm", "norm")
@@ -44,8 +45,9 @@ def path_norm(model, p: float = 2, input_shape=None) -> torch.Tensor:
     """
     if not p > 0:
         raise ValueError(f"p: expected a positive exponent, got {p!r}")
-    s = stacked(model)
+    s = folded(model, input_shape)  # eval-mode BatchNorm is an affine map: its scales enter the paths
     weight_layers(s)  # refuses weights outside Linear / Conv1d layers
+    require_eval(s.template)
     shape = _require_input_shape(s, input_shape, "the path norm")
     first = next(iter(s.params.values()))
     powered = {k: v.detach().abs().pow(p) for k, v in s.params.items()}

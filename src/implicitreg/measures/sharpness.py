@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call, vmap
 
-from implicitreg.measures.core import Stacked, register, stacked
+from implicitreg.measures.core import Stacked, register, require_eval, stacked
 from implicitreg.measures.flatness import Params, train_data
 from implicitreg.seeding import stream_seed
 
@@ -50,6 +50,7 @@ def epsilon_sharpness(model, loss_fn, data, epsilon: float = 1e-3, steps: int = 
     if not epsilon > 0 or not lr > 0 or steps < 0 or restarts < 1:
         raise ValueError(f"epsilon, lr: expected > 0, steps ≥ 0, restarts ≥ 1; got {epsilon}, {lr}, {steps}, {restarts}")
     s = stacked(model)
+    require_eval(s.template)
     x, y = train_data(data, s)
     theta = {k: v.detach() for k, v in s.params.items()}
     radius = {k: epsilon * (v.abs() + 1) for k, v in theta.items()}
