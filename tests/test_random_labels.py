@@ -58,11 +58,13 @@ def test_bad_configurations_are_rejected(overrides):
 
 def stored(runs_spec: dict[str, dict], max_steps: int = 1000, every: int = 250):
     """runs/metrics frames as the store returns them. Each spec: train/test accuracy at the end,
-    the step at which train accuracy first reached 1 (None: never), and final measure values."""
+    the step at which train accuracy first reached 1 (None: never), final measure values, and
+    optionally its status."""
     runs, rows = [], []
     for run_id, spec in runs_spec.items():
         runs.append({"run_id": run_id, "study": STUDY.name, "arm": run_id.split("/")[1], "seed": 0, "config": {},
-                     "provenance": {}, "status": "done", "final_step": max_steps, "target_step": None,
+                     "provenance": {}, "status": spec.get("status", "done"), "final_step": max_steps,
+                     "target_step": None,
                      "error": None, "started_at": "", "ended_at": ""})
         for step in range(every, max_steps + 1, every):
             fitted = spec["fit"] is not None and step >= spec["fit"]
@@ -76,8 +78,9 @@ def stored(runs_spec: dict[str, dict], max_steps: int = 1000, every: int = 250):
 
 
 def outcome(test=(0.66, 0.40, 0.10), fit=(250, 500, 750), train=(1.0, 1.0, 1.0), random_train=1.0, seeds=2,
-            jitter=0.0):
-    """Hand-made MLP results at LEVELS (per-level values; seed s adds ``s * jitter`` to test accuracy)."""
+            jitter=0.0, status=None, planned=None, drop=()):
+    """Hand-made MLP results at LEVELS (per-level values; seed s adds ``s * jitter`` to test accuracy);
+    ``status``: arm → status of its runs; ``drop``: run ids that never reached the store."""
     spec = {}
     for seed in range(seeds):
         for i, level in enumerate(LEVELS):
@@ -86,8 +89,11 @@ def outcome(test=(0.66, 0.40, 0.10), fit=(250, 500, 750), train=(1.0, 1.0, 1.0),
                 "measures": {"l2_norm": 10 + 5 * level + seed, "pac_bayes_sigma": 0.1 - 0.05 * level}}
         spec[f"mlp/{RANDOM_INPUTS}/seed{seed}"] = {"train": random_train, "test": 0.1, "fit": 750,
                                                    "measures": {"l2_norm": 20.0, "pac_bayes_sigma": 0.02}}
-    config = STUDY.Config(models=["mlp"], levels=LEVELS, seeds=seeds, train={"max_steps": 1000, "eval_every": 250},
-                          track={"mlp": ["l2_norm", "pac_bayes_sigma"]})
+    for run_id in spec:
+        spec[run_id]["status"] = (status or {}).get(run_id.split("/")[1], "done")
+    spec = {k: v for k, v in spec.items() if k not in drop}
+    config = STUDY.Config(models=["mlp"], levels=LEVELS, seeds=planned or seeds,
+                          train={"max_steps": 1000, "eval_every": 250}, track={"mlp": ["l2_norm", "pac_bayes_sigma"]})
     return STUDY.analyze(config, *stored(spec))
 
 
@@ -147,6 +153,43 @@ def test_a_missing_level_makes_the_verdict_inconclusive():
     analysis = STUDY.analyze(STUDY.Config(models=["mlp"], levels=LEVELS, random_inputs=False), runs, metrics)
     assert analysis.verdict == "inconclusive"
     assert all(c.passed is None for c in analysis.checks)
+    assert "no train_acc at corrupt0.5, corrupt1" in values(analysis)["min over levels of mean train accuracy"].detail
+
+
+def test_a_diverged_level_is_inconclusive_not_judged_on_its_last_records():
+    # level 1 at a learning rate far too large: both seeds diverged. Their last records (before the
+    # divergence) say "fitted, test at chance"; judged, they would make every check pass.
+    analysis = outcome(status={level_arm(1.0): "diverged"})
+    checks = values(analysis)
+    for name in ("min over levels of mean train accuracy",
+                 "test-accuracy rise between consecutive levels beyond 2 SE (worst pair)",
+                 "Spearman ρ(level, mean steps to fit)"):
+        assert checks[name].passed is None and checks[name].value is None, checks[name]
+        assert f"at {level_arm(1.0)}" in checks[name].detail and "computed from 0 of 2 seeds" in checks[name].detail
+    assert checks["random-inputs mean train accuracy"].passed is True
+    assert analysis.verdict == "inconclusive"
+    assert analysis.table.set_index("arm").loc[level_arm(1.0), "diverged"] == 2
+
+
+def test_a_diverged_random_inputs_arm_is_inconclusive():
+    analysis = outcome(status={RANDOM_INPUTS: "diverged"})
+    check = values(analysis)["random-inputs mean train accuracy"]
+    assert check.passed is None and "computed from 0 of 2 seeds" in check.detail
+    assert analysis.verdict == "inconclusive"
+
+
+def test_a_level_that_lost_seeds_says_so_and_under_half_is_inconclusive():
+    # 3 seeds planned; level 0.5 lost one (never stored): the checks say 2 of 3 and still decide
+    lost_one = values(outcome(seeds=3, drop=["mlp/corrupt0.5/seed2"]))
+    for check in lost_one.values():
+        assert check.passed is True
+    assert "computed from 2 of 3 seeds" in lost_one["min over levels of mean train accuracy"].detail
+    assert "computed from 2 of 3 seeds" not in lost_one["random-inputs mean train accuracy"].detail
+    # ... two of them: one seed of three is under half, and the levels' checks are inconclusive
+    lost_two = outcome(seeds=3, drop=["mlp/corrupt0.5/seed1", "mlp/corrupt0.5/seed2"])
+    assert [c.passed for c in lost_two.checks] == [None, None, None, True]
+    assert "computed from 1 of 3 seeds (fewer than half)" in lost_two.checks[0].detail
+    assert lost_two.verdict == "inconclusive"
 
 
 def test_tiny_run_end_to_end(registered, tmp_path):
@@ -159,7 +202,14 @@ def test_tiny_run_end_to_end(registered, tmp_path):
     assert names == ["mlp: min over levels of mean train accuracy",
                      "mlp: test-accuracy rise between consecutive levels beyond 2 SE (worst pair)",
                      "mlp: Spearman ρ(level, mean steps to fit)", "mlp: random-inputs mean train accuracy"]
-    assert summary["verdict"] == result.verdict in ("pass", "fail", "inconclusive")
+    # the checks' values are the stored final accuracies: 40 steps of a 16-unit MLP fit nothing
+    final = result.metrics().sort_values("step").groupby(["run_id", "name"])["value"].last()
+    train_min = min(final[("mlp/corrupt0/seed0", "train_acc")], final[("mlp/corrupt1/seed0", "train_acc")])
+    fitted, _, rho, random_inputs = summary["checks"]
+    assert fitted["value"] == pytest.approx(train_min) and train_min < 0.95 and fitted["passed"] is False
+    assert random_inputs["value"] == pytest.approx(final[(f"mlp/{RANDOM_INPUTS}/seed0", "train_acc")])
+    assert rho["passed"] is None and rho["value"] is None  # no run fits: every level takes the whole budget
+    assert summary["verdict"] == result.verdict == "fail"
     assert {row["arm"] for row in summary["table"]} == {"corrupt0", "corrupt1", RANDOM_INPUTS}
     metrics = result.metrics()
     tracked = metrics[metrics["name"] == "path_norm"]  # (l2_norm is also part of every evaluation)
