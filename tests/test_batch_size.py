@@ -81,22 +81,27 @@ def stored(spec: dict[str, dict]):
     return pd.DataFrame(runs), pd.DataFrame(rows)
 
 
-def clean_spec(seeds: int = 1, sign: float = 1.0) -> dict[str, dict]:
+def clean_spec(seeds: int = 1, sign: float = 1.0, jitter: float = 0.01, lrs=LRS) -> dict[str, dict]:
     """Every run fitted; sharpness = 0.01 / (η/B) (strictly decreasing in η/B) and test accuracy
-    0.4 + η/B (increasing) — so Spearman ρ is −1 and +1 (``sign=-1`` flips the sharpness trend)."""
+    0.4 + η/B (increasing) — so Spearman ρ is −1 and +1 (``sign=-1`` flips the sharpness trend);
+    seed s scales the sharpness by 1 + s·jitter and adds s·jitter/10 to the test accuracy."""
     spec = {}
     for b in BATCHES:
-        for lr in LRS:
+        for lr in lrs:
             ratio = lr / b
             for s in range(seeds):
-                spec[run_id(b, lr, s)] = {"train_loss": 0.01, "train_acc": 1.0, "test_acc": 0.4 + ratio + 0.001 * s,
-                                          SHARPNESS: (0.01 / ratio) ** sign * (1 + 0.01 * s)}
+                spec[run_id(b, lr, s)] = {"train_loss": 0.01, "train_acc": 1.0,
+                                          "test_acc": 0.4 + ratio + 0.1 * jitter * s,
+                                          SHARPNESS: (0.01 / ratio) ** sign * (1 + jitter * s)}
     return spec
 
 
 def analyze(spec, **overrides):
-    cfg = config(**{"data": {"n_train": N}, "batch_sizes": BATCHES, "lrs": [*LRS, 3.0], "seeds": 2,
-                    "epochs": 10, **overrides})
+    """The analysis of ``spec`` under a plan of its own grid (batch sizes BATCHES, the learning rates
+    and seeds of its runs) unless ``overrides`` say otherwise."""
+    parsed = [parse_run_id(r) for r in spec]
+    cfg = config(**{"data": {"n_train": N}, "batch_sizes": BATCHES, "lrs": sorted({p[1] for p in parsed}),
+                    "seeds": 1 + max(p[2] for p in parsed), "epochs": 10, **overrides})
     return STUDY.analyze(cfg, *stored(spec))
 
 
@@ -147,35 +152,100 @@ def test_rho_matches_scipy_on_noisy_seeds_with_tied_ratios():
 
 
 def test_diverged_and_unfitted_runs_are_excluded_and_reported():
-    spec = clean_spec()
+    spec = clean_spec(seeds=2, jitter=0.0)  # two identical seeds: ρ stays exactly ∓1
     # each would wreck ρ = −1 if it were counted: large η/B with a huge sharpness or a poor test accuracy
-    spec[run_id(16, 3.0, 0)] = {"status": "diverged", "final_step": 37, "train_loss": 0.5, "train_acc": 0.9,
-                                "test_acc": 0.1}  # the loop froze it; its last evaluation looked fine
+    spec[run_id(16, 3.0, 0)] = {"status": "diverged", "final_step": 37, "train_loss": 0.5, "train_acc": 0.99,
+                                "test_acc": 0.1, SHARPNESS: 1e3}  # the loop froze it; its last records looked fine
     spec[run_id(16, 3.0, 1)] = {"train_loss": 2.5, "train_acc": 0.1, "test_acc": 0.1, SHARPNESS: 1e3}  # ≥ ln 10
     spec[run_id(64, 3.0, 0)] = {"train_loss": 1.2, "train_acc": 0.7, "test_acc": 0.2, SHARPNESS: 1e3}  # not fitted
     spec[run_id(64, 3.0, 1)] = {"train_loss": math.nan, "train_acc": math.nan, "test_acc": math.nan}
     # collapsed: a finite loss just under ln 10, near-chance accuracy (dead units), after the whole budget
     spec[run_id(256, 3.0, 0)] = {"train_loss": 2.28, "train_acc": 0.14, "test_acc": 0.12, SHARPNESS: 0.16}
+    # B256/η3/seed1 never ran: the one point the correlations miss (18 of the 19 not excluded by design)
     analysis = analyze(spec)
     assert analysis.verdict == "pass", analysis.checks
     found = checks(analysis)
     assert found["Spearman ρ(η/B, sharpness)"].value == pytest.approx(-1.0)
     assert found["Spearman ρ(η/B, test accuracy)"].value == pytest.approx(1.0)
-    assert found["Spearman ρ(η/B, sharpness)"].detail.startswith("9 runs")
+    assert found["Spearman ρ(η/B, sharpness)"].detail.startswith("computed from 18 of 19 runs; 18 runs")
     table = analysis.table.set_index(["batch", "lr"])
     assert (table.loc[(16, 3.0), "diverged"], table.loc[(16, 3.0), "fitted"]) == (2, "0/2")
     assert (table.loc[(64, 3.0), "diverged"], table.loc[(64, 3.0), "fitted"]) == (1, "0/2")
     assert math.isnan(table.loc[(16, 3.0), "sharpness_mean"])
     note = next(n for n in analysis.notes if n.startswith("excluded"))
     assert (table.loc[(256, 3.0), "diverged"], table.loc[(256, 3.0), "fitted"]) == (1, "0/1")
-    assert "(5 of 14 runs)" in note
+    assert "(5 of 23 runs)" in note
     assert "diverged: final train accuracy ≤ 2/10 (collapsed) — B256/η3 (1/1)" in note
     assert "diverged: non-finite loss — B16/η3 (1/2)" in note
     assert "diverged: final train loss ≥ ln 10 — B16/η3 (1/2)" in note
     assert "did not fit: train accuracy < 0.99 after 10 epochs — B64/η3 (1/2)" in note
     assert "diverged: no finite train loss — B64/η3 (1/2)" in note
     # the unfitted run (not diverged) is counted in the extra test-accuracy correlation of the notes
-    assert any(n.startswith("with the runs that did not fit counted too (10 runs): ρ(η/B, sharpness) = ") for n in analysis.notes)
+    assert any(n.startswith("with the runs that did not fit counted too (19 runs): ρ(η/B, sharpness) = ")
+               for n in analysis.notes)
+
+
+def test_a_learning_rate_at_which_every_run_diverged_is_excluded_and_the_rest_decide():
+    # η = 1e6 diverges at every batch size: the loop froze those runs; with their last records kept
+    # (final_values(keep_diverged=True)) they would put the largest η/B at the largest sharpness
+    spec = clean_spec()
+    for b in BATCHES:
+        spec[run_id(b, 1e6, 0)] = {"status": "diverged", "final_step": 3, "train_loss": 0.01, "train_acc": 1.0,
+                                   "test_acc": 0.1, SHARPNESS: 1e9}
+    analysis = analyze(spec)
+    found = checks(analysis)
+    assert found["Spearman ρ(η/B, sharpness)"].value == pytest.approx(-1.0)
+    assert found["Spearman ρ(η/B, sharpness)"].detail.startswith("9 runs")  # 9 of the 9 not diverged
+    assert set(analysis.table.set_index("lr").loc[1e6, "diverged"]) == {1}
+    assert analysis.verdict == "pass"
+
+
+def test_divergence_that_leaves_too_few_runs_is_inconclusive():
+    # every run at two of the three learning rates diverged: 3 runs remain, too few for a correlation
+    spec = clean_spec()
+    for rid in spec:
+        if parse_run_id(rid)[1] != 0.1:
+            spec[rid] = {**spec[rid], "status": "diverged"}
+    analysis = analyze(spec)
+    assert [c.passed for c in analysis.checks] == [None, None]
+    assert "fewer than 4 runs kept" in analysis.checks[0].detail
+    assert analysis.verdict == "inconclusive"
+
+
+def test_runs_that_did_not_finish_or_lost_their_sharpness_count_as_missing():
+    spec = clean_spec(seeds=2)
+    # B16's runs were interrupted: their last records are mid-training; B64 lost its sharpness values
+    for rid in spec:
+        batch = parse_run_id(rid)[0]
+        if batch == 16:
+            spec[rid] = {**spec[rid], "status": "interrupted"}
+        if batch == 64:
+            spec[rid] = {k: v for k, v in spec[rid].items() if k != SHARPNESS}
+    analysis = analyze(spec)
+    found = checks(analysis)
+    sharp, test = found["Spearman ρ(η/B, sharpness)"], found["Spearman ρ(η/B, test accuracy)"]
+    assert sharp.passed is None and "computed from 6 of 18 runs (fewer than half)" in sharp.detail
+    assert test.passed is True and "computed from 12 of 18 runs" in test.detail
+    assert analysis.verdict == "inconclusive"
+
+
+def test_a_sharpness_estimate_that_did_not_converge_makes_its_check_inconclusive():
+    spec = clean_spec(seeds=2)
+    _, metrics = stored(spec)
+    runs, _ = stored(spec)
+    flags = metrics[metrics["name"] == SHARPNESS].assign(name=f"{SHARPNESS}.converged", value=1.0)
+    flags.loc[flags.index[:2], "value"] = 0.0  # Lanczos stopped at its iteration cap on two runs
+    cfg = config(data={"n_train": N}, batch_sizes=BATCHES, lrs=LRS, seeds=2, epochs=10)
+    analysis = STUDY.analyze(cfg, runs, pd.concat([metrics, flags], ignore_index=True))
+    sharp, test = analysis.checks
+    assert sharp.passed is None and sharp.value == pytest.approx(stats.spearmanr(
+        [parse_run_id(r)[1] / parse_run_id(r)[0] for r in spec], [v[SHARPNESS] for v in spec.values()]).statistic)
+    assert "the Hessian eigenvalue did not converge for 2 of 18 runs" in sharp.detail
+    assert test.passed is True  # the test accuracy rests on no Hessian
+    assert analysis.verdict == "inconclusive"
+    # every estimate converged: the same numbers decide
+    flags["value"] = 1.0
+    assert STUDY.analyze(cfg, runs, pd.concat([metrics, flags], ignore_index=True)).verdict == "pass"
 
 
 def test_the_wrong_trend_fails_and_too_few_runs_are_inconclusive():
@@ -202,8 +272,14 @@ def test_tiny_run_end_to_end(tmp_path):
     result = run_cli(["run", STUDY.name, *TINY, "--out", out])
     assert result.returncode == 0, result
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["verdict"] in ("pass", "fail", "inconclusive")
-    assert [c["name"] for c in summary["checks"]] == ["Spearman ρ(η/B, sharpness)", "Spearman ρ(η/B, test accuracy)"]
+    assert [c["name"] for c in summary["checks"]] == ["Spearman ρ(η/B, sharpness)",
+                                                      "Spearman ρ(η/B, test accuracy)"]
+    # 6 epochs fit none of the 4 runs: no run is kept, and a correlation needs 4
+    assert any(n.startswith("excluded from the correlations (4 of 4 runs)") for n in summary["notes"])
+    for check in summary["checks"]:
+        assert check["passed"] is None and check["value"] is None
+        assert check["detail"].startswith("no value") and "fewer than 4 runs kept" in check["detail"]
+    assert summary["verdict"] == "inconclusive"
     assert {(row["batch"], row["lr"]) for row in summary["table"]} == {(16, 0.1), (16, 0.5), (64, 0.1), (64, 0.5)}
     runs, metrics = read_store(out)
     assert len(runs) == 4
