@@ -33,7 +33,8 @@ class DataConfig(Strict):
     n_test: int | None = Field(None, ge=1, description="test points; None = the data set's default")
     dim: int = Field(20, ge=1, description="input dimension of the synthetic generators")
     noise: float = Field(0.0, ge=0.0, description="label/target noise of the synthetic generators")
-    seed: int = Field(0, ge=0, description="seed of data generation (not of training)")
+    seed: int | None = Field(None, ge=0, description="seed of data generation (not of training); None = the data "
+                             "set's default: 42 for mnist1d (the paper's set), 0 otherwise")
     inputs: Literal["original", "shuffled", "gaussian"] = Field(
         "original", description="shuffled: one fixed permutation of feature positions; gaussian: random inputs")
     root: str | None = Field(None, description="local directory of mnist / cifar10 files (never downloaded)")
