@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import implicitreg
 from implicitreg.config import build_config
+from implicitreg.studies.base import no_progress
 from implicitreg.references.sparse_regression import (min_l1_interpolant, min_l2_interpolant, q_alpha,
                                                       q_alpha_interpolant)
 from implicitreg.studies.diagonal_net import STUDY, Config, diagonal_gd, generate
@@ -131,8 +133,10 @@ def test_data_round_trip(tmp_path):
     assert result.returncode == 0, result
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["data_file"] == str(path.resolve())
-    assert summary["verdict"] in ("pass", "fail", "inconclusive")
-    assert len(summary["checks"]) == 3 and all(c["passed"] is not None for c in summary["checks"])
+    # the user's 2-sparse β is the min-ℓ1 interpolant: small α finds it, large α the min-ℓ2 one
+    assert summary["verdict"] == "pass", summary["checks"]
+    q, l1, l2 = (c["value"] for c in summary["checks"])
+    assert len(summary["checks"]) == 3 and q <= 1e-2 and l1 <= 5e-3 and l2 <= 1e-4
     with np.load(out / "solutions.npz") as archive:
         keys = set(archive.files)
         assert archive["ref_min_l2"].shape == (30,)
@@ -189,3 +193,52 @@ def assert_interrupted_run_is_inconclusive(result, tmp_path):
     analysis = STUDY.analyze(config, result.runs(), result.metrics(), {})
     assert analysis.verdict == "inconclusive" and all(c.passed is None for c in analysis.checks)
     STUDY.figures(config, result.runs(), result.metrics(), {}, tmp_path / "figures")
+
+
+# -- the analysis on incomplete results ----------------------------------------------------------------
+
+SMALL = {"n": 20, "d": 50, "k": 3, "alphas": [1e-3, 1e-1, 1.0, 1e2], "max_steps": 20_000}  # every check passes
+
+
+@pytest.fixture(scope="module")
+def small_solve():
+    """config, runs, metrics and solutions of a small solve, as the store returns them."""
+    config = build_config(Config, {}, SMALL)
+    solved = STUDY.solve(config, STUDY.problem(config), no_progress)
+    runs = pd.DataFrame([{"run_id": r.run_id, "arm": r.arm, "config": r.config, "final_step": r.final_step,
+                          "status": r.status, "provenance": {}} for r in solved.runs])
+    metrics = pd.DataFrame([(r.run_id, *row) for r in solved.runs for row in r.metrics],
+                           columns=["run_id", "step", "name", "value"])
+    return config, runs, metrics, solved.arrays
+
+
+def test_a_nan_error_is_inconclusive_not_dropped_from_the_max(small_solve):
+    config, runs, metrics, solutions = small_solve
+    assert STUDY.analyze(config, runs, metrics, solutions).verdict == "pass"
+    broken = {**solutions, "alpha_0.1": np.full_like(solutions["alpha_0.1"], np.nan)}
+    analysis = STUDY.analyze(config, runs, metrics, broken)
+    largest = analysis.checks[0]
+    assert largest.passed is None and "no error for α = 0.1" in largest.detail  # pandas' max skipped the NaN
+    assert analysis.verdict == "inconclusive" and [c.passed for c in analysis.checks[1:]] == [True, True]
+
+
+def test_a_missing_alpha_is_not_replaced_by_the_next_one(small_solve):
+    config, runs, metrics, solutions = small_solve
+    keep = runs["run_id"] != "alpha_0.001"
+    analysis = STUDY.analyze(config, runs[keep], metrics[metrics["run_id"] != "alpha_0.001"], solutions)
+    # the smallest α did not run: the min-ℓ1 check is inconclusive (it judged α = 0.1 instead)
+    assert analysis.checks[1].passed is None and "no run for α = 0.001" in analysis.checks[1].detail
+    assert analysis.checks[0].passed is None and "no error for α = 0.001" in analysis.checks[0].detail
+    assert analysis.verdict == "inconclusive"
+    # ... unless the α values that remain already exceed the limit: then the largest error fails, on 3 of 4
+    far = {**solutions, "alpha_1": 2 * solutions["alpha_1"]}
+    largest = STUDY.analyze(config, runs[keep], metrics[metrics["run_id"] != "alpha_0.001"], far).checks[0]
+    assert largest.passed is False and "computed from 3 of 4 α values" in largest.detail
+
+
+def test_an_unconverged_q_alpha_reference_is_inconclusive(small_solve):
+    config, runs, metrics, solutions = small_solve
+    flag = (metrics["run_id"] == "alpha_1") & (metrics["name"] == "ref_q_alpha_converged")
+    analysis = STUDY.analyze(config, runs, metrics.assign(value=metrics["value"].mask(flag, 0.0)), solutions)
+    assert analysis.checks[0].passed is None and "did not converge for α = 1" in analysis.checks[0].detail
+    assert analysis.checks[0].value is not None and analysis.verdict == "inconclusive"

@@ -1,6 +1,7 @@
 """The edge-of-stability study: its sharpness against dense Hessians, its GD, its verdict logic, and the CLI contract."""
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -63,13 +64,16 @@ def test_gd_is_plain_full_batch_gradient_descent():
     assert sorted({s for s, name, _ in rows if name == "sharpness"}) == [0, 10, 20, 30]
 
 
-def fabricated(lrs, ratios: dict[float, list[float]], losses: dict[float, tuple[float, float]]) -> pd.DataFrame:
-    """Metrics of runs whose sharpness·η/2 follows ``ratios`` (every 10 steps) and loss goes a → b."""
+def fabricated(lrs, ratios: dict[float, list[float]], losses: dict[float, tuple[float, float]],
+               nonconverged: dict[float, set[int]] | None = None) -> pd.DataFrame:
+    """Metrics of runs whose sharpness·η/2 follows ``ratios`` (every 10 steps) and loss goes a → b;
+    ``nonconverged``: indices of measurements whose Lanczos did not converge."""
     rows = []
     for lr in lrs:
         for i, r in enumerate(ratios[lr]):
+            converged = 0.0 if i in (nonconverged or {}).get(lr, set()) else 1.0
             rows += [(eos.run_label(lr), 10 * i, "sharpness_x_lr_over_2", r), (eos.run_label(lr), 10 * i, "sharpness", 2 * r / lr),
-                     (eos.run_label(lr), 10 * i, "lanczos_converged", 1.0)]
+                     (eos.run_label(lr), 10 * i, "lanczos_converged", converged)]
         start, end = losses[lr]
         last = 10 * (len(ratios[lr]) - 1)
         rows += [(eos.run_label(lr), 0, "loss", start), (eos.run_label(lr), last, "loss", end),
@@ -79,9 +83,10 @@ def fabricated(lrs, ratios: dict[float, list[float]], losses: dict[float, tuple[
 
 @pytest.mark.parametrize("overshoot,drop,verdict", [(1.04, 1e3, "pass"), (1.2, 1e3, "fail"), (1.04, 10, "fail")])
 def test_verdict_follows_the_band_the_loss_drop_and_the_small_step(overshoot, drop, verdict):
-    config = build_config(eos.Config, {}, {"lrs": [0.4, 0.3, 0.1]})
+    config = build_config(eos.Config, {}, {"lrs": [0.4, 0.3, 0.1], "steps": 60, "measure_every": 10})
     rising = [0.3, 0.6, 0.85]  # before sharpening: not judged
-    ratios = {0.4: rising + [0.95, overshoot, 0.99, 1.0], 0.3: rising + [0.92, 1.01, 0.98], 0.1: [0.1, 0.3, 0.5]}
+    ratios = {0.4: rising + [0.95, overshoot, 0.99, 1.0], 0.3: rising + [0.92, 1.01, 0.98, 1.0],
+              0.1: [0.1, 0.3, 0.5, 0.5, 0.5, 0.5, 0.5]}
     losses = {0.4: (0.5, 0.5 / drop), 0.3: (0.5, 1e-4), 0.1: (0.5, 1e-2)}
     analysis = eos.STUDY.analyze(config, pd.DataFrame(), fabricated(config.lrs, ratios, losses), {})
     assert analysis.verdict == verdict, [c for c in analysis.checks if not c.passed]
@@ -92,7 +97,7 @@ def test_verdict_follows_the_band_the_loss_drop_and_the_small_step(overshoot, dr
 
 
 def test_never_sharpening_or_crossing_with_the_small_step_fails_and_no_data_is_inconclusive():
-    config = build_config(eos.Config, {}, {"lrs": [0.4, 0.3, 0.1]})
+    config = build_config(eos.Config, {}, {"lrs": [0.4, 0.3, 0.1], "steps": 20, "measure_every": 10})
     ratios = {0.4: [0.3, 0.5, 0.7], 0.3: [0.5, 0.95, 1.0], 0.1: [0.5, 0.9, 1.02]}
     losses = {lr: (0.5, 1e-4) for lr in config.lrs}
     checks = eos.STUDY.analyze(config, pd.DataFrame(), fabricated(config.lrs, ratios, losses), {}).checks
@@ -100,6 +105,57 @@ def test_never_sharpening_or_crossing_with_the_small_step_fails_and_no_data_is_i
     assert checks[2].passed is True and checks[-1].passed is False
     empty = pd.DataFrame(columns=["run_id", "step", "name", "value"])
     assert eos.STUDY.analyze(config, pd.DataFrame(), empty, {}).verdict == "inconclusive"
+
+
+RISING = [0.3, 0.6, 0.85]
+PASSING = {0.4: RISING + [0.95, 1.04, 0.99, 1.0], 0.3: RISING + [0.92, 1.01, 0.98, 1.0],
+           0.1: [0.1, 0.3, 0.5, 0.5, 0.5, 0.5, 0.5]}
+LOSSES = {0.4: (0.5, 5e-4), 0.3: (0.5, 1e-4), 0.1: (0.5, 1e-2)}
+
+
+def judged(ratios=PASSING, nonconverged=None, drop_run=None, until=None):
+    """The analysis of fabricated runs (60 steps, measured every 10), optionally with one run missing
+    or every run's records cut after step ``until``."""
+    config = build_config(eos.Config, {}, {"lrs": [0.4, 0.3, 0.1], "steps": 60, "measure_every": 10})
+    metrics = fabricated(config.lrs, ratios, LOSSES, nonconverged)
+    if drop_run is not None:
+        metrics = metrics[metrics["run_id"] != eos.run_label(drop_run)]
+    if until is not None:
+        metrics = metrics[metrics["step"] <= until]
+    return eos.STUDY.analyze(config, pd.DataFrame(), metrics, {})
+
+
+def test_a_nan_measurement_a_missing_run_or_a_cut_run_is_inconclusive():
+    assert judged().verdict == "pass"
+    # a NaN after sharpening must not drop out of the band's min/max (pandas skips it)
+    analysis = judged({**PASSING, 0.4: RISING + [0.95, math.nan, 0.99, 1.0]})
+    band = analysis.checks[0]
+    assert band.passed is None and "NaN" in band.detail and analysis.verdict == "inconclusive"
+    # ... nor out of the small step's peak
+    analysis = judged({**PASSING, 0.1: [0.1, 0.3, 0.5, math.nan, 0.5, 0.5, 0.5]})
+    assert analysis.checks[-1].passed is None and analysis.verdict == "inconclusive"
+    # a missing run leaves its step size's checks inconclusive, the others decided
+    analysis = judged(drop_run=0.3)
+    assert [c.passed for c in analysis.checks] == [True, True, None, None, True]
+    assert analysis.verdict == "inconclusive" and "no sharpness was measured" in analysis.checks[2].detail
+    # runs whose records stop before their last step (without diverging) are not judged on what is left
+    analysis = judged(until=40)
+    assert all(c.passed is None for c in analysis.checks[::2]) and analysis.verdict == "inconclusive"
+    assert "not 60" in analysis.checks[0].detail
+
+
+def test_a_lanczos_measurement_that_did_not_converge_is_a_lower_bound():
+    # within the band but not converged: the true value may lie above it
+    analysis = judged(nonconverged={0.4: {5}})
+    assert analysis.checks[0].passed is None and "did not converge" in analysis.checks[0].detail
+    assert analysis.verdict == "inconclusive"
+    # a lower bound above the band is outside it whatever the true value: a certain failure
+    analysis = judged({**PASSING, 0.4: RISING + [0.95, 1.2, 0.99, 1.0]}, nonconverged={0.4: {4}})
+    assert analysis.checks[0].passed is False and analysis.checks[0].value == pytest.approx(1.2)
+    # the small step: a lower bound below 1 proves nothing, one at 1.02 proves the crossing
+    assert judged(nonconverged={0.1: {2}}).checks[-1].passed is None
+    crossing = {**PASSING, 0.1: [0.1, 0.3, 1.02, 0.5, 0.5, 0.5, 0.5]}
+    assert judged(crossing, nonconverged={0.1: {2}}).checks[-1].passed is False
 
 
 def test_default_quick_run_passes_and_data_round_trip(tmp_path):
@@ -118,7 +174,13 @@ def test_default_quick_run_passes_and_data_round_trip(tmp_path):
     assert (tmp_path / "default" / "figures" / "sharpness_and_loss.png").exists()
     assert mine.returncode == 0, mine
     summary = json.loads((tmp_path / "mine" / "summary.json").read_text())
-    assert summary["verdict"] in ("pass", "fail") and len(summary["checks"]) == 5
+    # 200 steps on the user's data: the loss falls 100× but the sharpness never reaches 0.9·2/η, so the
+    # edge-of-stability checks fail (never sharpened) while the small step stays below 2/η
+    checks = summary["checks"]
+    assert summary["verdict"] == "fail" and len(checks) == 5
+    assert [c["passed"] for c in checks] == [False, True, False, True, True]
+    assert all(c["value"] < 0.9 and "never sharpened" in c["detail"] for c in checks[0:4:2])
+    assert checks[4]["value"] < 1
     assert summary["config"]["data_file"] == str((tmp_path / "mine.npz").resolve())
     solutions = read_solutions(tmp_path / "mine")
     config = build_config(eos.Config, {}, {})

@@ -1,12 +1,15 @@
 """The igr study: modified flows against closed forms, GD/SGD against the flows on fresh data, the CLI contract."""
 
 import json
+import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.linalg import expm
 
+from implicitreg.config import build_config
 from implicitreg.references import modified_flows as flows
 from implicitreg.runner import read_solutions
 from implicitreg.studies import igr
@@ -113,7 +116,11 @@ def test_default_quick_run_passes_and_data_round_trip(tmp_path):
     assert (tmp_path / "default" / "figures" / "distance_vs_h.png").exists()
     assert mine.returncode == 0, mine
     summary = json.loads((tmp_path / "mine" / "summary.json").read_text())
-    assert summary["verdict"] in ("pass", "fail") and len(summary["checks"]) == 5
+    # the orders hold on the user's 8 points too: ×4 to the modified flow, ×2 to the plain one, per halving
+    assert summary["verdict"] == "pass", summary["checks"]
+    values = [c["value"] for c in summary["checks"]]
+    assert len(values) == 5 and all(3.5 <= v <= 4.5 for v in values[0:4:2]) and all(1.7 <= v <= 2.3 for v in values[1:4:2])
+    assert values[4] < 1
     assert summary["config"]["data_file"] == str((tmp_path / "mine.npz").resolve())
     solutions = read_solutions(tmp_path / "mine")
     hs = ["h_0.1", "h_0.05", "h_0.025"]  # --quick: two halvings
@@ -152,3 +159,54 @@ def test_malformed_files_exit_2_with_one_line_and_write_nothing(tmp_path):
     results = [invoke_cli(command) for command in commands]
     for (name, (_, expected)), result in zip(cases.items(), results):
         assert_user_error(result, [expected, f"{name}.npz"], tmp_path / name)
+
+
+# -- the analysis on hand-made distances -----------------------------------------------------------------
+
+def distances_at(config, modified, plain, sgd_ratios, skip=()):
+    """solutions.npz arrays whose GD distances at h, h/2, … are ``modified[i]`` / ``plain[i]`` (both models)
+    and whose SGD distance ratio is ``sgd_ratios[i]``; the keys in ``skip`` are left out."""
+    arrays = {}
+    for model in igr.MODELS:
+        arrays[f"ref_{model}_flow"] = np.zeros(2)
+        for h, a, b in zip(config.step_sizes, plain, modified):
+            arrays[f"{model}_gd_{igr.h_label(h)}"] = np.array([a, 0.0])  # |learned − flow| = a
+            arrays[f"ref_{model}_modified_{igr.h_label(h)}"] = np.array([a, b])  # |learned − modified| = b
+    for h, r in zip(config.step_sizes, sgd_ratios):
+        arrays[f"mlp_sgd_mean_{igr.h_label(h)}"] = np.zeros(2)
+        arrays[f"ref_mlp_sgd_flow_{igr.h_label(h)}"] = np.array([r, 0.0])
+        arrays[f"ref_mlp_igr_epoch_{igr.h_label(h)}"] = np.array([1.0, 0.0])
+    return {k: v for k, v in arrays.items() if k not in skip}
+
+
+QUICK = build_config(igr.Config, {"halvings": 2}, {})
+ORDER_2, ORDER_1 = [1.0, 1 / 4, 1 / 16], [1.0, 1 / 2, 1 / 4]
+
+
+def analyze(solutions):
+    return igr.STUDY.analyze(QUICK, pd.DataFrame(), pd.DataFrame(), solutions)
+
+
+def test_checks_judge_every_halving_and_say_the_worst():
+    analysis = analyze(distances_at(QUICK, ORDER_2, ORDER_1, [0.5, 0.3, 0.2]))
+    assert analysis.verdict == "pass" and [c.value for c in analysis.checks] == pytest.approx([4, 2, 4, 2, 0.5])
+    # 3.52 and 4.52: 3.52 is farther from 4 in log, but 4.52 is the one outside [3.5, 4.5]; the value shown
+    # must be outside the band exactly when the check fails
+    analysis = analyze(distances_at(QUICK, [1.0, 1 / 3.52, 1 / (3.52 * 4.52)], ORDER_1, [0.5, 0.3, 0.2]))
+    first = analysis.checks[0]
+    assert first.passed is False and first.value == pytest.approx(4.52)
+
+
+def test_a_nan_or_a_missing_step_size_is_inconclusive():
+    # a NaN SGD distance: np.all(ratio < 1) was False, so the check failed
+    broken = distances_at(QUICK, ORDER_2, ORDER_1, [0.5, math.nan, 0.2])
+    analysis = analyze(broken)
+    assert analysis.checks[4].passed is None and "2 of 3 step sizes" in analysis.checks[4].detail
+    assert analysis.verdict == "inconclusive" and all(c.passed for c in analysis.checks[:4])
+    # ... unless a finite ratio already reaches 1
+    assert analyze(distances_at(QUICK, ORDER_2, ORDER_1, [1.2, math.nan, 0.2])).checks[4].passed is False
+    # h/2 missing: no shrink factor spans the gap h → h/4 (it read 16 for the modified flow)
+    gap = analyze(distances_at(QUICK, ORDER_2, ORDER_1, [0.5, 0.3, 0.2], skip={"two_param_gd_h_0.05"}))
+    assert [c.passed for c in gap.checks] == [None, None, True, True, True] and gap.verdict == "inconclusive"
+    rows = gap.table[(gap.table["model"] == "two_param")]
+    assert rows["h"].tolist() == [0.1, 0.025] and rows["dist_modified_shrink"].isna().all()

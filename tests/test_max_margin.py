@@ -139,16 +139,26 @@ def test_quick_run_and_data_round_trip(tmp_path):
         ["run", "max-margin", "--quick", "--out", tmp_path / "default"],
         ["run", "max-margin", "--quick", "--data", tmp_path / "mine.npz", "--set", "steps=20000",
          "--set", "window_start=1000", "--out", tmp_path / "mine"]])
+    failing = {}
     for result, name in ((default, "default"), (mine, "mine")):
         assert result.returncode == 0, result
         summary = json.loads((tmp_path / name / "summary.json").read_text())
-        assert summary["verdict"] in ("pass", "fail")
-        checks = {c["name"]: c for c in summary["checks"]}
-        assert len(checks) == 4 and all(c["value"] is not None for c in checks.values())
+        checks = summary["checks"]
+        assert len(checks) == 4 and all(c["value"] is not None for c in checks)
+        # the direction converges and normalized GD is closer, on either data set
+        assert checks[0]["passed"] and checks[0]["value"] >= 0.99
+        assert checks[3]["passed"] and checks[3]["value"] < 1
+        failing[name] = [c["name"].split(" over ")[0] for c in checks if c["passed"] is False]
+        assert summary["verdict"] == ("fail" if failing[name] else "pass")
         solutions = read_solutions(tmp_path / name)
         assert set(solutions) == {"gd", "gd_normalized", "ref_svm", "ref_log_time_rate"}
         assert solutions["gd"].shape == ((5,) if name == "default" else (3,))
+    # the default data fail dist·ln t honestly at --quick as at full size (0.117 here, 0.118 over [1e4, 1e6]):
+    # the residual's transient t^(−λ) has not died out; 2e4 steps on the user's data are too few for the slope too
+    assert failing == {"default": ["GD: dist·ln t constant"],
+                       "mine": ["GD: dist·ln t constant", "GD: slope of ‖w(t)‖ vs ln t"]}
     summary = json.loads((tmp_path / "default" / "summary.json").read_text())
+    assert 0.1 < summary["checks"][1]["value"] < 0.15
     # --quick: t up to 1e5 and the window [1e3, 1e5], as the checks' names say
     assert any("[1e+03, 1e+05]" in c["name"] for c in summary["checks"])
     cosine = next(c for c in summary["checks"] if c["name"].startswith("GD: cosine"))
@@ -177,15 +187,66 @@ def test_malformed_files_exit_2_with_one_line_and_write_nothing(tmp_path):
         assert_user_error(result, [expected, f"{name}.npz"], tmp_path / name)
 
 
-def test_analysis_without_solutions_is_inconclusive():
-    config = build_config(STUDY.Config, {}, {"steps": 2000, "window_start": 100, "n": 12, "d": 3})
+# points near ŵ's direction (spread 0.3) with a wide margin gap: every check passes by 2e4 steps
+SMALL = {"steps": 20_000, "window_start": 2000, "n": 12, "d": 3, "spread": 0.3, "gap": 2.0}
+
+
+@pytest.fixture(scope="module")
+def small_run():
+    """config, runs, metrics and solutions of a 20 000-step solve (the frames the store would return)."""
+    config = build_config(STUDY.Config, {}, SMALL)
     solved = STUDY.solve(config, STUDY.problem(config), no_progress)
     runs = pd.DataFrame([{"run_id": r.run_id, "arm": r.arm, "config": r.config, "final_step": r.final_step}
                          for r in solved.runs])
     metrics = pd.DataFrame([(r.run_id, *row) for r in solved.runs for row in r.metrics],
                            columns=["run_id", "step", "name", "value"])
-    analysis = STUDY.analyze(config, runs, metrics, solved.arrays)
+    return config, runs, metrics, solved.arrays
+
+
+def test_analysis_without_solutions_is_inconclusive(small_run):
+    config, runs, metrics, solutions = small_run
+    analysis = STUDY.analyze(config, runs, metrics, solutions)
     assert [c.value is not None for c in analysis.checks] == [True] * 4
-    assert "[1e+02, 2e+03]" in analysis.checks[1].name
+    assert "[2e+03, 2e+04]" in analysis.checks[1].name
     interrupted = STUDY.analyze(config, runs, metrics, {})
     assert interrupted.verdict == "inconclusive" and all(c.passed is None for c in interrupted.checks)
+
+
+def test_missing_metrics_or_runs_are_inconclusive_not_an_exception(small_run):
+    config, runs, metrics, solutions = small_run
+    assert STUDY.analyze(config, runs, metrics, solutions).verdict == "pass"
+    # GD is listed but its metrics are missing: every check is inconclusive (it raised IndexError)
+    analysis = STUDY.analyze(config, runs, metrics[metrics["run_id"] != "gd"], solutions)
+    assert analysis.verdict == "inconclusive" and [c.passed for c in analysis.checks] == [None] * 4
+    assert "GD's cosine was not recorded" in analysis.checks[0].detail
+    # normalized GD did not run although the config asks for it: its check stays, inconclusive (it was dropped)
+    analysis = STUDY.analyze(config, runs[runs["run_id"] == "gd"], metrics[metrics["run_id"] == "gd"], solutions)
+    assert len(analysis.checks) == 4 and [c.passed for c in analysis.checks] == [True, True, True, None]
+    assert analysis.verdict == "inconclusive" and "normalized GD did not run" in analysis.checks[3].detail
+    # without normalized GD in the config there is no such check
+    plain = config.model_copy(update={"normalized": False})
+    assert len(STUDY.analyze(plain, runs[runs["run_id"] == "gd"], metrics[metrics["run_id"] == "gd"],
+                             solutions).checks) == 3
+
+
+def test_a_nan_or_an_empty_window_is_inconclusive_not_a_failure(small_run):
+    config, runs, metrics, solutions = small_run
+    # one NaN distance inside the window: the spread is unknown (it failed: NaN <= 0.1 is False)
+    inside = (metrics["run_id"] == "gd") & (metrics["name"] == "dist") & metrics["step"].between(3000, 10_000)
+    nan = metrics.copy()
+    nan.loc[nan.index[inside][0], "value"] = np.nan
+    analysis = STUDY.analyze(config, runs, nan, solutions)
+    spread = analysis.checks[1]
+    assert spread.passed is None and spread.value is None and "not finite" in spread.detail
+    assert analysis.verdict == "inconclusive"
+    # a NaN norm in the window: no slope (np.polyfit raised on NaN)
+    inside = (metrics["run_id"] == "gd") & (metrics["name"] == "norm") & metrics["step"].between(3000, 10_000)
+    nan = metrics.copy()
+    nan.loc[nan.index[inside][0], "value"] = np.nan
+    assert STUDY.analyze(config, runs, nan, solutions).checks[2].passed is None
+    # records that stop before the window: nothing in it, and nothing at the horizon (it failed)
+    early = metrics[metrics["step"] < config.window_start]
+    analysis = STUDY.analyze(config, runs, early, solutions)
+    assert [c.passed for c in analysis.checks] == [None] * 4 and analysis.verdict == "inconclusive"
+    assert "no recorded step in the window" in analysis.checks[1].detail
+    assert f"not at the horizon {config.steps}" in analysis.checks[0].detail

@@ -183,6 +183,7 @@ class EdgeOfStability:
              "2/η, then hovers there while the loss keeps falling non-monotonically.")
     paper = "Cohen, Kaur, Li, Kolter & Talwalkar 2021"
     Config = Config
+    minutes = (0.2, 1.2)  # quick, full: on 2 CPU cores, --threads 1
 
     def defaults(self, quick: bool) -> dict[str, Any]:
         # quick: the same three step sizes and checks, half the steps, sparser measurements
@@ -226,7 +227,7 @@ class EdgeOfStability:
                 solutions: dict[str, np.ndarray] | None = None) -> Analysis:
         rows = [_summary(lr, metrics[metrics["run_id"] == run_label(lr)]) for lr in sorted(config.lrs, reverse=True)]
         table = pd.DataFrame(rows)
-        return Analysis(table, _checks(config, table), [
+        return Analysis(table, _checks(config, metrics), [
             ("sharpness: the largest eigenvalue of the Hessian of L(θ) = ½·mean‖f(x) − y‖² over all parameters, "
              f"by Lanczos (tol {config.lanczos_tol:g}, at most {config.max_hvp} HVPs) every {config.measure_every} "
              "steps; shown as sharpness·η/2 (1 = the stability threshold 2/η)."),
@@ -260,76 +261,132 @@ def _series(part: pd.DataFrame, name: str) -> pd.Series:
 
 
 def _summary(lr: float, part: pd.DataFrame) -> dict[str, Any]:
-    """One table row: the step size's sharpness and loss statistics (NaN where nothing was measured)."""
+    """One table row: the step size's sharpness and loss statistics (NaN where nothing was measured;
+    a NaN measurement makes the maxima and minima NaN rather than dropping out of them)."""
     ratio, loss, converged = (_series(part, n) for n in ("sharpness_x_lr_over_2", "loss", "lanczos_converged"))
-    crossed = ratio[ratio >= SHARPENED]
-    after = ratio[ratio.index >= crossed.index[0]] if len(crossed) else ratio.iloc[0:0]
-    nonconverged_after = int((converged[after.index] < 0.5).sum()) if len(after) else 0
-    final = lambda name: float(_series(part, name).iloc[-1]) if len(_series(part, name)) else math.nan
+    sharp = _series(part, "sharpness")
+    after = _after_sharpening(ratio)
+    nonconverged_after = int((converged.reindex(after.index) != 1.0).sum()) if len(after) else 0
+    final = lambda name: float(_series(part, name).iloc[-1]) if len(_series(part, name)) else math.nan  # noqa: E731
     return {
         "lr": lr, "two_over_lr": 2 / lr,
-        "initial_sharpness": float(_series(part, "sharpness").iloc[0]) if len(ratio) else math.nan,
-        "max_sharpness_x_lr_over_2": float(ratio.max()) if len(ratio) else math.nan,
-        "sharpened_at_step": int(crossed.index[0]) if len(crossed) else None,
-        "min_after_sharpening": float(after.min()) if len(after) else math.nan,
-        "max_after_sharpening": float(after.max()) if len(after) else math.nan,
+        "initial_sharpness": float(sharp.iloc[0]) if len(sharp) else math.nan,
+        "max_sharpness_x_lr_over_2": float(ratio.max(skipna=False)) if len(ratio) else math.nan,
+        "sharpened_at_step": int(after.index[0]) if len(after) else None,
+        "min_after_sharpening": float(after.min(skipna=False)) if len(after) else math.nan,
+        "max_after_sharpening": float(after.max(skipna=False)) if len(after) else math.nan,
         "measurements_after_sharpening": len(after),
         "final_sharpness_x_lr_over_2": float(ratio.iloc[-1]) if len(ratio) else math.nan,
         "initial_loss": float(loss.iloc[0]) if len(loss) else math.nan,
         "final_loss": float(loss.iloc[-1]) if len(loss) else math.nan,
-        "loss_drop": float(loss.iloc[0] / loss.iloc[-1]) if len(loss) and loss.iloc[-1] > 0 else math.nan,
+        "loss_drop": _loss_drop(loss),
         "loss_increases": final("loss_increases"), "diverged": final("diverged"),
-        "measurements": len(ratio), "lanczos_nonconverged": int((converged < 0.5).sum()),
+        "measurements": len(ratio), "lanczos_nonconverged": int((converged.reindex(ratio.index) != 1.0).sum()),
         "lanczos_nonconverged_after_sharpening": nonconverged_after,
     }
 
 
-def _checks(config: Config, table: pd.DataFrame) -> list[Check]:
-    """The edge-of-stability band and loss drop for the two largest η; stability for the smallest."""
+def _after_sharpening(ratio: pd.Series) -> pd.Series:
+    """The measurements from the first with sharpness·η/2 ≥ SHARPENED on (empty if none crossed)."""
+    crossed = ratio[ratio >= SHARPENED]
+    return ratio[ratio.index >= crossed.index[0]] if len(crossed) else ratio.iloc[0:0]
+
+
+def _loss_drop(loss: pd.Series) -> float:
+    """Initial / final training loss (0 if the run diverged to an infinite loss; NaN if unknown)."""
+    if not len(loss) or not loss.iloc[-1] > 0:
+        return math.nan
+    return float(loss.iloc[0] / loss.iloc[-1])
+
+
+def _uncertain(values: pd.Series, converged: pd.Series) -> pd.Series:
+    """Which measurements do not pin the top eigenvalue: NaN, or Lanczos did not converge (then the value
+    is only a lower bound of it)."""
+    return values.isna() | (converged.reindex(values.index) != 1.0)
+
+
+def _checks(config: Config, metrics: pd.DataFrame) -> list[Check]:
+    """The edge-of-stability band and loss drop for the two largest η; stability for the smallest.
+
+    A measurement that is NaN or whose Lanczos did not converge (a lower bound) leaves a check
+    inconclusive unless the check already fails on measurements that are certain; so does a run that
+    stopped short of its last step without diverging.
+    """
     checks = []
-    for _, row in table.head(2).iterrows():
-        lr = row["lr"]
-        if row["measurements"] == 0:
-            checks += [Check(f"η={lr:g}: sharpness·η/2 in [{BAND[0]}, {BAND[1]}] after sharpening", None,
-                             f"every measurement in [{BAND[0]}, {BAND[1]}]", None, "no sharpness was measured"),
-                       Check(f"η={lr:g}: loss drop (initial/final)", None, f">= {LOSS_DROP:g}", None, "no loss recorded")]
-            continue
-        nonconv = f"; {row['lanczos_nonconverged_after_sharpening']} of them did not converge" \
-            if row["lanczos_nonconverged_after_sharpening"] else ""
-        if row["sharpened_at_step"] is None or pd.isna(row["sharpened_at_step"]):
-            checks.append(Check(f"η={lr:g}: sharpness·η/2 in [{BAND[0]}, {BAND[1]}] after sharpening",
-                                float(row["max_sharpness_x_lr_over_2"]), f"every measurement in [{BAND[0]}, {BAND[1]}]",
-                                False, f"never sharpened: sharpness·η/2 peaked at {row['max_sharpness_x_lr_over_2']:.3f} "
-                                       f"< {SHARPENED} in {config.steps} steps"))
-        else:
-            low, high = float(row["min_after_sharpening"]), float(row["max_after_sharpening"])
-            worst = low if (1 - low) > (high - 1) else high  # the measurement farthest from 2/η
-            checks.append(Check(
-                f"η={lr:g}: sharpness·η/2 in [{BAND[0]}, {BAND[1]}] after sharpening", worst,
-                f"every measurement in [{BAND[0]}, {BAND[1]}]", bool(BAND[0] <= low and high <= BAND[1]),
-                f"sharpened at step {int(row['sharpened_at_step'])}; {int(row['measurements_after_sharpening'])} "
-                f"measurements after, range [{low:.3f}, {high:.3f}]; final {row['final_sharpness_x_lr_over_2']:.3f}"
-                f"{nonconv}"))
-        drop = float(row["loss_drop"])
-        diverged = bool(row["diverged"] == 1.0)
-        checks.append(Check(
-            f"η={lr:g}: loss drop (initial/final)", drop, f">= {LOSS_DROP:g}",
-            bool(drop >= LOSS_DROP) and not diverged,
-            f"loss {row['initial_loss']:.3g} → {row['final_loss']:.3g}; {int(row['loss_increases'])} steps increased "
-            f"the loss" + ("; the run diverged" if diverged else "")))
-    small = table.iloc[-1]
-    if small["measurements"] == 0:
-        checks.append(Check(f"η={small['lr']:g} (small): sharpness stays below 2/η", None, "max sharpness·η/2 < 1",
-                            None, "no sharpness was measured"))
-    else:
-        peak = float(small["max_sharpness_x_lr_over_2"])
-        checks.append(Check(
-            f"η={small['lr']:g} (small): sharpness stays below 2/η", peak, "max sharpness·η/2 < 1", bool(peak < 1.0),
-            f"2/η = {small['two_over_lr']:.3g}; sharpness {small['initial_sharpness']:.3g} at init, at most "
-            f"{peak * small['two_over_lr']:.3g}; loss {small['initial_loss']:.3g} → {small['final_loss']:.3g}"
-            + (f"; {int(small['lanczos_nonconverged'])} measurements did not converge"
-               if small["lanczos_nonconverged"] else "")))
+    lrs = sorted(config.lrs, reverse=True)
+    for i, lr in enumerate(lrs):
+        part = metrics[metrics["run_id"] == run_label(lr)]
+        ratio, loss, converged = (_series(part, n) for n in ("sharpness_x_lr_over_2", "loss", "lanczos_converged"))
+        diverged = bool(len(_series(part, "diverged")) and _series(part, "diverged").iloc[-1] == 1.0)
+        short = ""
+        if not len(ratio):
+            short = "no sharpness was measured"
+        elif not diverged and int(ratio.index[-1]) != config.steps:
+            short = f"the last measurement is at step {int(ratio.index[-1])}, not {config.steps} (an unfinished run?)"
+        if i < 2:
+            checks += [_band_check(config, lr, ratio, converged, short), _loss_check(config, lr, part, loss, diverged)]
+        if i == len(lrs) - 1:  # lrs has at least 3 step sizes
+            checks.append(_stable_check(lr, ratio, converged, loss, short))
     return checks
+
+
+def _band_check(config: Config, lr: float, ratio: pd.Series, converged: pd.Series, short: str) -> Check:
+    name = f"η={lr:g}: sharpness·η/2 in [{BAND[0]}, {BAND[1]}] after sharpening"
+    after = _after_sharpening(ratio)
+    if not len(after):
+        # never sharpened: the peak lies below the band, so the claim fails (or is unknown if a measurement
+        # is NaN or a lower bound)
+        uncertain = _uncertain(ratio, converged)
+        peak = float(ratio.max(skipna=False)) if len(ratio) else None
+        return Check.within(name, peak, *BAND, of="every measurement",
+                            detail=(f"never sharpened: sharpness·η/2 peaked at {peak:.3f} < {SHARPENED} in "
+                                    f"{config.steps} steps" if peak is not None and math.isfinite(peak) else ""),
+                            unreliable=short or (f"{int(uncertain.sum())} measurement(s) NaN or not converged"
+                                                 if uncertain.any() else ""))
+    uncertain = _uncertain(after, converged)
+    certain = after[~uncertain]
+    # a lower bound above the band is out of it whatever the true value
+    outside = ((certain < BAND[0]) | (certain > BAND[1])).any() or (after[uncertain] > BAND[1]).any()
+    finite = after.dropna()
+    worst = float(finite.iloc[int(np.argmax(np.abs(finite.to_numpy() - 1.0)))]) if len(finite) else None
+    doubt = short or (f"{int(uncertain.sum())} of the {len(after)} measurements after sharpening are NaN or did not "
+                      "converge (a lower bound of the top eigenvalue)" if uncertain.any() else "")
+    return Check.within(name, worst, *BAND, of="every measurement",
+                        detail=(f"sharpened at step {int(after.index[0])}; {len(after)} measurements after, range "
+                                f"[{finite.min():.3f}, {finite.max():.3f}]; final {after.iloc[-1]:.3f}"
+                                if len(finite) else f"sharpened at step {int(after.index[0])}"),
+                        unreliable="" if outside else doubt)
+
+
+def _loss_check(config: Config, lr: float, part: pd.DataFrame, loss: pd.Series, diverged: bool) -> Check:
+    drop = _loss_drop(loss)
+    doubt = ""
+    if len(loss) and int(loss.index[0]) != 0:
+        doubt = f"the first recorded loss is at step {int(loss.index[0])}, not at initialization"
+    elif len(loss) and not diverged and int(loss.index[-1]) != config.steps:
+        doubt = f"the last recorded loss is at step {int(loss.index[-1])}, not {config.steps} (an unfinished run?)"
+    increases = _series(part, "loss_increases")
+    return Check.at_least(
+        f"η={lr:g}: loss drop (initial/final)", drop, LOSS_DROP, unreliable=doubt,
+        detail=(f"loss {loss.iloc[0]:.3g} → {loss.iloc[-1]:.3g}" if len(loss) else "no loss recorded")
+        + (f"; {int(increases.iloc[-1])} steps increased the loss" if len(increases) and increases.notna().all() else "")
+        + ("; the run diverged" if diverged else ""))
+
+
+def _stable_check(lr: float, ratio: pd.Series, converged: pd.Series, loss: pd.Series, short: str) -> Check:
+    uncertain = _uncertain(ratio, converged)
+    finite = ratio.dropna()
+    peak = float(finite.max()) if len(finite) else None
+    crossed = peak is not None and peak >= 1.0  # a lower bound at or above 1 crosses whatever the true value
+    doubt = short or (f"{int(uncertain.sum())} of {len(ratio)} measurements are NaN or did not converge (a lower "
+                      "bound of the top eigenvalue)" if uncertain.any() else "")
+    detail = f"2/η = {2 / lr:.3g}"
+    if peak is not None:
+        detail += f"; sharpness {ratio.iloc[0] * 2 / lr:.3g} at init, at most {peak * 2 / lr:.3g}"
+    if len(loss):
+        detail += f"; loss {loss.iloc[0]:.3g} → {loss.iloc[-1]:.3g}"
+    return Check.at_most(f"η={lr:g} (small): sharpness stays below 2/η", peak, 1.0, strict=True,
+                         of="max sharpness·η/2", detail=detail, unreliable="" if crossed else doubt)
 
 
 STUDY = EdgeOfStability()

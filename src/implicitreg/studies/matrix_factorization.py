@@ -34,6 +34,7 @@ solutions multiplied back), so the initialization scale and steps mean the same 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,6 +276,7 @@ class MatrixFactorization:
              "Razin & Cohen's 2×2 problem every norm diverges while the rank falls.")
     paper = "Gunasekar et al. 2017; Arora, Cohen, Hu & Luo 2019; Razin & Cohen 2020"
     Config = Config
+    minutes = (0.2, 0.8)  # quick, full: on 2 CPU cores, --threads 1
 
     def defaults(self, quick: bool) -> dict[str, Any]:
         if not quick:
@@ -395,12 +397,14 @@ def _table(runs: pd.DataFrame, metrics: pd.DataFrame, solutions: dict[str, np.nd
     final = final_values(runs, metrics)
     columns = ["relative_train_loss", "test_mse", "effective_rank", "nuclear_norm", "frobenius_norm", "loss", "w11",
                "w11_sqrt_6l", "sigma_ratio"]
+    recorded = metrics.groupby("run_id")["name"].agg(set).to_dict()
     rows = []
     for _, run in final.iterrows():
         config = runs.loc[runs["run_id"] == run["run_id"], "config"].iloc[0]
         row = {"run": run["run_id"], "depth": int(config["depth"]), "steps": int(run["final_step"]),
                "converged": bool(run.get("converged", 0.0) == 1.0)}
-        row.update({c: float(run[c]) for c in columns if c in run and pd.notna(run[c])})
+        # a metric the run recorded keeps its final value, NaN included (a NaN must reach the checks)
+        row.update({c: float(run[c]) for c in columns if c in run and c in recorded.get(run["run_id"], set())})
         matrix, reference = solutions.get(run["run_id"]), solutions.get("ref_min_nuclear")
         if matrix is not None and reference is not None and matrix.shape == reference.shape:
             row["distance_to_min_nuclear"] = float(np.linalg.norm(matrix - reference) / np.linalg.norm(reference))
@@ -416,80 +420,95 @@ def _row(table: pd.DataFrame, run: str) -> pd.Series | None:
 def _checks(config: Config, table: pd.DataFrame, metrics: pd.DataFrame, runs: pd.DataFrame,
             solutions: dict[str, np.ndarray]) -> list[Check]:
     """Every check from the stored metrics and run settings (test_mse is recorded only when a truth
-    exists); ``solutions`` only adds detail."""
+    exists); ``solutions`` only adds detail. A missing run, metric or setting, or a NaN, leaves the
+    check that needs it inconclusive, naming what is missing."""
     rows = {d: _row(table, f"depth_{d}") for d in (1, 2, 3)}
-    value = lambda d, c: (None if rows[d] is None or c not in rows[d] or pd.isna(rows[d][c])  # noqa: E731
-                          else float(rows[d][c]))
-    missing = lambda d: ("no truth: test errors cannot be computed" if rows[d] is not None  # noqa: E731
-                         else f"depth {d} did not run")
+
+    def value(depth: int, column: str) -> float | None:
+        row = rows[depth]
+        return None if row is None or column not in row.index else float(row[column])
+
+    def missing(depth: int, column: str = "test_mse") -> str:
+        """Why a depth's value is absent ('' if it is there; a NaN value is the base's to report)."""
+        if rows[depth] is None:
+            return f"depth {depth} did not run"
+        if column not in rows[depth].index:
+            return "no truth: test errors cannot be computed" if column == "test_mse" else f"no {column} recorded"
+        return ""
+
     checks = []
+    deep, shallow2, one = value(3, "test_mse"), value(2, "test_mse"), value(1, "test_mse")
+    checks.append(Check.at_most("depth-3 test MSE", deep, DEEP_TOL, detail=missing(3)))
 
-    deep = value(3, "test_mse")
-    checks.append(Check("depth-3 test MSE", deep, f"<= {DEEP_TOL:g}", None if deep is None else bool(deep <= DEEP_TOL),
-                        "" if deep is not None else missing(3)))
+    # depth 3 exactly 0 would make the ratio infinite (the claim holds); the smallest positive float keeps it finite
+    ratio = None if deep is None or shallow2 is None else shallow2 / max(deep, np.finfo(float).tiny)
+    checks.append(Check.at_least("depth-2 / depth-3 test MSE", ratio, RATIO_MIN,
+                                 detail=missing(2) or missing(3) or f"depth 2: {shallow2:.3e}, depth 3: {deep:.3e}"))
 
-    shallow2 = value(2, "test_mse")
-    if deep is not None and shallow2 is not None:
-        ratio = shallow2 / deep if deep > 0 else float("inf")
-        checks.append(Check("depth-2 / depth-3 test MSE", ratio, f">= {RATIO_MIN:g}", bool(ratio >= RATIO_MIN),
-                            f"depth 2: {shallow2:.3e}, depth 3: {deep:.3e}"))
-    else:
-        checks.append(Check("depth-2 / depth-3 test MSE", None, f">= {RATIO_MIN:g}", None,
-                            missing(2) if shallow2 is None else missing(3)))
+    fraction = _run_config(runs, "depth_1").get("observed_fraction")
+    expected = None if fraction is None else 1.0 - float(fraction)
+    detail = missing(1) or ("the observed fraction of depth 1's run is not recorded" if expected is None else "")
+    if "truth" in solutions and "mask" in solutions:
+        truth, mask = solutions["truth"], solutions["mask"]
+        detail = "; ".join(filter(None, [detail, f"the truth's unobserved energy fraction (the exact value for a zero "
+                                                 f"fill) = {np.sum((truth * ~mask) ** 2) / np.sum(truth ** 2):.4f}"]))
+    shown = f"depth 1: {one:.4f}; 1 − m/(n1·n2) = {expected:.4f}" if one is not None and expected is not None else ""
+    checks.append(Check.at_most("|depth-1 test MSE − (1 − m/(n1·n2))|",
+                                None if one is None or expected is None else abs(one - expected), SHALLOW_TOL,
+                                detail="; ".join(filter(None, [shown, detail]))))
 
-    one = value(1, "test_mse")
-    if one is not None:
-        expected = 1.0 - float(_run_config(runs, "depth_1")["observed_fraction"])
-        gap = abs(one - expected)
-        detail = f"depth 1: {one:.4f}; 1 − m/(n1·n2) = {expected:.4f}"
-        if "truth" in solutions and "mask" in solutions:
-            truth, mask = solutions["truth"], solutions["mask"]
-            detail += (f"; the truth's unobserved energy fraction (the exact value for a zero fill) = "
-                       f"{np.sum((truth * ~mask) ** 2) / np.sum(truth ** 2):.4f}")
-        checks.append(Check("|depth-1 test MSE − (1 − m/(n1·n2))|", float(gap), f"<= {SHALLOW_TOL:g}",
-                            bool(gap <= SHALLOW_TOL), detail))
-    else:
-        checks.append(Check("|depth-1 test MSE − (1 − m/(n1·n2))|", None, f"<= {SHALLOW_TOL:g}", None, missing(1)))
-
+    rank = _run_config(runs, "depth_3").get("true_rank")
     effective = value(3, "effective_rank")
-    rank = _run_config(runs, "depth_3").get("true_rank") if rows[3] is not None else None
-    if rank is not None and effective is not None:
-        checks.append(Check("depth-3 effective rank", effective, f"< r + {RANK_MARGIN:g} = {rank + RANK_MARGIN:g}",
-                            bool(effective < rank + RANK_MARGIN), f"true rank r = {rank}"))
+    if rank is None:
+        checks.append(Check.at_most("depth-3 effective rank", effective, RANK_MARGIN, strict=True,
+                                    of="effective rank − r",
+                                    unreliable=missing(3, "effective_rank") or "the true rank is unknown (no truth)"))
     else:
-        checks.append(Check("depth-3 effective rank", effective, f"< r + {RANK_MARGIN:g}", None,
-                            "the true rank is unknown (no truth)" if effective is not None else missing(3)))
+        checks.append(Check.at_most("depth-3 effective rank", effective, rank + RANK_MARGIN, strict=True,
+                                    detail=missing(3, "effective_rank") or f"true rank r = {rank}: r + {RANK_MARGIN:g}"))
     checks.extend(_razin_checks(metrics))
     return checks
 
 
 def _run_config(runs: pd.DataFrame, run_id: str) -> dict[str, Any]:
-    match = runs.loc[runs["run_id"] == run_id, "config"]
-    return dict(match.iloc[0]) if len(match) else {}
+    match = runs.loc[runs["run_id"] == run_id, "config"] if "config" in runs else []
+    return dict(match.iloc[0]) if len(match) and isinstance(match.iloc[0], dict) else {}
 
 
 def _razin_checks(metrics: pd.DataFrame) -> list[Check]:
+    """|w11|·√(6L) and σ₂/σ₁ at every recorded step with L ≤ RC_LOSS; a NaN among them (or among the
+    losses that choose the steps) makes the checks inconclusive rather than dropping out of max/min."""
     names = (f"Razin–Cohen: |w11|·√(6L) once L ≤ {RC_LOSS:g} (farthest from 1)",
              f"Razin–Cohen: σ₂/σ₁ once L ≤ {RC_LOSS:g} (largest)")
-    thresholds = (f"in [{RC_BAND[0]:g}, {RC_BAND[1]:g}]", f"<= {RC_RATIO:g}")
-    wide = metrics[metrics["run_id"] == RC_RUN].pivot_table(index="step", columns="name", values="value")
-    if wide.empty or "loss" not in wide:
-        return [Check(n, None, t, None, "the 2×2 run did not run") for n, t in zip(names, thresholds)]
+    part = metrics[metrics["run_id"] == RC_RUN].sort_values("step", kind="stable")
+    wide = part.drop_duplicates(["step", "name"], keep="last").pivot(index="step", columns="name", values="value")
+
+    def undecided(reason: str) -> list[Check]:
+        return [Check.within(names[0], None, *RC_BAND, unreliable=reason),
+                Check.at_most(names[1], None, RC_RATIO, unreliable=reason)]
+
+    needed = ("loss", "w11_sqrt_6l", "sigma_ratio")
+    if wide.empty or any(c not in wide for c in needed):
+        return undecided("the 2×2 run did not run" if wide.empty else
+                         f"the 2×2 run did not record {', '.join(c for c in needed if c not in wide)}")
+    if wide["loss"].isna().any():
+        return undecided(f"{int(wide['loss'].isna().sum())} recorded loss(es) of the 2×2 run are NaN")
     late = wide[wide["loss"] <= RC_LOSS]
     if late.empty:
-        return [Check(n, None, t, None, f"the loss never reached {RC_LOSS:g} (lowest {wide['loss'].min():.3e})")
-                for n, t in zip(names, thresholds)]
-    products = late["w11_sqrt_6l"]
-    farthest = float(products.loc[(products - 1.0).abs().idxmax()])
-    inside = bool(products.between(*RC_BAND).all())
+        return undecided(f"the loss never reached {RC_LOSS:g} (lowest {wide['loss'].min():.3e})")
+    products, ratios = late["w11_sqrt_6l"].to_numpy(), late["sigma_ratio"].to_numpy()
+    # NaN propagates through these (numpy), so a NaN step makes the value NaN: inconclusive
+    farthest = float(products[np.argmax(np.abs(products - 1.0))]) if np.all(np.isfinite(products)) else math.nan
+    largest = float(np.max(ratios))
     last = late.iloc[-1]
-    ratio = float(late["sigma_ratio"].max())
     detail = (f"{len(late)} recorded steps with L ≤ {RC_LOSS:g} (steps {int(late.index[0])}–{int(late.index[-1])}); "
-              f"|w11|·√(6L) from {products.min():.4f} to {products.max():.4f}; at the last step "
-              f"L = {last['loss']:.3e}, w11 = {last['w11']:.3f}, ‖W‖_F = {last['frobenius_norm']:.3f}")
-    return [Check(names[0], farthest, thresholds[0], inside, detail),
-            Check(names[1], ratio, thresholds[1], bool(ratio <= RC_RATIO),
-                  f"σ₂/σ₁ at the last step {last['sigma_ratio']:.2e}; det W = {last['det']:.2e}")]
+              f"|w11|·√(6L) from {np.min(products):.4f} to {np.max(products):.4f}; at the last step "
+              f"L = {last['loss']:.3e}, w11 = {last.get('w11', math.nan):.3f}, "
+              f"‖W‖_F = {last.get('frobenius_norm', math.nan):.3f}")
+    return [Check.within(names[0], farthest, *RC_BAND, detail=detail),
+            Check.at_most(names[1], largest, RC_RATIO,
+                          detail=f"σ₂/σ₁ at the last step {last['sigma_ratio']:.2e}; det W = "
+                                 f"{last.get('det', math.nan):.2e}")]
 
 
 def _completion_figure(config: Config, depth_runs: list[str], solutions: dict[str, np.ndarray], path: Path) -> Path:

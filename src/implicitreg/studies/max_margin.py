@@ -131,6 +131,7 @@ class MaxMargin:
              "faster.")
     paper = "Soudry, Hoffer, Nacson, Gunasekar & Srebro 2018; Nacson et al. 2019"
     Config = Config
+    minutes = (0.2, 4.1)  # quick, full: on 2 CPU cores, --threads 1
 
     def defaults(self, quick: bool) -> dict[str, Any]:
         return {"steps": 100_000, "window_start": 1_000} if quick else {}
@@ -227,7 +228,7 @@ class MaxMargin:
                 f"support vectors (step-size free): t^(−λ) = {window[0] ** -lam:.2f} at t = {window[0]:.0e} and "
                 f"{window[1] ** -lam:.2f} at t = {window[1]:.0e}; dist·ln t is constant only once this transient is "
                 "small, so a small λ explains a drifting dist·ln t.")
-        return Analysis(table, _checks(metrics, runs, norm_hat, window), notes)
+        return Analysis(table, _checks(config, metrics, runs, norm_hat), notes)
 
     def figures(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame, solutions: dict[str, np.ndarray],
                 directory: Path) -> list[Path]:
@@ -251,18 +252,20 @@ def _in_window(series: pd.Series, window: tuple[int, int]) -> pd.Series:
 
 
 def _slope(norms: pd.Series, window: tuple[int, int]) -> float:
-    """Least-squares slope of ‖w(t)‖ against ln t over the recorded steps in the window."""
+    """Least-squares slope of ‖w(t)‖ against ln t over the recorded steps in the window (NaN if fewer
+    than 3, or if any of them is not finite: a NaN must not drop out of the fit)."""
     part = _in_window(norms, window)
-    if len(part) < 3:
+    if len(part) < 3 or not np.all(np.isfinite(part.to_numpy())):
         return math.nan
     return float(np.polyfit(np.log(part.index.to_numpy(dtype=float)), part.to_numpy(), 1)[0])
 
 
 def _spread(dist: pd.Series, window: tuple[int, int]) -> float:
     """How far dist·ln t is from constant over the recorded steps in the window: the largest
-    relative deviation max |s/median(s) − 1| of s = dist·ln t."""
+    relative deviation max |s/median(s) − 1| of s = dist·ln t (NaN if fewer than 3 steps or any value
+    is not finite)."""
     part = _in_window(dist, window)
-    if len(part) < 3:
+    if len(part) < 3 or not np.all(np.isfinite(part.to_numpy())):
         return math.nan
     scaled = part.to_numpy() * np.log(part.index.to_numpy(dtype=float))
     middle = float(np.median(scaled))
@@ -283,42 +286,77 @@ def _source(runs: pd.DataFrame) -> str:
     return "unknown"
 
 
-def _checks(metrics: pd.DataFrame, runs: pd.DataFrame, norm_hat: float | None,
-            window: tuple[int, int]) -> list[Check]:
+def _at_horizon(series: pd.Series, horizon: int, what: str) -> tuple[float | None, str]:
+    """The last recorded value of ``series`` and why it cannot be judged as the value at the horizon
+    ('' if it can): nothing recorded, or the last recorded step is not the horizon (a truncated run)."""
+    if series.empty:
+        return None, f"{what} was not recorded"
+    step = int(series.index[-1])
+    if step != horizon:
+        return float(series.iloc[-1]), f"{what} was last recorded at step {step}, not at the horizon {horizon}"
+    return float(series.iloc[-1]), ""
+
+
+def _checks(config: Config, metrics: pd.DataFrame, runs: pd.DataFrame, norm_hat: float | None) -> list[Check]:
+    """The four checks; each is inconclusive, naming why, when what it rests on is missing, not finite,
+    or does not reach the horizon (a run that stopped early) — never an exception or a silent fail."""
+    window = (config.window_start, config.steps)
+    horizon = config.steps
     span = f"t ∈ [{window[0]:.0e}, {window[1]:.0e}]"
-    names = (f"GD: cosine to the SVM direction at t = {window[1]:.0e}",
-             f"GD: dist·ln t constant over {span} (largest deviation from its median)",
-             f"GD: slope of ‖w(t)‖ vs ln t over {span}, relative error to ‖ŵ‖",
-             f"normalized GD: distance to the SVM direction at t = {window[1]:.0e}, relative to GD's")
-    thresholds = (f">= {COSINE_MIN}", f"<= {SPREAD_MAX}", f"<= {SLOPE_TOL}", "< 1")
-    if norm_hat is None or "gd" not in set(runs["run_id"]) or metrics.empty:
-        reason = "no solutions.npz (interrupted run?)" if norm_hat is None else "GD's metrics are missing"
-        return [Check(name, None, threshold, None, reason) for name, threshold in zip(names, thresholds)]
-    gd = _series(metrics, "gd")
-    cosine = float(gd["cosine"].iloc[-1])
-    spread = _spread(gd["dist"], window)
+    ids = set(runs["run_id"])
+    empty = pd.Series(dtype=float)
+    gd = _series(metrics, "gd") if "gd" in ids else {name: empty for name in ("norm", "dist", "cosine")}
+    missing = ("no solutions.npz (interrupted run?)" if norm_hat is None else
+               "" if "gd" in ids else "GD did not run")
+
+    cosine, why = _at_horizon(gd["cosine"], horizon, "GD's cosine")
+    gd_dist, dist_why = _at_horizon(gd["dist"], horizon, "GD's distance")
+    checks = [Check.at_least(f"GD: cosine to the SVM direction at t = {window[1]:.0e}", cosine, COSINE_MIN,
+                             detail=f"distance {_fmt(gd_dist)}", unreliable=missing or why)]
+
+    # the window ends at the horizon: a run whose records stop before it leaves the window short
+    checks.append(Check.at_most(f"GD: dist·ln t constant over {span} (largest deviation from its median)",
+                                _spread(gd["dist"], window), SPREAD_MAX, detail=_spread_detail(gd["dist"], window),
+                                unreliable=missing or dist_why))
+
     slope = _slope(gd["norm"], window)
-    slope_error = abs(slope / norm_hat - 1.0)
-    checks = [
-        Check(names[0], cosine, thresholds[0], bool(cosine >= COSINE_MIN), f"distance {gd['dist'].iloc[-1]:.3g}"),
-        Check(names[1], spread, thresholds[1], bool(spread <= SPREAD_MAX) if math.isfinite(spread) else False,
-              _spread_detail(gd["dist"], window)),
-        Check(names[2], slope_error, thresholds[2], bool(slope_error <= SLOPE_TOL) if math.isfinite(slope) else False,
-              f"slope {slope:.4g} vs ‖ŵ‖ = {norm_hat:.4g}"),
-    ]
-    if "gd_normalized" in set(runs["run_id"]):
-        normalized = _series(metrics, "gd_normalized")["dist"]
-        ratio = float(normalized.iloc[-1] / gd["dist"].iloc[-1])
-        checks.append(Check(names[3], ratio, thresholds[3], bool(ratio < 1.0),
-                            f"normalized GD {normalized.iloc[-1]:.3g} vs GD {gd['dist'].iloc[-1]:.3g}"))
+    _, norm_short = _at_horizon(gd["norm"], horizon, "GD's norm")
+    recorded = len(_in_window(gd["norm"], window))
+    checks.append(Check.at_most(
+        f"GD: slope of ‖w(t)‖ vs ln t over {span}, relative error to ‖ŵ‖",
+        abs(slope / norm_hat - 1.0) if norm_hat else None, SLOPE_TOL,
+        detail=("" if not norm_hat else
+                f"slope {slope:.4g} vs ‖ŵ‖ = {norm_hat:.4g} over {recorded} recorded steps" if math.isfinite(slope) else
+                f"no slope: {recorded} recorded steps in the window (at least 3, all finite, are needed)"),
+        unreliable=missing or norm_short))
+
+    if config.normalized:
+        name = f"normalized GD: distance to the SVM direction at t = {window[1]:.0e}, relative to GD's"
+        normalized = _series(metrics, "gd_normalized")["dist"] if "gd_normalized" in ids else empty
+        other, other_why = _at_horizon(normalized, horizon, "normalized GD's distance")
+        ratio = other / gd_dist if other is not None and gd_dist else None
+        checks.append(Check.at_most(
+            name, ratio, 1.0, strict=True,
+            detail=(f"normalized GD {_fmt(other)} vs GD {_fmt(gd_dist)}" if "gd_normalized" in ids
+                    else "normalized GD did not run"),
+            unreliable=missing or dist_why or other_why))
     return checks
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
 
 
 def _spread_detail(dist: pd.Series, window: tuple[int, int]) -> str:
     part = _in_window(dist, window)
     if part.empty:
         return "no recorded step in the window"
-    scaled = part.to_numpy() * np.log(part.index.to_numpy(dtype=float))
+    if len(part) < 3:
+        return f"only {len(part)} recorded step(s) in the window (3 needed)"
+    values = part.to_numpy()
+    if not np.all(np.isfinite(values)):
+        return f"{int(np.sum(~np.isfinite(values)))} of {len(part)} recorded distances in the window are not finite"
+    scaled = values * np.log(part.index.to_numpy(dtype=float))
     return (f"dist·ln t from {scaled.min():.4g} to {scaled.max():.4g} (median {np.median(scaled):.4g}; max/min − 1 = "
             f"{scaled.max() / scaled.min() - 1:.3g}) over {len(part)} recorded steps")
 

@@ -176,6 +176,7 @@ class MinNorm:
              "construction predicting the majority class on every test point.")
     paper = "Wilson, Roelofs, Stern, Srebro & Recht 2017"
     Config = Config
+    minutes = (0.1, 0.7)  # quick, full: on 2 CPU cores, --threads 1
 
     def defaults(self, quick: bool) -> dict[str, Any]:
         return {"wilson_n_train": 30, "wilson_n_test": 100} if quick else {}
@@ -280,8 +281,10 @@ def _final(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     if metrics.empty:
         last = pd.DataFrame(columns=["run_id", *names])
     else:
-        ordered = metrics.sort_values("step")
-        last = ordered.groupby(["run_id", "name"])["value"].last().unstack().reset_index()
+        # the value at each metric's last recorded step, NaN included (groupby.last() would skip a final
+        # NaN and return an earlier, finite value)
+        ordered = metrics.sort_values("step", kind="stable").groupby(["run_id", "name"]).tail(1)
+        last = ordered.pivot(index="run_id", columns="name", values="value").reset_index()
     frame = runs[["run_id", "arm", "final_step"]].merge(last, on="run_id", how="left")
     return frame.reindex(columns=["run_id", "arm", "final_step", *names])
 
@@ -294,59 +297,57 @@ def _source(runs: pd.DataFrame) -> str:
 
 
 def _value(final: pd.DataFrame, run_id: str, column: str) -> float | None:
+    """A run's final value of a metric: None if the run or the metric is missing, NaN if it was NaN."""
     row = final[final["run_id"] == run_id]
-    if row.empty or pd.isna(row[column].iloc[0]):
+    if row.empty or column not in row:
         return None
-    return float(row[column].iloc[0])
+    value = row[column].iloc[0]
+    return None if value is None else float(value)
 
 
 def _checks(final: pd.DataFrame, solutions: dict[str, np.ndarray]) -> list[Check]:
+    """Every check rests on one run (its final metrics or its stored solution): a missing run, solution
+    or metric, or a NaN, leaves that check inconclusive."""
     def distance(label: str, reference: str) -> float | None:
         if label not in solutions or reference not in solutions:
             return None
         return relative_distance(solutions[label], solutions[reference])
 
-    def check(name: str, value: float | None, threshold: str, ok, detail: str = "") -> Check:
-        return Check(name, value, threshold, None if value is None else bool(ok(value)), detail)
-
     checks = []
     for label in ("gd", "sgd"):
-        checks.append(check(f"{LABELS[label]} from zero: relative distance to X⁺y", distance(label, "ref_min_norm"),
-                            f"<= {EXACT_TOL:g}", lambda v: v <= EXACT_TOL,
-                            f"after {_steps(final, label)} steps"))
-    checks.append(check("GD from w₀: relative distance to X⁺y + (I − P)w₀",
-                        distance("gd_w0", "ref_min_norm_from_w0"), f"<= {EXACT_TOL:g}", lambda v: v <= EXACT_TOL,
-                        f"after {_steps(final, 'gd_w0')} steps; its distance to X⁺y is "
-                        f"{_fmt(distance('gd_w0', 'ref_min_norm'))}"))
+        checks.append(Check.at_most(f"{LABELS[label]} from zero: relative distance to X⁺y",
+                                    distance(label, "ref_min_norm"), EXACT_TOL,
+                                    detail=f"after {_steps(final, label)} steps"))
+    checks.append(Check.at_most("GD from w₀: relative distance to X⁺y + (I − P)w₀",
+                                distance("gd_w0", "ref_min_norm_from_w0"), EXACT_TOL,
+                                detail=f"after {_steps(final, 'gd_w0')} steps; its distance to X⁺y is "
+                                       f"{_fmt(distance('gd_w0', 'ref_min_norm'))}"))
     for label in ADAPTIVE:
-        checks.append(check(f"{LABELS[label]} from zero: relative residual", _value(final, label, "residual"),
-                            f"<= {RESIDUAL_MAX:g}", lambda v: v <= RESIDUAL_MAX,
-                            f"after {_steps(final, label)} steps"))
-        checks.append(check(f"{LABELS[label]} from zero: relative distance to X⁺y", distance(label, "ref_min_norm"),
-                            f">= {ADAPTIVE_DIST_MIN:g}", lambda v: v >= ADAPTIVE_DIST_MIN))
-    negatives = _value(final, f"{WILSON}_gd", "test_negative_fraction")
+        checks.append(Check.at_most(f"{LABELS[label]} from zero: relative residual", _value(final, label, "residual"),
+                                    RESIDUAL_MAX, detail=f"after {_steps(final, label)} steps"))
+        checks.append(Check.at_least(f"{LABELS[label]} from zero: relative distance to X⁺y",
+                                     distance(label, "ref_min_norm"), ADAPTIVE_DIST_MIN))
     for label in ("gd", "sgd"):
         run_id = f"{WILSON}_{label}"
-        checks.append(check(f"Wilson's construction: {LABELS[label]} test error", _value(final, run_id, "test_error"),
-                            "= 0", lambda v: v == 0.0,
-                            f"distance to the construction's X⁺y: {_fmt(distance(run_id, f'ref_{WILSON}_min_norm'))}"))
+        checks.append(Check.equals(f"Wilson's construction: {LABELS[label]} test error",
+                                   _value(final, run_id, "test_error"), 0.0,
+                                   detail=f"distance to the construction's X⁺y: "
+                                          f"{_fmt(distance(run_id, f'ref_{WILSON}_min_norm'))}"))
     for label in ADAPTIVE:
+        # each Wilson run records the fraction of negative test points (the majority class's error)
         run_id = f"{WILSON}_{label}"
-        error = _value(final, run_id, "test_error")
-        if negatives is None:
-            checks.append(Check(f"Wilson's construction: {LABELS[label]} test error", error,
-                                "= fraction of negative test points", None, "fraction of negatives not recorded"))
-            continue
-        checks.append(check(f"Wilson's construction: {LABELS[label]} test error", error,
-                            f"= {negatives:.4f} (fraction of negative test points: the majority class everywhere)",
-                            lambda v: abs(v - negatives) < 1e-12,
-                            f"residual {_fmt(_value(final, run_id, 'residual'))}"))
+        error, negatives = _value(final, run_id, "test_error"), _value(final, run_id, "test_negative_fraction")
+        checks.append(Check.equals(
+            f"Wilson's construction: {LABELS[label]} test error minus the fraction of negative test points",
+            None if error is None or negatives is None else error - negatives, 0.0, tolerance=1e-12,
+            detail=(f"test error {_fmt(error)}, fraction of negative test points {_fmt(negatives)} (0: the majority "
+                    f"class everywhere); residual {_fmt(_value(final, run_id, 'residual'))}")))
     return checks
 
 
 def _steps(final: pd.DataFrame, run_id: str) -> str:
     value = _value(final, run_id, "final_step")
-    return "?" if value is None else f"{int(value)}"
+    return "?" if value is None or not np.isfinite(value) else f"{int(value)}"
 
 
 def _fmt(value: float | None) -> str:
@@ -387,7 +388,7 @@ def _wilson_errors(final: pd.DataFrame, path: Path) -> Path:
     ax.bar_label(bars, fmt="%.3f")  # a zero error shows as a number, not as a missing bar
     ax.set_xticks(range(len(labels)), [LABELS[o] for o in FROM_ZERO])
     negatives = _value(final, f"{WILSON}_gd", "test_negative_fraction")
-    if negatives is not None:
+    if negatives is not None and np.isfinite(negatives):
         ax.axhline(negatives, color="grey", linestyle="--", linewidth=1, label="fraction of negative test points")
         ax.legend(fontsize=8)
     ax.set_ylabel("test error")
