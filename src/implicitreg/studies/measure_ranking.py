@@ -107,6 +107,7 @@ class MeasureRanking:
     claim = ("Across a sweep of networks trained to the same loss, flatness measures predict the generalization "
              "gap better than norm products (ranked by Kendall τ and granulated τ).")
     paper = "Jiang, Neyshabur, Mobahi, Krishnan & Bengio 2020"
+    minutes = (0.5, 13.8)  # quick, full: on 2 CPU cores
     Config = Config
 
     def defaults(self, quick: bool) -> dict[str, Any]:
