@@ -120,7 +120,7 @@ class BatchSize:
              "in flatter minima (lower top Hessian eigenvalue) that generalize better.")
     paper = "Keskar et al. 2017; Jastrzębski et al. 2017"
     Config = Config
-    minutes = (0.5, 7.3)  # quick, full: on 2 CPU cores, --threads 1
+    minutes = (0.4, 7.3)  # quick, full: on 2 CPU cores, --threads 1
 
     def defaults(self, quick: bool) -> dict[str, Any]:
         if not quick:

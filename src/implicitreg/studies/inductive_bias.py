@@ -99,7 +99,7 @@ class InductiveBias:
              "CNN's advantage and leaves the MLP unchanged.")
     paper = "Greydanus & Kobak 2024; Zhang et al. 2017"
     Config = Config
-    minutes = (1.5, 2.2)  # quick, full: on 2 CPU cores
+    minutes = (1.0, 2.2)  # quick, full: on 2 CPU cores
 
     def defaults(self, quick: bool) -> dict[str, Any]:
         if not quick:
