@@ -8,7 +8,6 @@ separable by a hyperplane through the origin.
 
 from __future__ import annotations
 
-import cvxpy as cp
 import numpy as np
 from scipy.optimize import linprog, nnls
 
@@ -46,6 +45,8 @@ def hard_margin_svm(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         ValueError: if the QP is infeasible (data not separable through the origin) or unsolved.
     """
     z = np.asarray(y, dtype=np.float64)[:, None] * np.asarray(x, dtype=np.float64)
+    import cvxpy as cp  # imported here: it takes a second, and only this reference needs it
+
     w = cp.Variable(z.shape[1])
     problem = cp.Problem(cp.Minimize(cp.sum_squares(w)), [z @ w >= 1])
     problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)

@@ -1,22 +1,33 @@
-"""Reusable study figures: metric curves with seed bands, and bar charts by arm. PNG, headless."""
+"""Reusable study figures: metric curves with seed bands, and bar charts by arm. PNG, headless.
+
+Figures are built on matplotlib's object API (:class:`~matplotlib.figure.Figure`), never through
+pyplot: no backend is switched and no global figure state is touched, so a notebook user's own
+plots are left as they were.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from typing import Any
 
-matplotlib.use("Agg")  # headless: no display on CI or clusters
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import pandas as pd
+from matplotlib.figure import Figure
 
 LABELS = {"train_acc": "train accuracy", "test_acc": "test accuracy", "gap": "generalization gap",
           "l2_norm": "parameter ℓ2 norm", "dist_init": "distance from init", "train_loss": "train loss",
           "test_loss": "test loss"}
 
 
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None,
+             **kwargs: Any) -> tuple[Figure, Any]:
+    """A figure and its axes, as ``pyplot.subplots`` returns them, without pyplot."""
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(nrows, ncols, **kwargs)
+
+
 def _panels(n: int, width: float = 5.0, height: float = 3.6):
-    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
+    fig, axes = subplots(1, n, figsize=(width * n, height), squeeze=False)
     return fig, axes[0]
 
 
@@ -24,7 +35,6 @@ def save_figure(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -66,7 +76,7 @@ def curves(metrics: pd.DataFrame, name: str, panel: str, line: str, path: Path, 
 def bars(final: pd.DataFrame, names: list[str], panel: str, bar: str, path: Path, title: str = "") -> Path:
     """One row of panels per ``panel`` value, one bar per ``bar`` value: mean ± std of each metric."""
     keys = list(dict.fromkeys(final[panel]))
-    fig, axes = plt.subplots(len(keys), len(names), figsize=(3.6 * len(names), 3.2 * len(keys)), squeeze=False)
+    fig, axes = subplots(len(keys), len(names), figsize=(3.6 * len(names), 3.2 * len(keys)), squeeze=False)
     for row, key in enumerate(keys):
         part = final[final[panel] == key]
         order = list(dict.fromkeys(part[bar]))

@@ -41,7 +41,7 @@ class Support:
         return 2 * self.used >= self.planned and self.used > 0
 
     def describe(self) -> str:
-        return f"{self.used} of {self.planned} {self.unit}"
+        return f"{self.used} of {self.planned} {self.unit}" if self.planned else f"no {self.unit} planned"
 
 
 def weakest(*supports: Support | None) -> Support | None:
@@ -243,13 +243,15 @@ def is_solved(study: Any) -> bool:
 def final_values(runs: pd.DataFrame, metrics: pd.DataFrame, keep_diverged: bool = False) -> pd.DataFrame:
     """One row per run: its columns from ``runs`` plus every metric's value at the run's last
     recorded step (runs stop at different steps). A run with no metrics has NaN values, and so
-    has a diverged run (its last records precede the divergence) unless ``keep_diverged``.
+    has a run that did not finish (failed, interrupted) or diverged (its last records precede the
+    divergence) unless ``keep_diverged``.
     """
     last_step = metrics.groupby("run_id")["step"].transform("max")
     last = metrics[metrics["step"] == last_step].pivot(index="run_id", columns="name", values="value")
     final = runs.drop(columns=["config", "provenance"]).merge(last.reset_index(), on="run_id", how="left")
-    if not keep_diverged:
-        final.loc[final["status"] == "diverged", list(last.columns)] = math.nan
+    # only a finished run's last records are its final values
+    stale = ~final["status"].isin(("done", "diverged") if keep_diverged else ("done",))
+    final.loc[stale, list(last.columns)] = math.nan
     return final
 
 

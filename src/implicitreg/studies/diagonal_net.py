@@ -40,7 +40,7 @@ from implicitreg.config import Strict
 from implicitreg.data.npz import read_regression
 from implicitreg.references.sparse_regression import (min_l1_interpolant, min_l2_interpolant, q_alpha,
                                                       q_alpha_interpolant)
-from implicitreg.report.figures import save_figure, plt
+from implicitreg.report.figures import save_figure, subplots
 from implicitreg.studies.base import Analysis, Check, ProgressBar, Solved, SolvedRun, Support, final_values
 
 Q_TOL = 1e-2  # relative distance of GD to the Q_α solution, every α (issue text)
@@ -391,7 +391,7 @@ def _sweep_figure(table: pd.DataFrame, solutions: dict[str, np.ndarray], path: P
     """Recovery error ‖β − β*‖ (when β* is known) and ℓ1 norm against α, with the references' values."""
     panels = [("recovery_error", "‖β − β*‖₂")] if table["recovery_error"].notna().any() else []
     panels.append(("l1_norm", "‖β‖₁"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.6), squeeze=False)
+    fig, axes = subplots(1, len(panels), figsize=(5.0 * len(panels), 3.6), squeeze=False)
     truth = solutions.get("truth")
     for ax, (column, label) in zip(axes[0], panels):
         ax.plot(table["alpha"], table[column], marker="o", label="gradient descent")
@@ -419,7 +419,7 @@ def _sweep_figure(table: pd.DataFrame, solutions: dict[str, np.ndarray], path: P
 
 def _distance_figure(table: pd.DataFrame, path: Path) -> Path:
     """Relative distance of the GD solution to the Q_α, min-ℓ1 and min-ℓ2 solutions against α (log–log)."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = subplots(figsize=(5.5, 3.8))
     for column, label in (("error_q_alpha", "Q_α solution"), ("error_min_l1", "min-ℓ1"), ("error_min_l2", "min-ℓ2")):
         if column in table:
             ax.plot(table["alpha"], table[column].clip(lower=1e-16), marker="o", label=label)
@@ -435,7 +435,7 @@ def _distance_figure(table: pd.DataFrame, path: Path) -> Path:
 
 def _loss_figure(losses: pd.DataFrame, config: Config, path: Path) -> Path:
     """Train loss along gradient descent for each α (log–log)."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = subplots(figsize=(5.5, 3.8))
     for run_id, part in losses.groupby("run_id", sort=False):
         part = part[part["step"] > 0].sort_values("step")
         ax.plot(part["step"], part["value"].clip(lower=1e-300), label=run_id.replace("alpha_", "α = "))

@@ -51,7 +51,7 @@ from implicitreg.references.random_features import (
     min_norm_fit,
     relu_features,
 )
-from implicitreg.report.figures import save_figure, curves, plt
+from implicitreg.report.figures import save_figure, curves, subplots
 from implicitreg.studies.base import (
     Analysis,
     Check,
@@ -544,7 +544,7 @@ def _rf_figure(config: Config, runs: pd.DataFrame, metrics: pd.DataFrame, path: 
     seed and, for the test MSE, their geometric mean (what the checks use)."""
     wide = _rf_rows(runs, metrics)
     n = config.rf.n_train
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, axes = subplots(1, 3, figsize=(14, 3.8))
     for seed, (run_id, part) in enumerate(wide.groupby("run_id", sort=True)):
         part = part.sort_values("step")
         ratio = part["step"] / n
@@ -578,7 +578,7 @@ def _rf_figure(config: Config, runs: pd.DataFrame, metrics: pd.DataFrame, path: 
 
 def _mlp_figure(config: Config, table: pd.DataFrame, path: Path) -> Path:
     """Train and test error (mean ± std over seeds) and test loss against the hidden width."""
-    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    fig, axes = subplots(1, 2, figsize=(10.5, 3.8))
     for name, colour, label in (("train_acc", "C1", "train error (noisy labels)"),
                                 ("test_acc", "C0", "test error (clean labels)")):
         axes[0].errorbar(table["size"], 1.0 - table[f"{name}_mean"], yerr=table[f"{name}_std"].fillna(0),

@@ -35,7 +35,7 @@ from pydantic import Field, model_validator
 from implicitreg.config import Strict
 from implicitreg.data.npz import read_regression
 from implicitreg.measures.curvature import hessian_eigenvalues
-from implicitreg.report.figures import save_figure, plt
+from implicitreg.report.figures import save_figure, subplots
 from implicitreg.studies.base import Analysis, Check, ProgressBar, Solved, SolvedRun
 
 BAND = (0.9, 1.1)  # sharpness·η/2 after sharpening (the band)
@@ -239,7 +239,7 @@ class EdgeOfStability:
 
     def figures(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame,
                 solutions: dict[str, np.ndarray] | None, directory: Path) -> list[Path]:
-        fig, (ax_s, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
+        fig, (ax_s, ax_l) = subplots(1, 2, figsize=(11, 4))
         for colour, lr in enumerate(sorted(config.lrs, reverse=True)):
             part = metrics[metrics["run_id"] == run_label(lr)]
             sharp = part[part["name"] == "sharpness"].sort_values("step")

@@ -40,7 +40,7 @@ from implicitreg.references.modified_flows import (
     igr_flow,
     sgd_flow,
 )
-from implicitreg.report.figures import save_figure, plt
+from implicitreg.report.figures import save_figure, subplots
 from implicitreg.studies.base import Analysis, Check, ProgressBar, Solved, SolvedRun
 
 MODIFIED_BAND = (3.5, 4.5)  # distance to the flow of L̃ shrinks by this factor per halving of h
@@ -284,7 +284,7 @@ class IGR:
         table = _table(config, solutions or {})
         if table.empty:
             return []
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+        fig, axes = subplots(1, 3, figsize=(15, 4.2))
         for ax, model in zip(axes, MODELS):
             part = table[(table["model"] == model) & (table["kind"] == "gd")]
             for column, colour, label in (("dist_plain", "C0", "GD ↔ flow of L"),

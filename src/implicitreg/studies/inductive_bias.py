@@ -38,7 +38,7 @@ from pydantic import Field, model_validator
 from implicitreg.config import CNNConfig, DataConfig, MLPConfig, Strict, TrainConfig
 from implicitreg.plan import Group, Member, group_runs
 from implicitreg.report import figures as fig
-from implicitreg.report.figures import save_figure, plt
+from implicitreg.report.figures import save_figure, subplots
 from implicitreg.studies.base import (Analysis, Check, Support, final_values, mean_std, n_classes, weakest,
                                      with_model)
 
@@ -250,7 +250,7 @@ def accuracy_bars(final: pd.DataFrame, models: list[str], variants: list[str],
                   anchors: dict[tuple[str, str], float], chance: float, path: Path) -> Path:
     """Test and train accuracy by model (groups) and variant (bars), mean ± std over seeds; the paper's
     test accuracies drawn as black markers."""
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), squeeze=False)
+    figure, axes = subplots(1, 2, figsize=(10, 3.8), squeeze=False)
     width = 0.8 / max(1, len(variants))
     for ax, name in zip(axes[0], ("test_acc", "train_acc")):
         for i, variant in enumerate(variants):

@@ -48,7 +48,7 @@ from implicitreg.config import Strict
 from implicitreg.data.npz import read_matrix_completion
 from implicitreg.measures.rank import effective_rank_from_svals
 from implicitreg.references.matrix_completion import min_nuclear_completion
-from implicitreg.report.figures import save_figure, plt
+from implicitreg.report.figures import save_figure, subplots
 from implicitreg.studies.base import Analysis, Check, ProgressBar, Solved, SolvedRun, final_values
 
 DEEP_TOL = 1e-3  # depth-3 test MSE (issue text)
@@ -514,7 +514,7 @@ def _razin_checks(metrics: pd.DataFrame) -> list[Check]:
 def _completion_figure(config: Config, depth_runs: list[str], solutions: dict[str, np.ndarray], path: Path) -> Path:
     """Test MSE by depth (log) beside the singular value spectra of every solution, the reference and the truth."""
     truth, mask = solutions.get("truth"), solutions["mask"]
-    fig, axes = plt.subplots(1, 2 if truth is not None else 1, figsize=(10.5 if truth is not None else 5.5, 3.8),
+    fig, axes = subplots(1, 2 if truth is not None else 1, figsize=(10.5 if truth is not None else 5.5, 3.8),
                              squeeze=False)
     spectra = axes[0][-1]
     if truth is not None:
@@ -549,7 +549,7 @@ def _completion_figure(config: Config, depth_runs: list[str], solutions: dict[st
 def _curves_figure(curves: pd.DataFrame, path: Path) -> Path:
     """Test MSE (if a truth is known), train loss and effective rank along training, one line per depth."""
     names = [n for n in ("test_mse", "relative_train_loss", "effective_rank") if n in set(curves["name"])]
-    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.6), squeeze=False)
+    fig, axes = subplots(1, len(names), figsize=(4.6 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names):
         for run_id, part in curves[curves["name"] == name].groupby("run_id"):
             part = part[part["step"] > 0].sort_values("step")
@@ -569,7 +569,7 @@ def _razin_figure(razin: pd.DataFrame, path: Path) -> Path:
     """Razin–Cohen 2×2 along training: |w11| and the norms grow like 1/√(6L) while σ₂/σ₁ and L fall."""
     wide = razin.pivot_table(index="step", columns="name", values="value").sort_index()
     wide = wide[wide.index > 0]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    fig, (left, right) = subplots(1, 2, figsize=(10.5, 3.8))
     for name, label in (("w11", "|w11|"), ("frobenius_norm", "‖W‖_F"), ("nuclear_norm", "‖W‖_*")):
         left.plot(wide.index, wide[name].abs(), label=label)
     left.plot(wide.index, 1 / np.sqrt(6 * wide["loss"]), color="grey", linestyle="--", label="1/√(6L)")

@@ -54,7 +54,7 @@ from implicitreg import logistic_dynamics as dyn
 from implicitreg.config import Strict
 from implicitreg.data.npz import read_classification
 from implicitreg.references import svm
-from implicitreg.report.figures import save_figure, plt
+from implicitreg.report.figures import save_figure, subplots
 from implicitreg.studies.base import Analysis, Check, ProgressBar, Solved, SolvedRun
 
 COSINE_MIN = 0.99
@@ -363,7 +363,7 @@ def _spread_detail(dist: pd.Series, window: tuple[int, int]) -> str:
 
 def _distance_figure(metrics: pd.DataFrame, runs: pd.DataFrame, window: tuple[int, int], path: Path) -> Path:
     """Normalized distance to ŵ/‖ŵ‖ vs t (log-log) per method, and GD's dist·ln t vs t (log x)."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = subplots(1, 2, figsize=(11, 4))
     for colour, run_id in enumerate(RUNS):
         if run_id not in set(runs["run_id"]):
             continue
@@ -388,7 +388,7 @@ def _distance_figure(metrics: pd.DataFrame, runs: pd.DataFrame, window: tuple[in
 
 def _margin_figure(metrics: pd.DataFrame, runs: pd.DataFrame, norm_hat: float | None, path: Path) -> Path:
     """Normalized margin minᵢ yᵢxᵢᵀw/‖w‖ vs t and its gap to the SVM margin 1/‖ŵ‖ (log scales)."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = subplots(1, 2, figsize=(11, 4))
     for colour, run_id in enumerate(RUNS):
         if run_id not in set(runs["run_id"]):
             continue
@@ -413,7 +413,7 @@ def _margin_figure(metrics: pd.DataFrame, runs: pd.DataFrame, norm_hat: float | 
 def _norm_figure(metrics: pd.DataFrame, norm_hat: float | None, lr: float | None, window: tuple[int, int],
                  path: Path) -> Path:
     """GD's ‖w(t)‖ against ln t with slope ‖ŵ‖, and t·L(t)·η/‖ŵ‖² (→ 1) against t."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = subplots(1, 2, figsize=(11, 4))
     gd = _series(metrics, "gd")
     norms, loss = gd["norm"], gd["loss"]
     if not norms.empty:

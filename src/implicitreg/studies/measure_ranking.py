@@ -34,7 +34,7 @@ from implicitreg.config import DataConfig, MLPConfig, Strict, TrainConfig
 from implicitreg.evaluate import granulated_kendall_tau, granulated_psi, group_codes, kendall_tau
 from implicitreg.measures import REGISTRY
 from implicitreg.plan import Group, Member, group_runs
-from implicitreg.report.figures import save_figure, plt
+from implicitreg.report.figures import save_figure, subplots
 from implicitreg.studies.base import Analysis, Check, Support, final_values, weakest
 
 #: Measures of the end-to-end matrix of a linear (factorized) model: undefined for a ReLU MLP.
@@ -274,7 +274,7 @@ def family_difference(config: Config, reached: pd.DataFrame, resamples: int = RE
 def _ranking_figure(table: pd.DataFrame, path: Path) -> Path:
     """Horizontal bars of Ψ and τ per measure, best at the top."""
     order = table.iloc[::-1]
-    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(order) + 1.5))
+    fig, ax = subplots(figsize=(7.5, 0.32 * len(order) + 1.5))
     y = np.arange(len(order))
     ax.barh(y + 0.2, order["psi"].fillna(0), height=0.4, label="granulated τ (Ψ)", color="C0")
     ax.barh(y - 0.2, order["tau"].fillna(0), height=0.4, label="Kendall τ", color="C1")
@@ -290,7 +290,7 @@ def _ranking_figure(table: pd.DataFrame, path: Path) -> Path:
 def _scatter_figure(table: pd.DataFrame, models: pd.DataFrame, path: Path) -> Path:
     """Generalization gap against the three best and the three worst measures (log x where positive)."""
     names = list(dict.fromkeys([*table["measure"].head(3), *table["measure"].tail(3)]))
-    fig, axes = plt.subplots(2, 3, figsize=(12, 7), squeeze=False)
+    fig, axes = subplots(2, 3, figsize=(12, 7), squeeze=False)
     for ax, name in zip(axes.flat, names):
         values = models[name].astype(float)
         ok = np.isfinite(values)

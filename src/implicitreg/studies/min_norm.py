@@ -48,7 +48,7 @@ from implicitreg import squared_loss_dynamics as dyn
 from implicitreg.config import Strict
 from implicitreg.data.npz import read_regression
 from implicitreg.references import least_squares as ref
-from implicitreg.report.figures import save_figure, plt
+from implicitreg.report.figures import save_figure, subplots
 from implicitreg.studies.base import Analysis, Check, ProgressBar, Solved, SolvedRun
 
 EXACT_TOL = 1e-6  # GD/SGD: relative distance to their reference
@@ -356,7 +356,7 @@ def _fmt(value: float | None) -> str:
 
 def _trajectories(metrics: pd.DataFrame, path: Path) -> Path:
     """Relative distance to X⁺y (GD from w₀: to X⁺y + (I − P)w₀) and relative residual vs step, log-log."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = subplots(1, 2, figsize=(11, 4))
     for colour, label in enumerate([*FROM_ZERO, "gd_w0"]):
         part = metrics[(metrics["run_id"] == label) & (metrics["step"] >= 1)]
         for ax, name in zip(axes, ("dist_ref", "residual")):
@@ -381,7 +381,7 @@ def _trajectories(metrics: pd.DataFrame, path: Path) -> Path:
 
 def _wilson_errors(final: pd.DataFrame, path: Path) -> Path:
     """Test error on Wilson's construction per optimizer, with the fraction of negative test points."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = subplots(figsize=(5.5, 3.8))
     labels = [f"{WILSON}_{o}" for o in FROM_ZERO]
     errors = [_value(final, label, "test_error") for label in labels]
     bars = ax.bar(range(len(labels)), [np.nan if e is None else e for e in errors], color=[f"C{i}" for i in range(4)])

@@ -15,17 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import pandas as pd
+from pydantic import Field, model_validator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from pydantic import Field, model_validator  # noqa: E402
-
-from implicitreg.config import DataConfig, MLPConfig, Strict, TrainConfig  # noqa: E402
-from implicitreg.plan import Group, Member, group_runs  # noqa: E402
-from implicitreg.report import figures as fig  # noqa: E402
-from implicitreg.studies.base import Analysis, Check, Support, final_values, mean_std, weakest  # noqa: E402
+from implicitreg.config import DataConfig, MLPConfig, Strict, TrainConfig
+from implicitreg.plan import Group, Member, group_runs
+from implicitreg.report import figures as fig
+from implicitreg.studies.base import Analysis, Check, Support, final_values, mean_std, weakest
 
 FIT_MIN = 0.99  # "fits the training set": mean train accuracy over seeds
 MEASURES = ("path_norm", "spectral_complexity")
@@ -178,7 +174,7 @@ def _checks(table: pd.DataFrame, final: pd.DataFrame, seeds: int) -> list[Check]
 
 def _versus_width(table: pd.DataFrame, names: list[str], path: Path, log_y: bool) -> Path:
     """Mean ± std over seeds of each metric against the hidden width (log₂ axis)."""
-    fig_, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
+    fig_, axes = fig.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
     for ax, name in zip(axes[0], names):
         ax.errorbar(table["width"], table[f"{name}_mean"], yerr=table[f"{name}_std"].fillna(0), marker="o",
                     capsize=3)
