@@ -24,9 +24,14 @@ __version__ = "0.1.0"
 
 def run(study: str, quick: bool = False, *, seeds: int | None = None, device: str = "auto",
         engine: str = "population", out: str | Path | None = None, resume: bool = False,
-        threads: int | None = None, data: str | Path | None = None, **overrides: Any) -> StudyResult:
+        threads: int | None = None, data: str | Path | None = None, progress: bool = True,
+        **overrides: Any) -> StudyResult:
     """Run a study as ``implicitreg run`` does; overrides use dotted keys (``**{"train.lr": 0.01}``)
-    or nested dicts (``train={"lr": 0.01}``); ``data`` is a user's ``.npz`` problem (``--data``)."""
+    or nested dicts (``train={"lr": 0.01}``); ``data`` is a user's ``.npz`` problem (``--data``).
+
+    ``progress``: a bar per population in a notebook or terminal, one line per population
+    elsewhere (on stderr); ``False`` prints nothing.
+    """
     nested: dict[str, Any] = {}
     for key, value in overrides.items():
         node = nested
@@ -36,7 +41,15 @@ def run(study: str, quick: bool = False, *, seeds: int | None = None, device: st
         node[parts[-1]] = value
     options = RunOptions(study, quick, nested, seeds, device, engine, Path(out) if out else None, resume, threads,
                          Path(data) if data is not None else None)
-    return execute(prepare(options))
+    prepared = prepare(options)
+    if not progress:
+        return execute(prepared)
+    from rich.console import Console
+
+    from implicitreg.display import execution_progress
+
+    with execution_progress(Console(stderr=True), prepared.study.name) as hooks:
+        return execute(prepared, **hooks)
 
 
 __all__ = ["ConfigError", "Population", "StudyResult", "measures", "parse_sets", "run", "studies", "train"]

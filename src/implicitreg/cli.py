@@ -1,62 +1,142 @@
-"""The ``implicitreg`` command: list, run, show, report. It only wires stages together.
+"""The ``implicitreg`` command: list, run, show, report, measures. It only wires stages together.
 
-User mistakes (unknown study or key, bad value, missing directory) print one line on stderr
-and exit with code 2, before anything is written.
+Exit codes: 0 a command that did its work (a finished study, whatever its verdict; with
+``--strict``, 1 on *fail* and 3 on *inconclusive*); 2 a user mistake (unknown study, option or
+key, a bad value, an unusable ``--out``, a directory holding no readable results), printed as one
+line on stderr before anything is written; 1 a fault of the machine (a full disk) or failed
+populations, also one line, with what was stored kept; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
+import sqlite3
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, NoReturn, Optional
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from typer.core import TyperGroup
 
-from implicitreg.config import ConfigError, parse_sets
-from implicitreg.display import VERDICT_STYLE, print_summary
+from implicitreg.config import ConfigError, format_validation_error, parse_sets
+from implicitreg.display import execution_progress, plain, print_summary, verdict_markup
 from implicitreg.report.index import write_index
 from implicitreg.runner import ALL, RunOptions, execute, prepare, prepare_all, summarize, write_outputs
+from implicitreg.store import StorageFault, classify_write_error, describe_write_error
 from implicitreg.studies import STUDIES
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
-                  help="A lab for implicit regularization: canonical studies with verdicts.")
+try:  # recent typer vendors click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover - typer on top of click
+    from click.exceptions import ClickException, NoArgsIsHelpError
+
+STRICT_EXIT = {"pass": 0, "smoke": 0, "fail": 1, "inconclusive": 3}
+"""Exit code of a finished study under ``--strict`` (without it: 0 whatever the verdict)."""
+
 out_console = Console()
 err_console = Console(stderr=True)
 
 
-def fail(message: str) -> None:
-    """A user mistake: one line on stderr, exit code 2."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+def error_line(message: str) -> None:
+    """One line on stderr: ``error: MESSAGE`` (the message as text, never as markup)."""
+    one_line = " ".join(str(message).split())
+    err_console.print(f"[bold red]error:[/] {plain(one_line)}", highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """A user mistake (code 2) or a fault of the machine (code 1): one line on stderr, then exit."""
+    error_line(message)
+    raise typer.Exit(code)
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (an unknown option or command, a value of the wrong type, a missing argument)
+    as one ``error:`` line on stderr with exit code 2, in place of click's five-line usage box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as err:  # `implicitreg` alone: the help on stdout and code 2, as click does
+            out_console.print(err.format_message(), markup=False, highlight=False)
+            sys.exit(err.exit_code)
+        except ClickException as err:
+            ctx = getattr(err, "ctx", None)
+            command = "implicitreg" + (f" {ctx.info_name}" if ctx is not None and ctx.parent is not None else "")
+            error_line(f"{err.format_message()} (see {command} --help)")
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            error_line("aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  help="A lab for implicit regularization: canonical studies with verdicts.")
 
 
 @app.command("list")
 def list_studies() -> None:
     """The studies, with their claim and paper."""
     for name, study in STUDIES.items():
-        out_console.print(f"[bold]{name}[/] — {study.claim} [dim]({study.paper})[/]")
+        out_console.print(f"[bold]{plain(name)}[/] — {plain(study.claim)} [dim]({plain(study.paper)})[/]")
+
+
+DOC_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+
+
+def doc_text(text: str) -> str:
+    """A docstring's reST markup as plain text: ``code`` → code, :func:`a.b` → a.b (:class:`~a.B` → B)."""
+    text = DOC_ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1] if m.group(0).count("~") else m.group(1), text)
+    return re.sub(r"``([^`]+)``", r"\1", text)
+
+
+def first_paragraph(fn: Any) -> str:
+    doc = inspect.getdoc(fn) or ""
+    return " ".join(doc.split("\n\n", 1)[0].split())
+
+
+# public functions of implicitreg.measures that are machinery (evaluation, registration, model
+# transforms), not measures; every other public function that is no registry entry is listed
+MEASURE_MACHINERY = ("compute", "register", "stacked", "accuracy_and_loss", "evaluate_population",
+                     "hessian_vector_product", "fold_batchnorm")
 
 
 @app.command("measures")
 def list_measures() -> None:
-    """The complexity measures: what each needs, whether lower means simpler, its cost."""
+    """The complexity measures: their family, what each needs, whether lower means simpler, its cost."""
     from rich import box
     from rich.table import Table
 
+    from implicitreg import measures
     from implicitreg.measures import REGISTRY
 
-    table = Table(box=box.SIMPLE_HEAD)
+    table = Table(title="measures (one value per model; measures.compute(names, ...) or measures.NAME)",
+                  title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("measure", no_wrap=True)
-    for column in ("needs", "lower is simpler", "cost", "what it is"):
+    for column in ("family", "needs", "lower is simpler", "cost", "what it is"):
         table.add_column(column)
-    for info in sorted(REGISTRY.values(), key=lambda i: i.name):
+    for info in sorted(REGISTRY.values(), key=lambda i: (i.family, i.name)):
         simpler = {True: "yes", False: "no (higher)", None: "–"}[info.lower_is_simpler]
-        table.add_row(info.name, ", ".join(info.needs), simpler, info.cost, info.summary)
+        table.add_row(*map(plain, (info.name, info.family, ", ".join(info.needs), simpler, info.cost,
+                                   doc_text(info.summary))))
     out_console.print(table)
+
+    several = Table(title="functions returning several values (per layer, top-k, or a result with convergence)",
+                    title_justify="left", box=box.SIMPLE_HEAD)
+    several.add_column("function", no_wrap=True)
+    several.add_column("what it returns")
+    for name in sorted(measures.__all__):
+        fn = getattr(measures, name)
+        if name in REGISTRY or name in MEASURE_MACHINERY or not inspect.isfunction(fn):
+            continue
+        several.add_row(plain(f"measures.{name}"), plain(doc_text(first_paragraph(fn))))
+    out_console.print(several)
 
 
 @app.command()
@@ -72,6 +152,8 @@ def run(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all available)"),
     as_json: bool = typer.Option(False, "--json", help="print summary.json to stdout"),
     data: Optional[Path] = typer.Option(None, "--data", help="your own problem as FILE.npz (theory studies)"),
+    strict: bool = typer.Option(False, "--strict",
+                                help="exit 1 if the verdict is fail, 3 if inconclusive (for scripts and CI)"),
 ) -> None:
     """Run a study (or `all` of them): train, store, analyze, report."""
     try:
@@ -79,16 +161,28 @@ def run(
         prepared_runs = prepare_all(options) if study == ALL else [prepare(options)]
     except ConfigError as err:
         fail(str(err))
-    results = [_execute_with_progress(prepared) for prepared in prepared_runs]
+    results = []
+    for prepared in prepared_runs:
+        try:
+            results.append(_execute_with_progress(prepared))
+        except ConfigError as err:
+            fail(str(err))
+        except StorageFault as err:
+            fail(str(err), code=1)
     if study == ALL:
-        index = write_index(prepared_runs[0].out.parent, [(p.study.name, r.summary) for p, r in zip(prepared_runs, results)])
+        try:
+            index = write_index(prepared_runs[0].out.parent,
+                                [(p.study.name, r.summary) for p, r in zip(prepared_runs, results)])
+        except OSError as err:
+            fail(f"cannot write the index in {prepared_runs[0].out.parent} ({describe_write_error(err)}); "
+                 "every study's results are stored", code=1)
         summaries = {p.study.name: r.summary for p, r in zip(prepared_runs, results)}
         if as_json:
             print(json.dumps(summaries, indent=2))
         else:
             for name, summary in summaries.items():
-                out_console.print(f"{name}: [{VERDICT_STYLE[summary['verdict']]}]{summary['verdict'].upper()}[/]")
-            out_console.print(f"index: {index}")
+                out_console.print(f"{plain(name)}: {verdict_markup(summary['verdict'])}")
+            out_console.print(f"index: {plain(index)}")
     elif as_json:
         print(json.dumps(results[0].summary, indent=2))
     else:
@@ -97,53 +191,49 @@ def run(
     if failed:
         prepared, result = failed[0]
         err_console.print(f"[bold red]{len(result.failures)} population(s) failed[/]; first error:\n"
-                          f"{result.failures[0]}\nrerun with --resume --out {prepared.out} to retry them")
+                          f"{plain(result.failures[0])}\nrerun with --resume --out {plain(prepared.out)} to retry them",
+                          highlight=False)
         raise typer.Exit(1)
+    if strict:
+        codes = [STRICT_EXIT.get(r.verdict, 3) for r in results]
+        raise typer.Exit(1 if 1 in codes else max(codes))
 
 
 def _execute_with_progress(prepared):
-    """Execute one prepared study with a progress bar per population; Ctrl-C says how to resume."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=False) as progress:
-        def progress_for(task):
-            group = task.group
-            label = f"{prepared.study.name}: {group.arch} · {len(group.members)} runs ({task.engine})"
-            total = group.train.max_steps * (len(group.members) if task.engine == "sequential" else 1)
-            handle = progress.add_task(label, total=total)
-            count = {"done": 0}
+    """Execute one prepared study with its progress on stderr; Ctrl-C says how to resume."""
+    try:
+        with execution_progress(err_console, prepared.study.name) as hooks:
+            return execute(prepared, **hooks)
+    except KeyboardInterrupt:
+        err_console.print(plain(f"interrupted: finished populations are stored in {prepared.out}; "
+                                f"continue with --resume --out {prepared.out}"), highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
 
-            def advance(step: int, max_steps: int) -> None:
-                count["done"] += 1
-                progress.update(handle, completed=count["done"])
-            return advance
 
-        def finished(outcome) -> None:
-            # members that reach their target stop early: the bar ends where the work ended
-            for task_id in progress.task_ids:
-                progress.update(task_id, total=progress.tasks[task_id].completed)
-
-        def solve_bar(label: str, total: int):
-            handle = progress.add_task(f"{prepared.study.name}: {label}", total=total)
-            return lambda done: progress.update(handle, completed=done)
-
-        try:
-            return execute(prepared, progress=progress_for, on_outcome=finished, solve_progress=solve_bar)
-        except KeyboardInterrupt:
-            progress.stop()
-            err_console.print(f"interrupted: finished populations are stored in {prepared.out}; "
-                              f"continue with --resume --out {prepared.out}")
-            raise typer.Exit(130) from None
+def _stored(action, directory: Path):
+    """``action(directory)`` on a directory's stored results; what is wrong with them as one line."""
+    try:
+        return action(directory)
+    except (FileNotFoundError, NotADirectoryError) as err:
+        fail(str(err))
+    except ConfigError as err:  # an unknown study named by the metadata, or an unwritable directory
+        fail(f"{directory}: {err}")
+    except ValidationError as err:
+        fail(f"{directory}: the stored configuration is not valid ({format_validation_error(err)})")
+    except KeyError as err:
+        fail(f"{directory}: the stored metadata has no {err} entry; not a complete results store")
+    except (sqlite3.Error, OSError) as err:
+        kind = classify_write_error(err)
+        if kind == "full":
+            fail(f"{directory}: writing failed ({describe_write_error(err)}); the stored results are kept", code=1)
+        fail(f"{directory}: cannot use the stored results ({describe_write_error(err)})")
 
 
 @app.command()
 def show(directory: Path = typer.Argument(..., help="the --out directory of a run"),
          as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")) -> None:
     """Tables, checks and verdict of a finished (or interrupted) run, from its stored results."""
-    try:
-        summary = summarize(directory)[0]
-    except FileNotFoundError as err:
-        fail(str(err))
+    summary = _stored(lambda d: summarize(d)[0], directory)
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
@@ -153,11 +243,8 @@ def show(directory: Path = typer.Argument(..., help="the --out directory of a ru
 @app.command()
 def report(directory: Path = typer.Argument(..., help="the --out directory of a run")) -> None:
     """Rebuild figures, summary.json and report.html from the stored results."""
-    try:
-        result = write_outputs(directory)
-    except FileNotFoundError as err:
-        fail(str(err))
-    out_console.print(f"verdict: {result.verdict}; report: {directory / 'report.html'}")
+    result = _stored(write_outputs, directory)
+    out_console.print(f"verdict: {plain(result.verdict)}; report: {plain(directory / 'report.html')}")
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sqlite3
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -17,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import BaseModel, ValidationError
 from threadpoolctl import threadpool_limits
 
 from implicitreg import provenance
@@ -26,7 +28,17 @@ from implicitreg.config import ConfigError, build_config
 from implicitreg.models import build_model
 from implicitreg.plan import Group
 from implicitreg.report.html import write_report
-from implicitreg.store import Store
+from implicitreg.store import (
+    LOCK_FILENAME,
+    DirectoryBusy,
+    DirectoryLock,
+    Store,
+    StorageFault,
+    bookkeeping_files,
+    classify_write_error,
+    describe_write_error,
+)
+from implicitreg.store import now as store_now
 from implicitreg.studies import STUDIES, get_study
 from implicitreg.studies.base import Analysis, ProgressBar, Solved, Study, is_solved, no_progress
 
@@ -35,6 +47,9 @@ ALL = "all"  # `implicitreg run all`: every study into one directory
 QUICK_NOTE = "--quick: the same checks at a smaller size (fewer seeds, data or steps)."
 DEVICES = ("auto", "cpu", "cuda")
 SOLUTIONS = "solutions.npz"
+MAX_RUNS = 10_000
+"""The most runs one study may plan (seeds × grid); a bigger plan is refused before it is built."""
+NAME_MAX, PATH_MAX = 255, 4096  # bytes, where the file system does not say (Linux's limits)
 
 
 @dataclass
@@ -94,6 +109,114 @@ def default_out(study: str) -> Path:
     return path
 
 
+def _seed_fields(config: BaseModel, prefix: str = "") -> dict[str, int]:
+    """Dotted keys of the integer fields named ``seeds`` or ``*_seeds``, with their values: the
+    config fields that multiply a study's plan."""
+    found: dict[str, int] = {}
+    for name in type(config).model_fields:
+        value = getattr(config, name)
+        if isinstance(value, BaseModel):
+            found.update(_seed_fields(value, f"{prefix}{name}."))
+        elif (name == "seeds" or name.endswith("_seeds")) and isinstance(value, int) and not isinstance(value, bool):
+            found[prefix + name] = value
+    return found
+
+
+def _with_field(config: BaseModel, key: str, value: Any) -> BaseModel:
+    data = config.model_dump()
+    node = data
+    *path, last = key.split(".")
+    for part in path:
+        node = node[part]
+    node[last] = value
+    return type(config).model_validate(data)
+
+
+def _planned_runs(study: Study, config: Any) -> list[Group]:
+    try:
+        return study.plan(config)
+    except ValueError as err:  # a run's hyperparameters out of range (Member checks them)
+        raise ConfigError(str(err)) from None
+
+
+def check_plan_size(study: Study, config: Any) -> None:
+    """Refuse a plan of more than :data:`MAX_RUNS` runs before building it (a billion seeds would
+    fill the memory for minutes, then fail): the plan is built with one seed per seed field, and
+    each field that multiplies it multiplies the count."""
+    seeds = _seed_fields(config)
+    for key, n in seeds.items():
+        if n > MAX_RUNS:
+            raise ConfigError(f"{key}: {n} seeds would plan more than {MAX_RUNS:,} runs, the most one study "
+                              "may have; use fewer seeds (or split the sweep over several --out directories)")
+    probe = config
+    try:
+        for key in seeds:
+            probe = _with_field(probe, key, 1)
+        base = sum(len(g.members) for g in _planned_runs(study, probe))
+        factors = {key: n for key, n in seeds.items()
+                   if n > 1 and sum(len(g.members) for g in _planned_runs(study, _with_field(probe, key, 2))) > base}
+    except ValidationError:
+        return  # the study's own validation refuses one seed; its plan is bounded by the check above
+    total = base * math.prod(factors.values())
+    if total > MAX_RUNS:
+        parts = " × ".join([f"{base:,} runs per seed", *(f"{key}={n:,}" for key, n in factors.items())])
+        raise ConfigError(f"the plan has {total:,} runs ({parts}), more than the {MAX_RUNS:,} one study may have; "
+                          "use fewer seeds or a smaller grid (or split the sweep over several --out directories)")
+
+
+def check_out_path(out: Path, flag: str = "--out") -> Path:
+    """Check that ``out`` can be a results directory: names within the file system's limits, not a
+    dangling link, its nearest existing ancestor a writable directory. Returns that ancestor."""
+    if len(os.fsencode(str(out))) >= PATH_MAX:
+        raise ConfigError(f"{flag}: the path is {len(os.fsencode(str(out)))} bytes long; at most {PATH_MAX - 1} "
+                          "are allowed")
+    for part in out.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise ConfigError(f"{flag}: the name {part[:24]}… is {len(os.fsencode(part))} bytes long; a file "
+                              f"name may have at most {NAME_MAX}")
+    if out.is_symlink() and not out.exists():
+        raise ConfigError(f"{flag}: {out} is a symbolic link to {os.readlink(out)}, which does not exist")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "exists and is not a directory" if existing == out else "is a file, not a directory"
+        raise ConfigError(f"{flag}: {existing} {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag}: {existing} is not writable (a read-only file system, or no permission)")
+    return existing
+
+
+def _store_state(out: Path, study: Study, config: Any, resume: bool) -> bool:
+    """Whether ``out`` holds results of this study and config to continue (True) or nothing (False);
+    :class:`ConfigError` when it cannot take this run. Reads without writing."""
+    stored = out / Store.FILENAME
+    journals = {Store.FILENAME, Store.FILENAME + "-wal", Store.FILENAME + "-shm"}
+    if stored.is_symlink() or stored.exists():
+        try:
+            meta, n_runs = Store.inspect(stored)
+        except (sqlite3.Error, ValueError, OSError) as err:
+            raise ConfigError(f"--out: {stored} cannot be read as a results store ({err}); choose another --out"
+                              ) from None
+        if meta.get("study") is not None or n_runs:
+            if not resume:
+                raise ConfigError(f"--out: {out} already holds results; pass --resume to continue them or choose "
+                                  "another --out")
+            if meta.get("study") != study.name or meta.get("config") != json.loads(config.model_dump_json()):
+                raise ConfigError(f"--resume: {out} holds a different study or configuration "
+                                  f"({meta.get('study')}); rerun with the same options or choose another --out")
+            return True
+        # a store whose creation never completed (no metadata, no runs) holds nothing: replaced
+    if out.is_dir():
+        extra = set(p.name for p in out.iterdir()) - journals - {p.name for p in bookkeeping_files(out)}
+        if extra:
+            raise ConfigError(f"--out: {out} exists and is not empty (and holds no results to resume)")
+    return False
+
+
+RUN_ALL_FILES = ("index.html", "index.json", "index.html.tmp", "index.json.tmp", LOCK_FILENAME)
+
+
 def prepare_all(options: RunOptions) -> list[Prepared]:
     """Validate a run of every study into ``OUT/<study>`` (``implicitreg run all``). Writes nothing."""
     if options.overrides or options.data is not None:
@@ -101,8 +224,19 @@ def prepare_all(options: RunOptions) -> list[Prepared]:
         raise ConfigError(f"{flag}: settings differ between studies, so `run all` takes no {flag}; "
                           "run a study alone")
     base = Path(options.out) if options.out is not None else default_out(ALL)
-    if options.out is not None and not base.parent.exists():
-        raise ConfigError(f"--out: the parent directory {base.parent} does not exist")
+    if options.out is not None:
+        check_out_path(base)
+        if not base.parent.exists():
+            raise ConfigError(f"--out: the parent directory {base.parent} does not exist")
+    if base.is_dir():
+        # only what `run all` itself writes: the studies' directories and the index (overwritten)
+        entries = list(base.iterdir())
+        studies = [p for p in entries if p.name in STUDIES and p.is_dir()]
+        unrelated = [p for p in entries if p not in studies and p.name not in RUN_ALL_FILES]
+        if unrelated or (entries and not any((p / Store.FILENAME).exists() for p in studies)
+                         and any(p.name.startswith("index.") for p in entries)):
+            raise ConfigError(f"--out: {base} exists and is not empty (and holds no results of `run all` to "
+                              "resume); choose another --out")
     return [prepare(replace(options, study=name, out=base / name), parent_may_be_missing=True)
             for name in sorted(STUDIES)]
 
@@ -126,37 +260,44 @@ def prepare(options: RunOptions, parent_may_be_missing: bool = False) -> Prepare
             takers = sorted(n for n, s in STUDIES.items() if "data_file" in s.Config.model_fields)
             raise ConfigError(f"--data: {study.name} generates its own data; --data FILE.npz applies to "
                               f"{', '.join(takers)}")
-        overrides["data_file"] = str(Path(options.data).resolve())
+        try:
+            overrides["data_file"] = str(Path(options.data).resolve())
+        except OSError as err:
+            raise ConfigError(f"--data: {options.data}: {describe_write_error(err)}") from None
     config = build_config(study.Config, study.defaults(options.quick), overrides)
+    try:
+        check_plan_size(study, config)
+    except ConfigError as err:
+        if options.seeds is not None and str(err).startswith("seeds:"):
+            raise ConfigError(f"--{err}") from None
+        raise
     device = resolve_device(options.device)
     out = Path(options.out) if options.out is not None else default_out(study.name)
-    if options.out is not None and not parent_may_be_missing and not out.parent.exists():
-        raise ConfigError(f"--out: the parent directory {out.parent} does not exist")
+    if options.out is not None and not parent_may_be_missing:
+        check_out_path(out)
+        if not out.parent.exists():
+            raise ConfigError(f"--out: the parent directory {out.parent} does not exist")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} exists and is not a directory")
-    stored = out / Store.FILENAME
-    if stored.exists():
-        if not options.resume:
-            raise ConfigError(f"--out: {out} already holds results; pass --resume to continue them or choose "
-                              "another --out")
-        with Store(stored) as store:
-            meta = store.meta()
-        if meta.get("study") != study.name or meta.get("config") != json.loads(config.model_dump_json()):
-            raise ConfigError(f"--resume: {out} holds a different study or configuration "
-                              f"({meta.get('study')}); rerun with the same options or choose another --out")
-    elif out.exists() and any(out.iterdir()):
-        raise ConfigError(f"--out: {out} exists and is not empty (and holds no results to resume)")
-    for group in study.plan(config):
+    if out.is_dir() and DirectoryLock.is_held(out):
+        raise ConfigError(f"--out: another implicitreg process is writing results to {out} now; wait for it to "
+                          "finish (then --resume) or choose another --out")
+    _store_state(out, study, config, options.resume)
+    for group in _planned_runs(study, config):
         try:
             cached_dataset(group.data)  # sizes a data set cannot provide fail here, before any file exists
         except (ValueError, FileNotFoundError) as err:
             raise ConfigError(str(err)) from None
+        except OSError as err:  # a data.root the system cannot read (a name too long, no permission)
+            raise ConfigError(f"data: {describe_write_error(err)}") from None
     problem = None
     if is_solved(study):
         try:
             problem = study.problem(config)  # a malformed --data file fails here, before any file exists
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        except OSError as err:  # a --data path the system cannot read (a name too long, no permission)
+            raise ConfigError(f"--data: {describe_write_error(err)}") from None
     return Prepared(study, config, device, options.threads or available_threads(), out, options, problem)
 
 
@@ -225,41 +366,131 @@ def solve(prepared: Prepared, store: Store, prov: dict[str, Any], progress: Prog
     store.set_meta(solved=True)
 
 
+def _make_directories(out: Path) -> list[Path]:
+    """``mkdir -p out``; returns the directories it created, outermost first."""
+    missing = [p for p in [out, *out.parents] if not p.exists()][::-1]
+    for path in missing:
+        path.mkdir(exist_ok=True)
+    return missing
+
+
+def _remove_created(out: Path, created: list[Path], locked: bool) -> None:
+    """Undo a creation that failed before any result was stored: a temporary store, the lock file
+    if this process made the directory and held its lock, then the directories it made (each only
+    if empty: nothing of anyone else's is removed, another process's lock file least of all)."""
+    if locked and out.is_dir():
+        for path in bookkeeping_files(out):
+            if path.name != LOCK_FILENAME or created:
+                path.unlink(missing_ok=True)
+    for path in reversed(created):
+        try:
+            path.rmdir()
+        except OSError:
+            break
+
+
+def _write_fault(err: BaseException, out: Path, stored: bool) -> BaseException | None:
+    """The user-facing error for a storage failure (None: not one). Before anything was stored, an
+    unwritable ``--out`` is the command's mistake (:class:`ConfigError`); a full disk is the
+    machine's (:class:`StorageFault`)."""
+    kind = classify_write_error(err)
+    reason = describe_write_error(err)
+    if not stored and isinstance(err, (OSError, sqlite3.Error)):
+        if kind != "full":  # read-only, no permission, a path the system refuses to create
+            return ConfigError(f"--out: cannot write to {out} ({reason})")
+        return StorageFault(f"cannot create the results store in {out} ({reason}); nothing was stored: "
+                            "free some space and run the same command again")
+    if kind is None:
+        return None
+    return StorageFault(f"writing to {out} failed ({reason}); what was stored before is kept: free some space, "
+                        f"then continue with --resume --out {out}")
+
+
 def execute(prepared: Prepared, backend: Backend | None = None,
             progress: Callable[[Task], Callable[[int, int], None]] | None = None,
             on_outcome: Callable[[Any], None] | None = None,
             solve_progress: ProgressBar = no_progress) -> "StudyResult":
-    """Solve and train what is not yet finished, store it, analyze and write the report."""
+    """Solve and train what is not yet finished, store it, analyze and write the report.
+
+    One process at a time writes a directory (an advisory lock, held throughout: a second one gets
+    :class:`ConfigError`). The store is created whole or not at all; a failure before it exists
+    removes what this call created. A full disk later raises :class:`StorageFault`, keeping every
+    population committed before (``--resume`` continues).
+    """
     study, config, out = prepared.study, prepared.config, prepared.out
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    prov = provenance.collect(prepared.device, prepared.threads)
-    with Store(out / Store.FILENAME) as store:
-        store.set_meta(study=study.name, config=json.loads(config.model_dump_json()), quick=prepared.options.quick,
-                       engine=prepared.options.engine)
-        if is_solved(study):
-            solve(prepared, store, prov, solve_progress)
-        finished = store.finished_ids()
-        tasks = []
-        for group in study.plan(config):
-            size = len(group.members) if prepared.options.engine == "sequential" else max_members(group, prepared.device)
-            for chunk in group.chunks(size):
-                if all(m.run_id in finished for m in chunk.members):
-                    continue  # chunks are fixed by the plan, so a resumed chunk reruns exactly as before
-                tasks.append(Task(chunk, prepared.options.engine, str(prepared.device), prepared.threads))
-        store.start([run_record(study, t.group, m) for t in tasks for m in t.group.members], prov)
-        failures = []
-        for outcome in (backend or LocalBackend()).run(tasks, progress):
-            ids = [m.run_id for m in outcome.task.group.members]
-            if outcome.error is not None:
-                store.fail(ids, outcome.error)
-                failures.append(outcome.error)
-            else:
-                store.finish(outcome.results)
-            if on_outcome is not None:
-                on_outcome(outcome)
-        store.set_meta(wall_seconds=round(time.perf_counter() - started, 2))
-    result = write_outputs(out)
+    created: list[Path] = []
+    lock = DirectoryLock(out)
+    try:
+        created = _make_directories(out)
+        lock.acquire()
+        # checked again under the lock: another process may have written here since prepare()
+        resuming = _store_state(out, study, config, prepared.options.resume)
+        for stale in bookkeeping_files(out):
+            if stale.name != LOCK_FILENAME:
+                stale.unlink(missing_ok=True)  # a killed creation's temporary store
+        store = (Store(out / Store.FILENAME) if resuming else
+                 Store.create(out / Store.FILENAME, study=study.name, config=json.loads(config.model_dump_json()),
+                              quick=prepared.options.quick, engine=prepared.options.engine, wall_seconds=0.0))
+    except BaseException as err:
+        locked = lock.held
+        if not (out / Store.FILENAME).exists():
+            _remove_created(out, created, locked)
+        lock.release()
+        if isinstance(err, DirectoryBusy):
+            raise ConfigError(f"--out: {err}") from None
+        fault = _write_fault(err, out, stored=False)
+        if fault is None:
+            raise
+        raise fault from None
+    try:
+        with store:
+            meta = store.meta()
+            # a resumed session adds its time to the earlier sessions'; the first session's engine
+            # and quick flag stay the directory's (each run's provenance names its own engine)
+            before = float(meta.get("wall_seconds") or 0.0)
+            sessions = list(meta.get("sessions") or [])
+            sessions.append({"started_at": store_now(), "engine": prepared.options.engine,
+                             "device": str(prepared.device), "threads": prepared.threads, "wall_seconds": 0.0})
+
+            def clock() -> None:
+                sessions[-1]["wall_seconds"] = round(time.perf_counter() - started, 2)
+                store.set_meta(wall_seconds=round(before + sessions[-1]["wall_seconds"], 2), sessions=sessions)
+
+            clock()
+            prov = {**provenance.collect(prepared.device, prepared.threads), "engine": prepared.options.engine}
+            if is_solved(study):
+                solve(prepared, store, prov, solve_progress)
+                clock()
+            finished = store.finished_ids()
+            tasks = []
+            for group in study.plan(config):
+                size = (len(group.members) if prepared.options.engine == "sequential"
+                        else max_members(group, prepared.device))
+                for chunk in group.chunks(size):
+                    if all(m.run_id in finished for m in chunk.members):
+                        continue  # chunks are fixed by the plan, so a resumed chunk reruns exactly as before
+                    tasks.append(Task(chunk, prepared.options.engine, str(prepared.device), prepared.threads))
+            store.start([run_record(study, t.group, m) for t in tasks for m in t.group.members], prov)
+            failures = []
+            for outcome in (backend or LocalBackend()).run(tasks, progress):
+                ids = [m.run_id for m in outcome.task.group.members]
+                if outcome.error is not None:
+                    store.fail(ids, outcome.error)
+                    failures.append(outcome.error)
+                else:
+                    store.finish(outcome.results)
+                clock()
+                if on_outcome is not None:
+                    on_outcome(outcome)
+        result = write_outputs(out)
+    except (OSError, sqlite3.Error) as err:
+        fault = _write_fault(err, out, stored=True)
+        if fault is None:
+            raise
+        raise fault from None
+    finally:
+        lock.release()
     result.failures = failures
     return result
 
@@ -343,15 +574,33 @@ def _solved_args(study: Study, directory: Path) -> tuple[dict[str, np.ndarray], 
 
 
 def write_outputs(directory: Path) -> "StudyResult":
-    """Figures, ``summary.json`` and ``report.html`` from the store alone (each replaced atomically)."""
+    """Figures, ``summary.json`` and ``report.html`` from the store alone (each replaced atomically).
+
+    :class:`ConfigError` when the directory cannot take them (not writable, ``figures`` not a
+    directory); the store is only read, so nothing stored is lost.
+    """
+    directory = Path(directory)
     summary, study, config, analysis, runs, metrics = summarize(directory)
-    figures = (study.figures(config, runs, metrics, *_solved_args(study, directory), directory / "figures")
-               if not metrics.empty else [])
-    tmp = directory / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, directory / "summary.json")
-    report_tmp = write_report(summary, analysis.table, figures, directory / "report.html.tmp")
-    os.replace(report_tmp, directory / "report.html")
+    figures_dir = directory / "figures"
+    if (figures_dir.exists() or figures_dir.is_symlink()) and not figures_dir.is_dir():
+        raise ConfigError(f"{figures_dir} exists and is not a directory; move it away to write the figures")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(f"{directory} is not writable; the report (summary.json, report.html, figures/) is "
+                          "written there")
+    temporary = [directory / "summary.json.tmp", directory / "report.html.tmp"]
+    try:
+        figures = (study.figures(config, runs, metrics, *_solved_args(study, directory), figures_dir)
+                   if not metrics.empty else [])
+        temporary[0].write_text(json.dumps(summary, indent=2))
+        os.replace(temporary[0], directory / "summary.json")
+        report_tmp = write_report(summary, analysis.table, figures, temporary[1])
+        os.replace(report_tmp, directory / "report.html")
+    except OSError as err:
+        for path in temporary:
+            path.unlink(missing_ok=True)
+        if classify_write_error(err) == "not-writable":
+            raise ConfigError(f"{directory}: cannot write the report there ({describe_write_error(err)})") from None
+        raise
     return StudyResult(directory, summary)
 
 

@@ -1,13 +1,19 @@
 """SQLite store of a sweep: runs, metrics, study metadata. One file per output directory.
 
-WAL mode and one transaction per finished population: a sweep killed at any point (Ctrl-C,
-``kill -9``) keeps everything committed before, and ``--resume`` reruns only the rest. Only the
-driver process writes; workers return results.
+A store comes into existence whole (:meth:`Store.create`: schema and metadata are committed in a
+temporary file that is then renamed into place), so a process killed while creating it leaves
+either no ``results.sqlite`` or a complete one. After that, WAL mode and one transaction per
+finished population: a sweep killed at any point (Ctrl-C, ``kill -9``, a full disk) keeps
+everything committed before, and ``--resume`` reruns only the rest. Only the driver process
+writes, and only one driver per directory (:class:`DirectoryLock`); workers return results.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import os
 import sqlite3
 from contextlib import closing
 from datetime import datetime, timezone
@@ -49,6 +55,126 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+LOCK_FILENAME = ".implicitreg.lock"
+TMP_PREFIX = ".results.sqlite.creating-"  # a store being created; a leftover is a dead attempt's
+
+
+class DirectoryBusy(RuntimeError):
+    """Another process holds the directory's lock: it is writing results there now."""
+
+
+class DirectoryLock:
+    """An advisory lock (``flock``) on ``DIRECTORY/.implicitreg.lock``, held while a driver writes.
+
+    The kernel releases it when the process ends, however it ends (``kill -9`` included), so a
+    stale lock file never blocks a later run. The file itself stays (deleting it would race with
+    a process about to lock it).
+    """
+
+    def __init__(self, directory: str | Path):
+        self.path = Path(directory) / LOCK_FILENAME
+        self._fd: int | None = None
+
+    def acquire(self) -> "DirectoryLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise DirectoryBusy(f"{self.path.parent}: another implicitreg process is writing results "
+                                    "there now; wait for it to finish (then --resume) or choose another --out") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> "DirectoryLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    @staticmethod
+    def is_held(directory: str | Path) -> bool:
+        """Whether some process holds the lock of ``directory`` now (creates nothing)."""
+        path = Path(directory) / LOCK_FILENAME
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # also drops the shared lock just taken
+        return False
+
+
+class StorageFault(RuntimeError):
+    """Writing results failed for a reason of the machine, not of the command (a full disk, a
+    file-size limit, an I/O error). What was committed before stays stored."""
+
+
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def classify_write_error(err: BaseException) -> str | None:
+    """``"full"`` (no space, quota or file-size limit; I/O error), ``"not-writable"`` (read-only file
+    system, permissions) or None (not a storage problem) for an error raised while writing."""
+    if isinstance(err, sqlite3.OperationalError):
+        text = str(err).lower()
+        if "full" in text or "i/o error" in text:
+            return "full"
+        if "readonly" in text or "read-only" in text or "unable to open" in text or "permission" in text:
+            return "not-writable"
+        return None
+    if isinstance(err, OSError):
+        if err.errno in FULL or err.errno == errno.EIO:
+            return "full"
+        if err.errno in NOT_WRITABLE:
+            return "not-writable"
+    return None
+
+
+def describe_write_error(err: BaseException) -> str:
+    """The reason of a storage error in a few words (``strerror: filename`` for an ``OSError``)."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror + (f": {err.filename}" if err.filename else "")
+    return str(err)
+
+
+def bookkeeping_files(directory: str | Path) -> list[Path]:
+    """Files of the directory that hold no results: the lock file and dead creation attempts."""
+    directory = Path(directory)
+    return [p for p in directory.iterdir() if p.name == LOCK_FILENAME or p.name.startswith(TMP_PREFIX)]
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class Store:
     """The results of one output directory (``results.sqlite``)."""
 
@@ -65,19 +191,88 @@ class Store:
         self.conn.executescript(SCHEMA)
 
     @classmethod
+    def create(cls, path: str | Path, **meta: Any) -> "Store":
+        """A new store at ``path`` holding the schema and ``meta``, which appear together or not at all.
+
+        Both are committed in one transaction to a temporary file of the same directory, which is
+        then renamed to ``path`` (atomic): a process killed at any step leaves no ``path`` (at most
+        a ``.results.sqlite.creating-*`` file, which holds no results) or a complete store.
+        An existing ``path`` is replaced: the caller checked that it holds no results.
+        """
+        path = Path(path)
+        tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}")
+        try:
+            tmp.unlink(missing_ok=True)
+            conn = sqlite3.connect(tmp, timeout=30.0, isolation_level=None)
+            try:
+                conn.execute("BEGIN")
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
+                                 [(k, json.dumps(v)) for k, v in meta.items()])
+                conn.execute("COMMIT")
+                conn.execute("PRAGMA journal_mode=WAL")  # persistent: recorded in the file's header
+            finally:
+                conn.close()
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            for stale in ("-wal", "-shm"):  # a replaced store's journal must not be applied to this one
+                path.with_name(path.name + stale).unlink(missing_ok=True)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_directory(path.parent)
+        return cls(path)
+
+    @classmethod
+    def inspect(cls, path: str | Path) -> tuple[dict[str, Any], int]:
+        """The metadata and number of runs of the store file ``path``, read without writing anything.
+
+        ``(meta, 0)`` with an empty ``meta`` is a store whose creation never completed (an older
+        version created the tables before the metadata). Raises ``sqlite3.DatabaseError`` if the
+        file is not a SQLite database, ``ValueError`` if its metadata is not JSON.
+        """
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+        try:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            meta = ({k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+                    if "meta" in tables else {})
+            n_runs = conn.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+        finally:
+            conn.close()
+        return meta, n_runs
+
+    @classmethod
     def open_existing(cls, directory: str | Path) -> "Store":
-        """Open a directory's store for reading; ``FileNotFoundError`` if it holds no results."""
+        """Open a directory's store for reading; ``FileNotFoundError`` if it holds no results (or
+        no readable ones: not a database, metadata that is not JSON, tables missing)."""
         path = Path(directory) / cls.FILENAME
         if not path.is_file():
             raise FileNotFoundError(f"{directory}: no {cls.FILENAME} here (expected the --out directory of a run)")
-        store = cls(path, readonly=True)
         try:
-            meta = store.meta()
-        except sqlite3.DatabaseError:
-            meta = {}
-        if meta.get("study") is None:
+            store = cls(path, readonly=True)
+        except sqlite3.Error as err:
+            raise FileNotFoundError(f"{path}: cannot be opened ({err})") from None
+        try:
+            try:
+                tables = {row[0] for row in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            except sqlite3.DatabaseError as err:
+                raise FileNotFoundError(f"{path}: cannot be read as a results store ({err})") from None
+            try:
+                meta = store.meta() if "meta" in tables else {}
+            except (ValueError, sqlite3.DatabaseError) as err:
+                raise FileNotFoundError(f"{path}: its metadata is unreadable ({err})") from None
+            if meta.get("study") is None:
+                raise FileNotFoundError(f"{path}: holds no study results")
+            missing = [t for t in ("runs", "metrics") if t not in tables]
+            if missing:
+                raise FileNotFoundError(f"{path}: the {' and '.join(missing)} table(s) are missing; "
+                                        "this is not a complete results store")
+        except BaseException:
             store.close()
-            raise FileNotFoundError(f"{path}: holds no study results")
+            raise
         return store
 
     def close(self) -> None:
