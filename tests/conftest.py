@@ -126,3 +126,13 @@ def read_store(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     finally:
         conn.close()
     return runs, metrics
+
+
+def solved_frames(solved) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The runs and metrics frames the store would hold for a solved study's ``Solved``."""
+    runs = pd.DataFrame([{"run_id": r.run_id, "arm": r.arm, "seed": r.seed, "config": r.config, "provenance": {},
+                          "status": r.status, "final_step": r.final_step, "target_step": r.target_step}
+                         for r in solved.runs])
+    metrics = pd.DataFrame([{"run_id": r.run_id, "step": s, "name": name, "value": v}
+                            for r in solved.runs for s, name, v in r.metrics], columns=["run_id", "step", "name", "value"])
+    return runs, metrics

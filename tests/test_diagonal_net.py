@@ -17,7 +17,7 @@ from implicitreg.references.sparse_regression import (min_l1_interpolant, min_l2
                                                       q_alpha_interpolant)
 from implicitreg.studies.diagonal_net import STUDY, Config, diagonal_gd, generate
 
-from conftest import run_cli, invoke_cli, assert_user_error
+from conftest import run_cli, invoke_cli, assert_user_error, solved_frames
 
 
 def relative(a, b):
@@ -205,10 +205,7 @@ def small_solve():
     """config, runs, metrics and solutions of a small solve, as the store returns them."""
     config = build_config(Config, {}, SMALL)
     solved = STUDY.solve(config, STUDY.problem(config), no_progress)
-    runs = pd.DataFrame([{"run_id": r.run_id, "arm": r.arm, "config": r.config, "final_step": r.final_step,
-                          "status": r.status, "provenance": {}} for r in solved.runs])
-    metrics = pd.DataFrame([(r.run_id, *row) for r in solved.runs for row in r.metrics],
-                           columns=["run_id", "step", "name", "value"])
+    runs, metrics = solved_frames(solved)
     return config, runs, metrics, solved.arrays
 
 

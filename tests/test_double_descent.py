@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli, invoke_cli, assert_user_error
+from conftest import run_cli, invoke_cli, assert_user_error, solved_frames
 from threadpoolctl import threadpool_limits
 
 from implicitreg.config import build_config
@@ -69,15 +69,6 @@ def test_feature_draws_are_nested_and_seeded():
     assert abs(big_w.std() * np.sqrt(7) - 1) < 0.2  # W ~ N(0, 1/d)
     with pytest.raises(ValueError, match="expected inputs of shape"):
         relu_features(np.zeros((3, 6)), small_w, small_b)
-
-
-def solved_frames(solved) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The runs and metrics frames the store would hold for a solved part."""
-    runs = pd.DataFrame([{"run_id": r.run_id, "arm": r.arm, "seed": r.seed, "config": r.config, "provenance": {},
-                          "status": r.status, "final_step": r.final_step, "target_step": None} for r in solved.runs])
-    metrics = pd.DataFrame([{"run_id": r.run_id, "step": s, "name": name, "value": v}
-                            for r in solved.runs for s, name, v in r.metrics])
-    return runs, metrics
 
 
 @pytest.mark.parametrize("data_seed,n", [(1, 200), (2, 150)])

@@ -19,7 +19,7 @@ from implicitreg.references.matrix_completion import min_nuclear_completion
 from implicitreg.studies.matrix_factorization import (RAZIN_MASK, RAZIN_OBSERVED, STUDY, Config, factorized_gd,
                                                       orthogonal_factors, product_and_gradients)
 
-from conftest import run_cli, invoke_cli, assert_user_error
+from conftest import run_cli, invoke_cli, assert_user_error, solved_frames
 
 
 def low_rank_problem(n1, n2, rank, fraction, seed):
@@ -224,10 +224,7 @@ def small_solve():
     """config, runs, metrics and solutions of a small --quick solve, as the store returns them."""
     config = build_config(Config, STUDY.defaults(True), SMALL)
     solved = STUDY.solve(config, STUDY.problem(config), no_progress)
-    runs = pd.DataFrame([{"run_id": r.run_id, "arm": r.arm, "config": r.config, "final_step": r.final_step,
-                          "status": r.status, "provenance": {}} for r in solved.runs])
-    metrics = pd.DataFrame([(r.run_id, *row) for r in solved.runs for row in r.metrics],
-                           columns=["run_id", "step", "name", "value"])
+    runs, metrics = solved_frames(solved)
     return config, runs, metrics, solved.arrays
 
 

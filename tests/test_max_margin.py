@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import run_cli_many, invoke_cli, assert_user_error
+from conftest import run_cli_many, invoke_cli, assert_user_error, solved_frames
 from scipy.optimize import nnls
 from sklearn.svm import SVC
 
@@ -196,10 +196,7 @@ def small_run():
     """config, runs, metrics and solutions of a 20 000-step solve (the frames the store would return)."""
     config = build_config(STUDY.Config, {}, SMALL)
     solved = STUDY.solve(config, STUDY.problem(config), no_progress)
-    runs = pd.DataFrame([{"run_id": r.run_id, "arm": r.arm, "config": r.config, "final_step": r.final_step}
-                         for r in solved.runs])
-    metrics = pd.DataFrame([(r.run_id, *row) for r in solved.runs for row in r.metrics],
-                           columns=["run_id", "step", "name", "value"])
+    runs, metrics = solved_frames(solved)
     return config, runs, metrics, solved.arrays
 
 

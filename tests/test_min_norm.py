@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import run_cli_many, invoke_cli, assert_user_error
+from conftest import run_cli_many, invoke_cli, assert_user_error, solved_frames
 
 from implicitreg import squared_loss_dynamics as dyn
 from implicitreg.config import build_config
@@ -171,20 +171,13 @@ def test_malformed_files_exit_2_with_one_line_and_write_nothing(tmp_path):
     assert results[-1].returncode == 2 and "does not exist" in results[-1].stderr
 
 
-def frames(solved):
-    """The runs and metrics frames the store would return for a Solved."""
-    runs = pd.DataFrame([{"run_id": r.run_id, "arm": r.arm, "seed": r.seed, "config": r.config, "status": r.status,
-                          "final_step": r.final_step} for r in solved.runs])
-    metrics = pd.DataFrame([(r.run_id, step, name, value) for r in solved.runs for step, name, value in r.metrics],
-                           columns=["run_id", "step", "name", "value"])
-    return runs, metrics
 
 
 @pytest.fixture(scope="module")
 def small_solve():
     config = build_config(STUDY.Config, STUDY.defaults(True), {"wilson_n_train": 10, "wilson_n_test": 20})
     solved = STUDY.solve(config, STUDY.problem(config), no_progress)
-    return config, *frames(solved), solved.arrays
+    return config, *solved_frames(solved), solved.arrays
 
 
 def test_analysis_without_solutions_is_inconclusive(small_solve):
