@@ -255,3 +255,11 @@ def test_report_rebuilds_the_same_summary_from_the_store(root, phase1):
     assert f"verdict: {before['verdict']}" in result.stdout
     assert json.loads((root / "tiny" / "summary.json").read_text()) == before
     assert "data:image/png;base64," in (root / "tiny" / "report.html").read_text(encoding="utf-8")
+
+
+def test_the_expected_duration_is_printed_before_training(tmp_path):
+    result = invoke_cli([*TINY, "--out", tmp_path / "evi"])
+    assert result.returncode == 0, result
+    first = result.stderr.splitlines()[0]
+    assert first.startswith("explicit-vs-implicit: expected about 1.5 min on 2 CPU cores for --quick")
+    assert "your settings change it" in first  # TINY overrides the size

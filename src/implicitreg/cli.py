@@ -199,8 +199,24 @@ def run(
         raise typer.Exit(1 if 1 in codes else max(codes))
 
 
+def expected_duration(prepared) -> str:
+    """How long the study took on 2 CPU cores at its default size (its ``minutes``), if it says."""
+    minutes = getattr(prepared.study, "minutes", None)
+    if not minutes:
+        return ""
+    quick = prepared.options.quick
+    value = minutes[0] if quick else minutes[1]
+    shown = f"{value * 60:.0f} s" if value < 1 else f"{value:.1f} min"
+    changed = " (at its default size; your settings change it)" if (prepared.options.overrides or
+                                                                    prepared.options.seeds) else ""
+    return f"{prepared.study.name}: expected about {shown} on 2 CPU cores{' for --quick' if quick else ''}{changed}"
+
+
 def _execute_with_progress(prepared):
     """Execute one prepared study with its progress on stderr; Ctrl-C says how to resume."""
+    expected = expected_duration(prepared)
+    if expected:
+        err_console.print(plain(expected), highlight=False, soft_wrap=True)
     try:
         with execution_progress(err_console, prepared.study.name) as hooks:
             return execute(prepared, **hooks)
