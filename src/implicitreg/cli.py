@@ -212,14 +212,34 @@ def expected_duration(prepared) -> str:
     return f"{prepared.study.name}: expected about {shown} on 2 CPU cores{' for --quick' if quick else ''}{changed}"
 
 
+def announced(hooks: dict, line: str) -> dict:
+    """``hooks`` that print ``line`` once, when the first population or solve starts: after every
+    check of the output directory, so that a refused run still prints its one error line alone."""
+    if not line:
+        return hooks
+    said = []
+
+    def say() -> None:
+        if not said:
+            said.append(True)
+            err_console.print(plain(line), highlight=False, soft_wrap=True)
+
+    def progress(task):
+        say()
+        return hooks["progress"](task)
+
+    def solve_progress(label: str, total: int):
+        say()
+        return hooks["solve_progress"](label, total)
+
+    return {**hooks, "progress": progress, "solve_progress": solve_progress}
+
+
 def _execute_with_progress(prepared):
     """Execute one prepared study with its progress on stderr; Ctrl-C says how to resume."""
-    expected = expected_duration(prepared)
-    if expected:
-        err_console.print(plain(expected), highlight=False, soft_wrap=True)
     try:
         with execution_progress(err_console, prepared.study.name) as hooks:
-            return execute(prepared, **hooks)
+            return execute(prepared, **announced(hooks, expected_duration(prepared)))
     except KeyboardInterrupt:
         err_console.print(plain(f"interrupted: finished populations are stored in {prepared.out}; "
                                 f"continue with --resume --out {prepared.out}"), highlight=False, soft_wrap=True)
