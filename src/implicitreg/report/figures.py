@@ -1,4 +1,8 @@
-"""Reusable study figures: metric curves with seed bands, and bar charts by arm. PNG, headless.
+"""Reusable study figures: metric curves with seed bands, bar charts by arm, and the pieces of a
+comparison against a threshold (points with error bars, a shaded band). PNG, headless.
+
+Accuracies and the generalization gap are drawn in percent (``PERCENT``), as the terminal and the
+HTML report show them; every axis is labelled with :func:`axis_label` (a readable name and its unit).
 
 Figures are built on matplotlib's object API (:class:`~matplotlib.figure.Figure`), never through
 pyplot: no backend is switched and no global figure state is touched, so a notebook user's own
@@ -13,10 +17,41 @@ from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter, NullLocator
 
 LABELS = {"train_acc": "train accuracy", "test_acc": "test accuracy", "gap": "generalization gap",
           "l2_norm": "parameter ℓ2 norm", "dist_init": "distance from init", "train_loss": "train loss",
-          "test_loss": "test loss"}
+          "test_loss": "test loss", "steps": "steps",
+          # measures (implicitreg.measures registry names)
+          "l1_norm": "parameter ℓ1 norm", "distance_from_init": "distance from init", "path_norm": "path norm",
+          "spectral_complexity": "spectral complexity", "spectral_product": "product of spectral norms",
+          "frobenius_product": "product of Frobenius norms", "sum_of_spectral": "sum of spectral norms",
+          "sum_of_frobenius": "sum of Frobenius norms", "nuclear_norm": "nuclear norm",
+          "effective_rank": "effective rank", "stable_rank": "stable rank", "margin": "margin",
+          "normalized_margin": "normalized margin", "top_hessian_eigenvalue": "sharpness (top Hessian eigenvalue)",
+          "hessian_trace": "Hessian trace", "epsilon_sharpness": "ε-sharpness", "pac_bayes_sigma": "PAC-Bayes σ",
+          "pac_bayes_flatness": "PAC-Bayes flatness", "pac_bayes_orig": "PAC-Bayes bound (origin)",
+          "pac_bayes_init": "PAC-Bayes bound (init)", "pac_bayes_mag_flatness": "PAC-Bayes magnitude flatness",
+          "pac_bayes_mag_init": "PAC-Bayes magnitude bound (init)",
+          "pac_bayes_mag_orig": "PAC-Bayes magnitude bound (origin)", "param_count": "parameters"}
+PERCENT = ("train_acc", "test_acc", "gap")  # drawn ×100, in %: the terminal's and the report's unit
+UNITS = {"train_acc": "%", "test_acc": "%", "gap": "% points", "steps": "steps"}
+
+
+def label(name: str) -> str:
+    """A readable name for a metric or measure (its identifier with spaces where it has no entry)."""
+    return LABELS.get(name, name.replace("_", " "))
+
+
+def axis_label(name: str) -> str:
+    """An axis label: the readable name and, where it has one, the unit (``test accuracy (%)``)."""
+    unit = UNITS.get(name)
+    return f"{label(name)} ({unit})" if unit and unit != label(name) else label(name)
+
+
+def scale(name: str) -> float:
+    """The factor from stored values to drawn ones: 100 for accuracies and the gap (drawn in %)."""
+    return 100.0 if name in PERCENT else 1.0
 
 
 def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None,
@@ -45,9 +80,11 @@ def curves(metrics: pd.DataFrame, name: str, panel: str, line: str, path: Path, 
     ``metrics`` is long format with columns step, name, value, ``panel`` and ``line``. Runs that
     stopped early leave the band, so late points average over the runs still training.
     ``order`` fixes the order (and so the colours) of panel and line values; ``reference`` draws
-    a dashed horizontal line (value, label), e.g. chance accuracy.
+    a dashed horizontal line (value, label), e.g. chance accuracy, in the stored unit (a fraction
+    for an accuracy: it is drawn in % with the curves).
     """
     data = metrics[metrics["name"] == name]
+    data = data.assign(value=data["value"] * scale(name))  # accuracies in %
     order = order or {}
     keys = [k for k in order.get(panel, dict.fromkeys(data[panel])) if k in set(data[panel])]
     lines = [k for k in order.get(line, dict.fromkeys(data[line])) if k in set(data[line])]
@@ -62,10 +99,10 @@ def curves(metrics: pd.DataFrame, name: str, panel: str, line: str, path: Path, 
             ax.fill_between(stats["step"], stats["mean"] - stats["std"].fillna(0),
                             stats["mean"] + stats["std"].fillna(0), alpha=0.2, color=f"C{colour}")
         if reference is not None:
-            ax.axhline(reference[0], color="grey", linestyle="--", linewidth=1, label=reference[1])
+            ax.axhline(reference[0] * scale(name), color="grey", linestyle="--", linewidth=1, label=reference[1])
         ax.set_title(f"{key}")
-        ax.set_xlabel("step")
-        ax.set_ylabel(LABELS.get(name, name))
+        ax.set_xlabel("training step")
+        ax.set_ylabel(axis_label(name))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     if title:
@@ -74,20 +111,71 @@ def curves(metrics: pd.DataFrame, name: str, panel: str, line: str, path: Path, 
 
 
 def bars(final: pd.DataFrame, names: list[str], panel: str, bar: str, path: Path, title: str = "") -> Path:
-    """One row of panels per ``panel`` value, one bar per ``bar`` value: mean ± std of each metric."""
+    """One row of panels per ``panel`` value, one bar per ``bar`` value: mean ± std of each metric.
+
+    Bars start at 0 (a bar's length is its value), so they suit quantities read as sizes (norms,
+    the gap); to compare values against a threshold, draw :func:`points` and :func:`band` instead.
+    """
     keys = list(dict.fromkeys(final[panel]))
     fig, axes = subplots(len(keys), len(names), figsize=(3.6 * len(names), 3.2 * len(keys)), squeeze=False)
     for row, key in enumerate(keys):
         part = final[final[panel] == key]
         order = list(dict.fromkeys(part[bar]))
         for col, name in enumerate(names):
-            stats = part.groupby(bar, sort=False)[name].agg(["mean", "std"]).reindex(order)
+            stats = part.groupby(bar, sort=False)[name].agg(["mean", "std"]).reindex(order) * scale(name)
             ax = axes[row][col]
             ax.bar(range(len(order)), stats["mean"], yerr=stats["std"].fillna(0), capsize=3,
                    color=[f"C{i}" for i in range(len(order))])
             ax.set_xticks(range(len(order)), order, rotation=30, ha="right", fontsize=8)
-            ax.set_title(f"{key}: {LABELS.get(name, name)}", fontsize=9)
+            ax.set_title(f"{key}: {label(name)}", fontsize=9)
+            ax.set_ylabel(axis_label(name), fontsize=8)
             ax.grid(axis="y", alpha=0.3)
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)
+
+
+def points(ax, labels: list[str], means: list[float], stds: list[float], colours: list[str] | None = None,
+           marker: str = "o", offset: float = 0.0, legend: str | None = None) -> None:
+    """One point per label at x = 0, 1, … (+ ``offset``) with a ±std error bar; a NaN mean draws nothing.
+
+    Unlike a bar, a point does not claim its axis starts at 0: the axis can zoom onto the values
+    being compared (a difference of a few points stays visible).
+    """
+    colours = colours or [f"C{i}" for i in range(len(labels))]
+    for x, (mean, std, colour) in enumerate(zip(means, stds, colours)):
+        if mean != mean:
+            continue
+        ax.errorbar([x + offset], [mean], yerr=[0.0 if std != std else std], marker=marker, markersize=7,
+                    capsize=4, color=colour, linestyle="none", label=legend if x == 0 else None)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_xlim(-0.6, len(labels) - 0.4)
+
+
+def band(ax, low: float, high: float, text: str, colour: str = "tab:green") -> None:
+    """A shaded horizontal band ``[low, high]`` labelled ``text`` in the legend (a tolerance)."""
+    ax.axhspan(low, high, color=colour, alpha=0.15, linewidth=0, label=text)
+
+
+class _PlainLogFormatter(LogFormatter):
+    """Log-axis tick labels as plain numbers (``30``, ``4000``, ``0.02``), not ``3×10¹``."""
+
+    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+        return f"{x:g}"
+
+
+def log_axis(ax, axis: str = "y") -> None:
+    """A log₁₀ ``axis`` whose ticks read as plain numbers; within a decade the minor ticks are
+    labelled too, so a narrow range still shows its values."""
+    getattr(ax, f"set_{axis}scale")("log")
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False))
+    target.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
+def log_ticks(ax, values: list, base: int = 2, axis: str = "x", fontsize: float = 8) -> None:
+    """A log-``base`` ``axis`` with a tick at each of ``values`` (e.g. the widths of a sweep),
+    labelled with the value itself and no minor ticks."""
+    getattr(ax, f"set_{axis}scale")("log", base=base)
+    getattr(ax, f"set_{axis}ticks")(values, [f"{v:g}" for v in values], fontsize=fontsize)
+    (ax.xaxis if axis == "x" else ax.yaxis).set_minor_locator(NullLocator())

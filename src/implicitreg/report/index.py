@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from implicitreg.report.html import STYLE
+from implicitreg.report.html import STYLE, check_numbers
 
 
 def key_check(summary: dict[str, Any]) -> dict[str, Any] | None:
@@ -23,9 +23,11 @@ def write_index(directory: Path, summaries: list[tuple[str, dict[str, Any]]]) ->
     rows, records = [], []
     for name, summary in summaries:
         check = key_check(summary)
-        value = check and check["value"]
-        shown = f"{value:.4g}" if isinstance(value, (int, float)) else "n/a"
-        number = "" if check is None else f"{check['name']} = {shown} ({check['threshold']})"
+        if check is None:
+            number = ""
+        else:  # accuracies in %, as in the report
+            shown, threshold, _ = check_numbers(check)
+            number = f"{check['name']} = {shown} ({threshold})"
         verdict = summary["verdict"]
         # every string may come from a plugin study: escape it, and URL-quote the link's directory name
         rows.append(f"<tr><td><a href='{html.escape(quote(name))}/report.html'>{html.escape(name)}</a></td>"
@@ -36,9 +38,12 @@ def write_index(directory: Path, summaries: list[tuple[str, dict[str, Any]]]) ->
                         "report": f"{name}/report.html"})
     quick = any(s.get("provenance", {}).get("quick") for _, s in summaries)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>implicitreg studies</title>"
-            f"<style>{STYLE} th,td{{text-align:left}}</style></head><body><h1>implicitreg: every study</h1>"
-            + ("<p>--quick: smoke tests with fewer seeds and steps; the full runs' verdicts are the studies'.</p>"
-               if quick else "")
+            f"<style>{STYLE} th,td{{text-align:left}} td:first-child{{white-space:nowrap}}</style></head>"
+            "<body><h1>implicitreg: every study</h1>"
+            + ("<p>--quick: each study checks the same claim with the same checks at a smaller size (fewer "
+               "seeds, data points or steps); a study whose claim needs the full size reads SMOKE "
+               "(its checks are shown, but cannot judge the claim at that size): run it without --quick to judge "
+               "it.</p>" if quick else "")
             + "<table><tr><th>study</th><th>claim</th><th>verdict</th><th>key number</th></tr>"
             + "".join(rows) + "</table></body></html>")
     directory.mkdir(parents=True, exist_ok=True)

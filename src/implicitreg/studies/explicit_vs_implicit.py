@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
+from matplotlib.figure import Figure
 from pydantic import Field, model_validator
 
 from implicitreg.config import CNNConfig, DataConfig, MLPConfig, Strict, TrainConfig
@@ -128,9 +129,91 @@ class ExplicitVsImplicit:
             paths.append(fig.curves(labelled, name, panel="model", line="arm", title=f"{title} along training",
                                     path=directory / f"curves_{name}.png", order=order,
                                     reference=chance if name.endswith("acc") else None))
-        paths.append(fig.bars(final, ["test_acc", "gap", "l2_norm", "dist_init"], panel="model", bar="arm",
-                              path=directory / "by_arm.png", title="final values by arm (mean ± std over seeds)"))
+        paths.append(fig.save_figure(_by_arm(final, list(config.models), 1.0 / n_classes(config.data),
+                                             config.seeds), directory / "by_arm.png"))
+        paths.append(fig.bars(final, ["gap", "l2_norm", "dist_init"], panel="model", bar="arm",
+                              path=directory / "norms_by_arm.png",
+                              title="generalization gap and parameter norms by arm (mean ± std over seeds)"))
         return paths
+
+
+def _by_arm(final: pd.DataFrame, models: list[str], chance: float, seeds: int) -> Figure:
+    """The claim at a glance, one row per model: left, the test accuracy (%) of the unregularized and
+    explicitly regularized arms (mean ± std over seeds, an axis zoomed onto them) with the band
+    "within TEST_GAP_MAX of the best explicit arm" shaded; right, the fit checks — unregularized and
+    random-label train accuracy against their thresholds — and the random-label test accuracy
+    against chance ± CHANCE_TOLERANCE. ``final``: one row per run (model, arm, train_acc, test_acc)."""
+    figure, axes = fig.subplots(len(models), 2, figsize=(11, 3.9 * len(models)), squeeze=False,
+                                gridspec_kw={"width_ratios": [3, 2]})
+    colour = {arm: f"C{i}" for i, arm in enumerate(ARMS)}
+    gap, tolerance = 100 * TEST_GAP_MAX, 100 * CHANCE_TOLERANCE
+    for (left, right), model in zip(axes, models):
+        part = final[final["model"] == model]
+
+        def stat(arm: str, column: str) -> tuple[float, float]:
+            mean, std = mean_std(part.loc[part["arm"] == arm, column])
+            return 100 * mean, 100 * std
+
+        arms = ["none", *EXPLICIT]
+        tests = [stat(arm, "test_acc") for arm in arms]
+        fig.points(left, arms, [m for m, _ in tests], [s for _, s in tests], [colour[a] for a in arms])
+        for x, (mean, _) in enumerate(tests):
+            if math.isfinite(mean):
+                left.annotate(f"{mean:.1f}", (x, mean), textcoords="offset points", xytext=(8, 0), fontsize=8,
+                              va="center")
+        explicit = {arm: mean for arm, (mean, _) in zip(arms, tests) if arm in EXPLICIT and math.isfinite(mean)}
+        lost = [arm for arm in EXPLICIT if arm not in explicit]  # the check cannot name the best arm
+        none = tests[0][0]
+        shown = [m + d for m, s in tests if math.isfinite(m) for d in (-s, s)]
+        if explicit:
+            best_arm = max(explicit, key=explicit.get)
+            best = explicit[best_arm]
+            shown.append(best - gap)
+            low, high = min(shown), max(shown)
+            pad = max(1.0, 0.15 * (high - low))
+            fig.band(left, best - gap, high + pad, f"within {gap:g} points of the best explicit arm"
+                     f"{' with a value' if lost else ''} ({best_arm}, {best:.1f}%)")
+            left.axhline(best - gap, color="tab:green", linewidth=1)
+            left.set_ylim(low - pad, high + pad)
+            if math.isfinite(none) and not lost:
+                below = best - none
+                left.set_title(f"{model}: unregularized {none:.1f}% is {abs(below):.1f} points "
+                               f"{'below' if below >= 0 else 'above'} the best explicit arm (claim: ≤ {gap:g})",
+                               fontsize=10, color="black" if below <= gap else "tab:red")
+        if not left.get_title():
+            missing = [arm for arm, (mean, _) in zip(arms, tests) if not math.isfinite(mean)]
+            left.set_title(f"{model}: no test accuracy for {', '.join(missing)}: the comparison is undecided",
+                           fontsize=10, color="#9a6700")
+        left.set_ylabel("test accuracy (%)")
+        left.grid(axis="y", alpha=0.3)
+        if left.get_legend_handles_labels()[0]:
+            left.legend(fontsize=8, loc="lower left")
+
+        fits = [("none", "train_acc", TRAIN_ACC_MIN), ("random_labels", "train_acc", RANDOM_TRAIN_MIN),
+                ("random_labels", "test_acc", None)]
+        values = [stat(arm, column) for arm, column, _ in fits]
+        fig.band(right, 100 * chance - tolerance, 100 * chance + tolerance,
+                 f"chance ± {tolerance:g} points", colour="tab:orange")
+        right.axhline(100 * chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({100 * chance:g}%)")
+        fig.points(right, [f"unregularized\ntrain ≥ {100 * TRAIN_ACC_MIN:g}%",
+                           f"random labels\ntrain ≥ {100 * RANDOM_TRAIN_MIN:g}%",
+                           "random labels\ntest ≈ chance"],
+                   [m for m, _ in values], [s for _, s in values],
+                   [colour["none"], colour["random_labels"], colour["random_labels"]])
+        for x, ((_, _, minimum), (mean, _)) in enumerate(zip(fits, values)):
+            if minimum is not None:
+                right.hlines(100 * minimum, x - 0.3, x + 0.3, colors="black", linestyles=":",
+                             label="train accuracy needed" if x == 0 else None)
+            if math.isfinite(mean):
+                right.annotate(f"{mean:.1f}%", (x, mean), textcoords="offset points", xytext=(9, -9), fontsize=8)
+        right.tick_params(axis="x", labelsize=8)
+        right.set_ylim(0, 105)
+        right.set_ylabel("accuracy (%)")
+        right.set_title(f"{model}: both fit their labels; random labels test at chance", fontsize=10)
+        right.grid(axis="y", alpha=0.3)
+        right.legend(fontsize=7, loc="center right")
+    figure.suptitle(f"explicit vs implicit regularization: the claim by arm (mean ± std over {seeds} seeds)")
+    return figure
 
 
 def _model_checks(table: pd.DataFrame, final: pd.DataFrame, model: str, chance: float, seeds: int) -> list[Check]:

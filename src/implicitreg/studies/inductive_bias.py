@@ -248,24 +248,25 @@ def _notes(config: Config, stats: dict[tuple[str, str], tuple[float, float, int]
 
 def accuracy_bars(final: pd.DataFrame, models: list[str], variants: list[str],
                   anchors: dict[tuple[str, str], float], chance: float, path: Path) -> Path:
-    """Test and train accuracy by model (groups) and variant (bars), mean ± std over seeds; the paper's
-    test accuracies drawn as black markers."""
+    """Test and train accuracy (%) by model (groups) and variant (bars), mean ± std over seeds; the
+    paper's test accuracies drawn as black markers."""
     figure, axes = subplots(1, 2, figsize=(10, 3.8), squeeze=False)
     width = 0.8 / max(1, len(variants))
     for ax, name in zip(axes[0], ("test_acc", "train_acc")):
         for i, variant in enumerate(variants):
             stats = [mean_std(final.loc[(final["model"] == m) & (final["arm"] == variant), name]) for m in models]
             x = np.arange(len(models)) + (i - (len(variants) - 1) / 2) * width
-            ax.bar(x, [s[0] for s in stats], width, yerr=[0 if math.isnan(s[1]) else s[1] for s in stats],
+            ax.bar(x, [100 * s[0] for s in stats], width,
+                   yerr=[0 if math.isnan(s[1]) else 100 * s[1] for s in stats],
                    capsize=3, color=f"C{i}", label=variant)
             if name == "test_acc":
-                marks = [anchors.get((m, variant), math.nan) for m in models]
+                marks = [100 * anchors.get((m, variant), math.nan) for m in models]
                 ax.plot(x, marks, linestyle="none", marker="D", color="black", markersize=5,
                         label="paper" if i == 0 and anchors else None)
-        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
+        ax.axhline(100 * chance, color="grey", linestyle="--", linewidth=1, label="chance")
         ax.set_xticks(range(len(models)), models)
-        ax.set_ylim(0, 1.05)
-        ax.set_ylabel(fig.LABELS[name])
+        ax.set_ylim(0, 105)
+        ax.set_ylabel(fig.axis_label(name))
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="lower right")
     figure.suptitle("accuracy by model and input variant (mean ± std over seeds; ◆ MNIST-1D paper)")

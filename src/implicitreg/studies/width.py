@@ -12,10 +12,12 @@ norm-based measures (path norm, spectral complexity) are tracked to see which st
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from matplotlib.figure import Figure
 from pydantic import Field, model_validator
 
 from implicitreg.config import DataConfig, MLPConfig, Strict, TrainConfig
@@ -92,15 +94,17 @@ class Width:
 
     def figures(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame, directory: Path) -> list[Path]:
         table = self.analyze(config, runs, metrics).table
-        paths = [_versus_width(table, ["train_acc", "test_acc"], directory / "accuracy_vs_width.png", log_y=False)]
+        paths = [fig.save_figure(_accuracy_vs_width(table), directory / "accuracy_vs_width.png")]
         tracked = [name for name in config.train.track if f"{name}_mean" in table]
         if tracked:
-            paths.append(_versus_width(table, ["l2_norm", *tracked], directory / "measures_vs_width.png", log_y=True))
+            paths.append(fig.save_figure(_measures_vs_width(table, ["l2_norm", *tracked]),
+                                         directory / "measures_vs_width.png"))
         labelled = metrics.merge(_with_width(runs)[["run_id", "width"]], on="run_id").assign(
             model="mlp", width=lambda f: f["width"].map(lambda w: f"w{w}"))
         order = {"model": ["mlp"], "width": [f"w{w}" for w in config.widths]}
         paths.append(fig.curves(labelled, "test_acc", panel="model", line="width", order=order,
-                                title="test accuracy along training", path=directory / "curves_test_acc.png"))
+                                title="test accuracy along training, by hidden width",
+                                path=directory / "curves_test_acc.png"))
         return paths
 
 
@@ -172,19 +176,100 @@ def _checks(table: pd.DataFrame, final: pd.DataFrame, seeds: int) -> list[Check]
     return checks
 
 
-def _versus_width(table: pd.DataFrame, names: list[str], path: Path, log_y: bool) -> Path:
-    """Mean ± std over seeds of each metric against the hidden width (log₂ axis)."""
-    fig_, axes = fig.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        ax.errorbar(table["width"], table[f"{name}_mean"], yerr=table[f"{name}_std"].fillna(0), marker="o",
-                    capsize=3)
-        ax.set_xscale("log", base=2)
-        if log_y:
-            ax.set_yscale("log")
-        ax.set_xlabel("hidden width")
-        ax.set_ylabel(fig.LABELS.get(name, name))
+def _threshold_width(table: pd.DataFrame) -> int | None:
+    """The interpolation threshold as the figures draw it: the narrowest width whose mean train
+    accuracy is ≥ FIT_MIN, None where none is or a narrower width has no value (see :func:`_checks`)."""
+    for row in table.itertuples():
+        if pd.isna(row.train_acc_mean):
+            return None
+        if row.train_acc_mean >= FIT_MIN:
+            return int(row.width)
+    return None
+
+
+def _width_axis(ax, widths: list[int]) -> None:
+    """Hidden width on a log₂ axis, each planned width a tick labelled with its value."""
+    fig.log_ticks(ax, widths, base=2, fontsize=8 if len(widths) <= 8 else 7)
+    ax.set_xlabel("hidden width (log scale)")
+
+
+def _accuracy_vs_width(table: pd.DataFrame) -> Figure:
+    """The claim at a glance: train accuracy (%) against width with the fit threshold, which locates
+    the interpolation threshold; test accuracy (%) against width with the threshold width's test
+    accuracy drawn across, which the widest width must reach (mean ± std over seeds)."""
+    figure, (train, test) = fig.subplots(1, 2, figsize=(11, 4.0))
+    widths = [int(w) for w in table["width"]]
+    threshold = _threshold_width(table)
+    for ax, name, colour in ((train, "train_acc", "C0"), (test, "test_acc", "C1")):
+        ax.errorbar(widths, 100 * table[f"{name}_mean"], yerr=100 * table[f"{name}_std"].fillna(0), marker="o",
+                    capsize=3, color=colour, label=f"{fig.label(name)} (mean ± std)")
+        if threshold is not None:
+            ax.axvline(threshold, color="tab:green", linestyle="--", linewidth=1,
+                       label=f"interpolation threshold (width {threshold})")
+        _width_axis(ax, widths)
+        ax.set_ylabel(fig.axis_label(name))
         ax.grid(alpha=0.3)
-    return fig.save_figure(fig_, path)
+    train.axhline(100 * FIT_MIN, color="black", linestyle=":", linewidth=1,
+                  label=f"fits the training set: ≥ {100 * FIT_MIN:g}%")
+    train.set_title(f"train accuracy: the first width ≥ {100 * FIT_MIN:g}% is the threshold", fontsize=10)
+    widest = table.iloc[-1] if len(table) else None
+    params = ""
+    if threshold is None:
+        test.set_title(f"test accuracy (no width reached {100 * FIT_MIN:g}% train accuracy: no threshold)",
+                       fontsize=10)
+    elif int(widest["width"]) == threshold:
+        test.set_title("test accuracy (no width past the interpolation threshold to compare)", fontsize=10)
+    else:
+        at = table[table["width"] == threshold].iloc[0]
+        reference, reached = 100 * float(at["test_acc_mean"]), 100 * float(widest["test_acc_mean"])
+        params = f"; parameters {int(at['params']):,} → {int(widest['params']):,}"
+        if math.isfinite(reference):
+            test.axhline(reference, color="tab:green", linestyle=":", linewidth=1,
+                         label=f"test accuracy at the threshold ({reference:.1f}%)")
+        if math.isfinite(reached):
+            test.plot([int(widest["width"])], [reached], marker="*", markersize=14, color="C1", linestyle="none",
+                      label=f"widest width ({int(widest['width'])}): {reached:.1f}%")
+        if math.isfinite(reference) and math.isfinite(reached):
+            test.set_title(f"test accuracy: widest {reached:.1f}% vs {reference:.1f}% at the threshold\n"
+                           f"({reached - reference:+.1f} points; the claim needs ≥ 0)", fontsize=10,
+                           color="black" if reached >= reference else "tab:red")
+        else:
+            test.set_title("test accuracy (the threshold or the widest width has no value)", fontsize=10)
+    for ax in (train, test):
+        ax.legend(fontsize=7, loc="lower right")
+    figure.suptitle(f"width: past the interpolation threshold, the widest network tests no worse{params}")
+    return figure
+
+
+def _measures_vs_width(table: pd.DataFrame, names: list[str]) -> Figure:
+    """Each capacity measure against width (log axes, mean ± std over seeds), beside the growth the
+    parameter count would give it (dotted, through the narrowest width's value): a measure that stays
+    under the dotted line grows slower than the parameters."""
+    figure, axes = fig.subplots(1, len(names), figsize=(4.2 * len(names), 3.9), squeeze=False)
+    widths = [int(w) for w in table["width"]]
+    params = table["params"].astype(float)
+    growth = float(params.iloc[-1] / params.iloc[0]) if len(params) else math.nan
+    for ax, name in zip(axes[0], names):
+        mean, std = table[f"{name}_mean"], table[f"{name}_std"].fillna(0)
+        ax.errorbar(widths, mean, yerr=std, marker="o", capsize=3, label=f"{fig.label(name)} (mean ± std)")
+        finite = mean.dropna()
+        if len(finite) >= 2:
+            first, last = finite.index[0], finite.index[-1]
+            ax.plot(widths, mean[first] * params / params[first], color="grey", linestyle=":",
+                    label="if it grew like the parameters")
+            ax.set_title(f"{fig.label(name)}: ×{mean[last] / mean[first]:.2g} from width {widths[first]} to "
+                         f"{widths[last]}", fontsize=10)
+        else:
+            ax.set_title(fig.label(name), fontsize=10)
+        fig.log_axis(ax, "y")
+        _width_axis(ax, widths)
+        ax.set_ylabel(fig.axis_label(name))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    if widths:
+        figure.suptitle(f"capacity vs width (mean ± std over seeds): parameters grow ×{growth:.3g} from width "
+                        f"{widths[0]} to {widths[-1]} (dotted); a measure below the dotted line grows slower")
+    return figure
 
 
 STUDY = Width()
