@@ -15,7 +15,7 @@ from implicitreg.data import DeviceData
 from implicitreg.measures.basic import evaluate_population
 from implicitreg.measures.tracking import tracking_hooks
 from implicitreg.models import build_model
-from implicitreg.optim import apply_updates, make_optimizer
+from implicitreg.optim import apply_updates, make_optimizer, select_state
 from implicitreg.plan import Group
 from implicitreg.population import Population
 from implicitreg.sampling import BatchOrder, DropoutMasks, member_labels
@@ -107,11 +107,10 @@ def train_population(
         index=list(range(len(members))),
         orders=[BatchOrder(m.seed, n, batch_size) for m in members],
         droppers=[DropoutMasks(m.seed, m.dropout, pop.hidden_shapes) for m in members],
-        lr=torch.tensor([m.lr for m in members], device=device, dtype=dtype),
-        weight_decay=torch.tensor([m.weight_decay for m in members], device=device, dtype=dtype),
     )
-    decay = bool(live.weight_decay.any())
-    optimizer = make_optimizer(cfg, live.lr, live.weight_decay, decay)
+    # per-member lr and weight decay live in the optimizer state: members leaving only index it
+    optimizer = make_optimizer(cfg, torch.tensor([m.lr for m in members], device=device, dtype=dtype),
+                               torch.tensor([m.weight_decay for m in members], device=device, dtype=dtype))
     state = optimizer.init(pop.params)
     labels = torch.stack([member_labels(data.y_train, m, data.n_classes) for m in members])
     context = LoopContext(data, labels, {k: v.clone() for k, v in pop.module_params().items()})
@@ -145,9 +144,8 @@ def train_population(
         if bool(stopped.any()):
             keep = torch.nonzero(~stopped).squeeze(1)
             pop.select(keep.to(device))
-            state = _select_state(state, keep.to(device))
+            state = select_state(state, keep.to(device))
             live = live.select(keep.tolist())
-            optimizer = make_optimizer(cfg, live.lr, live.weight_decay, decay)  # same structure as `state`
             context.labels = context.labels[keep]
             context.init_params = {k: v[keep] for k, v in context.init_params.items()}
             active, diverged_at = active[keep], diverged_at[keep]
@@ -228,28 +226,15 @@ def reached_targets(cfg, values: dict[str, torch.Tensor]) -> torch.Tensor:
 
 @dataclass
 class _Live:
-    """The members still training, in population order, with their per-member streams and hyperparameters."""
+    """The members still training, in population order, with their per-member streams."""
 
     index: list[int]
     orders: list[BatchOrder]
     droppers: list[DropoutMasks]
-    lr: torch.Tensor
-    weight_decay: torch.Tensor
 
     def select(self, keep: list[int]) -> "_Live":
         return _Live([self.index[k] for k in keep], [self.orders[k] for k in keep],
-                     [self.droppers[k] for k in keep], self.lr[keep], self.weight_decay[keep])
-
-
-def _select_state(state, keep: torch.Tensor):
-    """Index every per-member tensor of an optimizer state (a tree of tuples/dicts) by ``keep``."""
-    if isinstance(state, torch.Tensor):
-        return state[keep]
-    if isinstance(state, dict):
-        return {k: _select_state(v, keep) for k, v in state.items()}
-    if isinstance(state, tuple):
-        return tuple(_select_state(v, keep) for v in state)
-    return state
+                     [self.droppers[k] for k in keep])
 
 
 def _record(results: list[MemberResult], index: list[int], values: dict[str, torch.Tensor], step: int,
