@@ -22,7 +22,8 @@ def engines(tmp_path_factory):
 
 def test_result_exposes_verdict_summary_and_tables(engines):
     result = engines["population"]
-    assert result.verdict in ("pass", "fail", "inconclusive")
+    # 40 steps do not fit MNIST-1D: the unregularized train-accuracy check fails, and so the verdict
+    assert result.verdict == "fail" and result.summary["checks"][0]["passed"] is False
     assert result.summary == json.loads((result.out / "summary.json").read_text())
     runs, metrics = result.runs(), result.metrics()
     assert isinstance(runs, pd.DataFrame) and isinstance(metrics, pd.DataFrame)

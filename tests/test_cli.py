@@ -183,7 +183,7 @@ def test_summary_json_has_verdict_checks_table_and_provenance(root, phase1):
     summary = json.loads((root / "tiny" / "summary.json").read_text())
     assert summary["study"] == "explicit-vs-implicit"
     assert summary["claim"] and isinstance(summary["claim"], str)
-    assert summary["verdict"] in {"pass", "fail", "inconclusive"}
+    assert summary["verdict"] == "fail"  # 40 steps do not interpolate (below)
     assert len(summary["checks"]) == 4  # four checks per model, one model
     for check in summary["checks"]:
         assert {"name", "value", "threshold", "passed"} <= set(check)
