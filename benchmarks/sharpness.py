@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from implicitreg.config import MLPConfig
 from implicitreg.data import load_mnist1d
 from implicitreg.measures.core import Stacked
-from implicitreg.measures.curvature import hessian_operator, lanczos, power_iteration
+from implicitreg.measures.curvature import EigResult, hessian_operator, power_iteration
+from implicitreg.measures.lanczos import lanczos
 from implicitreg.models import build_model
 from implicitreg.population import Population
 from implicitreg.seeding import generator
@@ -133,7 +134,7 @@ def main() -> None:
     t_ref = time.perf_counter() - t0
     hvp_s = best_time(lambda: op.matvec(v0), repeats=3)
     print(f"reference λ1 = {ref:.10g} (Lanczos, residual {float(ref_res.residuals[0, 0]):.1e}, "
-          f"converged {bool(ref_res.converged[0, 0])}, {int(ref_res.n_hvp[0])} HVPs, {t_ref:.1f} s); "
+          f"converged {bool(ref_res.converged[0, 0])}, {int(ref_res.n_matvec[0])} HVPs, {t_ref:.1f} s); "
           f"λ2/λ1 = {gap:.4f}; "
           f"~{1e3 * hvp_s:.1f} ms per HVP")
 
@@ -165,7 +166,8 @@ def main() -> None:
     pw_counts, pw_steps, t_pw = trajectory(power_iteration, cap)
 
     # --- each method's own stopping rule at tol = 1e-3 ----------------------------------------
-    lz_stop = lanczos(batch.matvec, starts, k=1, tol=TARGET_ERR, max_iter=cap)
+    lz = lanczos(batch.matvec, starts, k=1, tol=TARGET_ERR, max_iter=cap)
+    lz_stop = EigResult(lz.values, lz.converged, lz.n_matvec, lz.residuals)  # power's result type, for one summary
     pw_stop = power_iteration(batch.matvec, starts, k=1, tol=TARGET_ERR, max_iter=cap)
 
     def stop_summary(res) -> tuple[str, str, str, int]:

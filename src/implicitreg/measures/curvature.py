@@ -7,10 +7,11 @@ through Hessian-vector products (HVPs), computed with ``torch.func`` forward-ove
 recurrences run batched over members as [P, n] tensors: a sweep's sharpness costs about one
 member's worth of Python overhead.
 
-- :func:`hessian_eigenvalues`: top-k (largest algebraic) eigenvalues by Lanczos with full
-  reorthogonalization and a residual-based stopping rule, or by power iteration with deflation
-  and PyHessian's stopping rule (kept for comparison; it stops on a small relative change of the
-  estimate, which is not a bound on the error, so its true residuals are reported too).
+- :func:`hessian_eigenvalues`: top-k (largest algebraic) eigenvalues by Lanczos
+  (:func:`implicitreg.measures.lanczos.lanczos`: full reorthogonalization, a residual-based
+  stopping rule), or by power iteration with deflation and PyHessian's stopping rule (kept for
+  comparison; it stops on a small relative change of the estimate, which is not a bound on the
+  error, so its true residuals are reported too).
 - :func:`hessian_trace`: Hutchinson's estimator with Rademacher probes, with its standard error.
 
 Non-convergence is never silent: :class:`EigResult` carries per-eigenvalue ``converged`` flags,
@@ -18,8 +19,9 @@ the HVPs spent and the relative residuals; the registered top eigenvalue warns, 
 ``with_convergence=True`` returns its flags. (Hutchinson's trace has no stopping rule: its
 uncertainty is the standard error of :class:`TraceResult`.)
 
-The recurrences are also exposed on any batched symmetric operator (:func:`lanczos`,
-:func:`power_iteration`), which is how they are tested against dense eigensolvers.
+Power iteration is exposed on any batched symmetric operator (:func:`power_iteration`), as Lanczos
+is in :mod:`implicitreg.measures.lanczos`; Ritz vectors, the smallest eigenvalues or a spectral
+density by quadrature come from that module on ``hessian_operator(...).matvec``.
 
 References:
     Lanczos (1950); Parlett, *The Symmetric Eigenvalue Problem* (1998), ch. 13 (residual bound
@@ -39,10 +41,9 @@ import torch
 from torch.func import functional_call, grad, jvp, vmap
 
 from implicitreg.measures.core import Estimate, Stacked, register, require_eval, stacked
+from implicitreg.measures.lanczos import MatVec, Record, lanczos, orthogonalize, relative_residual, start_vector
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-MatVec = Callable[[torch.Tensor], torch.Tensor]
-Record = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 # PyHessian adds this to the denominator of its relative-change test (hessian.eigenvalues).
 _PYHESSIAN_EPS = 1e-6
@@ -191,111 +192,8 @@ def _check_data(data, s: Stacked) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------------------------
-# Recurrences on a batched symmetric operator
+# Power iteration on a batched symmetric operator (Lanczos: implicitreg.measures.lanczos)
 # --------------------------------------------------------------------------------------------
-
-
-def _start_vector(generator: torch.Generator, n: int, like: torch.Tensor) -> torch.Tensor:
-    """One N(0, I) vector [n], drawn in float64 on the CPU (so CPU and CUDA runs agree), as ``like``."""
-    return torch.randn(n, generator=generator, dtype=torch.float64).to(like)
-
-
-def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """w [P, n] minus its projection on the orthonormal rows of basis [P, m, n], twice (CGS2)."""
-    if basis.shape[1] == 0:
-        return w
-    for _ in range(2):  # a second pass restores orthogonality lost to cancellation ("twice is enough")
-        w = w - torch.einsum("pmn,pm->pn", basis, torch.einsum("pmn,pn->pm", basis, w))
-    return w
-
-
-def _relative(res: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """res / |θ|, with |θ| floored (relative to the member's largest |θ|) so a zero θ gives no NaN."""
-    scale = theta.abs().amax(-1, keepdim=True)
-    floor = torch.clamp(scale * torch.finfo(theta.dtype).eps, min=torch.finfo(theta.dtype).tiny)
-    return res / torch.maximum(theta.abs(), floor)
-
-
-def lanczos(matvec: MatVec, v0: torch.Tensor, k: int = 1, tol: float = 1e-6, max_iter: int = 200,
-            generator: torch.Generator | None = None, record: Record | None = None) -> EigResult:
-    """Top-k (largest algebraic) eigenvalues of P symmetric operators by Lanczos, batched.
-
-    Full reorthogonalization (classical Gram–Schmidt, twice, against the whole basis) keeps the
-    basis orthonormal, so no ghost copies of converged eigenvalues appear. After every product
-    the tridiagonal T_m is diagonalized; Ritz value θ_i with Ritz vector y_i = V_m s_i has
-    ‖H y_i − θ_i y_i‖ = |β_m s_i[m]| (Parlett 1998, §13.1). A member stops — its result is
-    frozen — when the k largest Ritz values all have |β_m s_i[m]| / |θ_i| < tol; it keeps
-    riding along while slower members iterate. On breakdown (β_m ≈ 0: an invariant subspace)
-    the recurrence restarts from a random vector orthogonal to the basis.
-
-    Args:
-        matvec: v [P, n] → H v [P, n] (each member its own symmetric H).
-        v0: start vectors [P, n] (need not be normalized).
-        k: how many eigenvalues; tol: relative residual threshold; max_iter: most products.
-        generator: random restarts after a breakdown (a fixed default if None).
-        record: called after each product as ``record(m, theta [P, min(k, m)], rel_res)``.
-
-    Memory: the basis, P × m × n floats after m products (a 1M-parameter model at m = 50 holds
-    200 MB per member in float32).
-
-    Returns:
-        :class:`EigResult` with values [P, k], converged [P, k], n_hvp [P], residuals [P, k].
-    """
-    P, n = v0.shape
-    if not 1 <= k <= n:
-        raise ValueError(f"k: expected 1 ≤ k ≤ {n} (the number of parameters), got {k}")
-    if max_iter < k:
-        raise ValueError(f"max_hvp: Lanczos needs at least k = {k} products, got {max_iter}")
-    generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    steps = min(max_iter, n)  # after n steps the basis spans everything: the Ritz values are exact
-    # the basis grows by doubling: memory is P × (products actually used) × n, not P × max_iter × n
-    basis = v0.new_zeros(P, min(steps + 1, 32), n)
-    alpha, beta = v0.new_zeros(P, steps), v0.new_zeros(P, steps)
-    basis[:, 0] = v0 / v0.norm(dim=1, keepdim=True)
-    values = v0.new_zeros(P, k)
-    residuals = v0.new_full((P, k), float("inf"))
-    converged = torch.zeros(P, k, dtype=torch.bool, device=v0.device)
-    n_hvp = torch.zeros(P, dtype=torch.int64, device=v0.device)
-    done = torch.zeros(P, dtype=torch.bool, device=v0.device)
-    coupling = v0.new_zeros(P, steps)  # β as it enters T: 0 after a restart
-    for j in range(steps):
-        v = basis[:, j]
-        w = matvec(v)
-        alpha[:, j] = (w * v).sum(1)
-        w = _orthogonalize(w, basis[:, : j + 1])
-        beta[:, j] = w.norm(dim=1)
-        m = j + 1
-        T = torch.diag_embed(alpha[:, :m])
-        if m > 1:
-            off = coupling[:, : m - 1]
-            T = T + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
-        theta, S = torch.linalg.eigh(T)  # ascending
-        top = min(k, m)
-        theta, S = theta.flip(-1)[:, :top], S.flip(-1)[:, :, :top]
-        rel = _relative((beta[:, j, None] * S[:, -1, :]).abs(), theta)
-        if record is not None:
-            record(m, theta, rel)
-        if m >= k:
-            ok = rel < tol
-            finishing = ~done & (ok.all(1) | (m == steps))
-            values[finishing], residuals[finishing], converged[finishing] = theta[finishing], rel[finishing], ok[finishing]
-            n_hvp[finishing] = m
-            done |= finishing
-        if bool(done.all()) or m == steps:
-            break
-        # breakdown: β tiny against the spectrum seen so far → restart orthogonally
-        broke = beta[:, j] <= 1e3 * torch.finfo(v0.dtype).eps * alpha[:, :m].abs().amax(1).clamp_min(1e-300)
-        nxt = w / beta[:, j, None].clamp_min(torch.finfo(v0.dtype).tiny)
-        if bool(broke.any()):
-            fresh = _start_vector(generator, n, v0).expand(P, n)
-            fresh = _orthogonalize(fresh, basis[:, :m])
-            fresh = fresh / fresh.norm(dim=1, keepdim=True)
-            nxt = torch.where(broke[:, None], fresh, nxt)
-        coupling[:, j] = torch.where(broke, torch.zeros_like(beta[:, j]), beta[:, j])
-        if j + 1 == basis.shape[1]:
-            basis = torch.cat([basis, basis.new_zeros(P, min(basis.shape[1], steps + 1 - basis.shape[1]), n)], dim=1)
-        basis[:, j + 1] = nxt
-    return EigResult(values, converged, n_hvp, residuals)
 
 
 def power_iteration(matvec: MatVec, v0: torch.Tensor, k: int = 1, tol: float = 1e-3, max_iter: int = 200,
@@ -314,8 +212,16 @@ def power_iteration(matvec: MatVec, v0: torch.Tensor, k: int = 1, tol: float = 1
     the one before the test passed), and ``max_iter`` is a total budget split evenly over the k
     eigenvalues (``max_iter // k`` each).
 
-    Args and Returns: as :func:`lanczos`; ``record(n, λ [P, 1], rel_res [P, 1])`` is called with
-    the current eigenvalue's estimate and the products spent so far.
+    Args:
+        matvec: v [P, n] → H v [P, n] (each member its own symmetric H).
+        v0: start vectors [P, n] (need not be normalized).
+        k: how many eigenvalues; tol: relative-change threshold; max_iter: most products.
+        generator: the start vectors of the 2nd to k-th eigenvalue (a fixed default if None).
+        record: ``record(n, λ [P, 1], rel_res [P, 1])`` after each product, with the current
+            eigenvalue's estimate and the products spent so far.
+
+    Returns:
+        :class:`EigResult` with values [P, k], converged [P, k], n_hvp [P], residuals [P, k].
     """
     P, n = v0.shape
     if not 1 <= k <= n:
@@ -330,16 +236,16 @@ def power_iteration(matvec: MatVec, v0: torch.Tensor, k: int = 1, tol: float = 1
     n_hvp = torch.zeros(P, dtype=torch.int64, device=v0.device)
     found = v0.new_zeros(P, 0, n)
     for i in range(k):
-        v = v0 if i == 0 else _start_vector(generator, n, v0).expand(P, n)
+        v = v0 if i == 0 else start_vector(generator, n, v0).expand(P, n)
         v = v / v.norm(dim=1, keepdim=True)
         active = torch.ones(P, dtype=torch.bool, device=v0.device)
         previous: torch.Tensor | None = None
         for _ in range(per):
-            v = _orthogonalize(v, found)
+            v = orthogonalize(v, found)
             v = v / v.norm(dim=1, keepdim=True)
             hv = matvec(v)
             lam = (hv * v).sum(1)
-            rel = _relative((hv - lam[:, None] * v).norm(dim=1, keepdim=True), lam[:, None])[:, 0]
+            rel = relative_residual((hv - lam[:, None] * v).norm(dim=1, keepdim=True), lam[:, None])[:, 0]
             n_hvp += active.to(torch.int64)
             values[active, i], residuals[active, i] = lam[active], rel[active]
             if record is not None:
@@ -388,10 +294,18 @@ def hessian_eigenvalues(model, loss_fn: LossFn, data, k: int = 1,
     if not tol > 0:
         raise ValueError(f"tol: expected a positive number, got {tol}")
     op = hessian_operator(model, loss_fn, data)
+    if not 1 <= k <= op.dim:
+        raise ValueError(f"k: expected 1 ≤ k ≤ {op.dim} (the number of parameters), got {k}")
+    if max_hvp < k:
+        raise ValueError(f"max_hvp: {method} needs at least k = {k} products, got {max_hvp}")
     generator = torch.Generator().manual_seed(seed)
-    v0 = _start_vector(generator, op.dim, op.flat).expand(op.size, -1)
-    run = lanczos if method == "lanczos" else power_iteration
-    result = run(op.matvec, v0, k=k, tol=tol, max_iter=max_hvp, generator=generator)
+    v0 = start_vector(generator, op.dim, op.flat).expand(op.size, -1)
+    if method == "lanczos":
+        # check_ratio 0: a convergence check (an m × m eigh) after every HVP costs far less than an HVP
+        lz = lanczos(op.matvec, v0, k=k, tol=tol, max_iter=max_hvp, generator=generator)
+        result = EigResult(lz.values, lz.converged, lz.n_matvec, lz.residuals)
+    else:
+        result = power_iteration(op.matvec, v0, k=k, tol=tol, max_iter=max_hvp, generator=generator)
     if op.stacked.single:
         return EigResult(result.values[0], result.converged[0], int(result.n_hvp[0]), result.residuals[0])
     return result
@@ -454,5 +368,5 @@ def hessian_trace_value(model, loss_fn: LossFn, data, n_samples: int = 100, seed
 
 
 __all__ = ["EigResult", "HessianOperator", "TraceResult", "hessian_eigenvalues", "hessian_operator",
-           "hessian_trace", "hessian_trace_value", "hessian_vector_product", "lanczos", "power_iteration",
+           "hessian_trace", "hessian_trace_value", "hessian_vector_product", "power_iteration",
            "top_hessian_eigenvalue"]

@@ -37,6 +37,7 @@ from torch import nn
 from torch.func import functional_call
 
 from implicitreg.measures.core import Estimate, Stacked, register, require_eval, stacked
+from implicitreg.measures.lanczos import lanczos, start_vector
 
 
 @dataclass(frozen=True)
@@ -264,87 +265,52 @@ def _conv_geometry(conv: nn.Conv1d, length: int) -> tuple[int, int, int, int, in
     return stride, pad, dilation, out_len, output_padding
 
 
-def top_eigenvalues_psd(apply, n: int, P: int, dtype: torch.dtype, device: torch.device, tol: float = 1e-10,
-                        max_iter: int = 500, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Largest eigenvalue of P symmetric PSD operators ``apply``: [P, n] → [P, n], matrix-free.
-
-    Lanczos with full reorthogonalization (a Krylov-accelerated power iteration: the same
-    matrix-vector products, far fewer of them when the top of the spectrum is clustered, as it
-    is for convolutions). A member has converged when the residual ‖Bq − θq‖ of its top Ritz pair
-    is at most ``tol``·θ (relative, floored at 100·eps of the dtype): some eigenvalue then lies
-    within that distance of θ, and θ ≤ λ_max always. A Krylov space that becomes invariant (or
-    reaches dimension n) gives the exact value.
-
-    Returns:
-        (values [P], converged [P] bool, number of iterations).
-    """
-    tol = max(tol, 100 * torch.finfo(dtype).eps)
-    max_iter = min(max_iter, n)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    Q = torch.zeros(P, max_iter + 1, n, dtype=dtype, device=device)  # the Lanczos basis, row j = q_j
-    q = torch.randn(P, n, generator=gen, dtype=dtype, device=device)
-    Q[:, 0] = q / q.norm(dim=1, keepdim=True)
-    alphas = torch.zeros(P, max_iter, dtype=dtype, device=device)
-    betas = torch.zeros(P, max_iter, dtype=dtype, device=device)
-    theta = torch.zeros(P, dtype=dtype, device=device)
-    converged = torch.zeros(P, dtype=torch.bool, device=device)
-    tiny, eps = torch.finfo(dtype).tiny, torch.finfo(dtype).eps
-    next_check, steps = 1, 0
-    for j in range(max_iter):
-        steps = j + 1
-        w = apply(Q[:, j])
-        alphas[:, j] = (w * Q[:, j]).sum(1)
-        basis = Q[:, : j + 1]  # [P, j+1, n]
-        for _ in range(2):  # full reorthogonalization, twice ("twice is enough")
-            w = w - torch.bmm(torch.bmm(basis, w.unsqueeze(2)).transpose(1, 2), basis).squeeze(1)
-        beta = w.norm(dim=1)
-        invariant = beta <= 100 * eps * alphas[:, : j + 1].abs().amax(1).clamp_min(tiny)
-        beta = torch.where(invariant, torch.zeros_like(beta), beta)
-        betas[:, j] = beta
-        if steps == next_check or steps == max_iter or bool((invariant | converged).all()):
-            next_check = steps + max(1, steps // 8)
-            off = betas[:, : j]
-            T = torch.diag_embed(alphas[:, : j + 1]) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
-            evals, evecs = torch.linalg.eigh(T)
-            theta = evals[:, -1]
-            residual = beta * evecs[:, -1, -1].abs()
-            converged = converged | invariant | (residual <= tol * theta.abs()) | (steps == n)
-            if bool(converged.all()):
-                break
-        Q[:, j + 1] = torch.where(invariant[:, None], torch.zeros_like(w),
-                                  w / torch.where(invariant, torch.ones_like(beta), beta)[:, None])
-    return theta.clamp_min(0), converged, steps
-
-
 def conv1d_operator_norms(weight: torch.Tensor, conv: nn.Conv1d, length: int, tol: float = 1e-10,
                           max_iter: int = 500, seed: int = 0, with_convergence: bool = False) -> torch.Tensor | Estimate:
     """Operator norms ‖A‖₂ of the convolutions with kernels ``weight`` [P, C_out, C_in/g, k] on inputs
     of length ``length`` (zero padding, ``conv``'s stride, dilation and groups): [P].
 
-    The top eigenvalue of AᵀA (A = ``conv1d``, Aᵀ = ``conv_transpose1d``) by
-    :func:`top_eigenvalues_psd`, all members at once with a grouped convolution; ``tol`` bounds
-    the relative residual of σ². Non-convergence after ``max_iter`` products is reported with a
-    ``RuntimeWarning``, or — ``with_convergence=True`` — as the flags [P] of an :class:`Estimate`.
+    σ² is the top eigenvalue of AᵀA (A = ``conv1d``, Aᵀ = ``conv_transpose1d``), found matrix-free
+    by :func:`~implicitreg.measures.lanczos.lanczos` (full reorthogonalization: a Krylov-accelerated
+    power iteration, far fewer products when the top of the spectrum is clustered, as it is for
+    convolutions), all members at once with a grouped convolution, from one start vector shared by
+    the members (drawn from ``seed``), so a population's norms equal a loop over its members.
+
+    The iteration runs in float64 whatever the weights' dtype (the products are small
+    convolutions): in float32 the relative residual cannot go below ~1e-5, and the top eigenvalues
+    of a convolution's AᵀA are clustered that tightly, so a float32 run could stop on the second
+    eigenvalue; the norms are returned in the weights' dtype. A member has converged when the
+    residual of its top Ritz pair is below ``tol``·σ² (relative, floored at 100·eps of float64):
+    an eigenvalue of AᵀA then lies that close to the Ritz value, which never exceeds σ². A Krylov
+    space that becomes invariant or reaches the dimension C_in·L gives the exact value (residual
+    0). Non-convergence after ``max_iter`` products is reported with a ``RuntimeWarning``, or —
+    ``with_convergence=True`` — as the flags [P] of an :class:`Estimate`.
     """
     P, c_out, c_in_g, _ = weight.shape
     groups = conv.groups * P
     c_in = c_in_g * conv.groups
     stride, pad, dilation, _, output_padding = _conv_geometry(conv, length)
-    w = weight.detach().reshape(P * c_out, c_in_g, -1)
+    w = weight.detach().to(torch.float64).reshape(P * c_out, c_in_g, -1)
 
     def gram(v: torch.Tensor) -> torch.Tensor:  # AᵀA v for every member: [P, C_in·L] → [P, C_in·L]
         u = F.conv1d(v.reshape(1, P * c_in, length), w, None, stride, pad, dilation, groups)
         return F.conv_transpose1d(u, w, None, stride, pad, output_padding, groups, dilation).reshape(P, -1)
 
+    n = c_in * length
+    generator = torch.Generator().manual_seed(seed)
+    v0 = start_vector(generator, n, w).expand(P, n)
     with torch.no_grad():
-        values, converged, steps = top_eigenvalues_psd(gram, c_in * length, P, weight.dtype, weight.device, tol,
-                                                       max_iter, seed)
+        # check_ratio 1/8: a product is two small convolutions, cheaper than an eigh of T at every step
+        result = lanczos(gram, v0, k=1, tol=max(tol, 100 * torch.finfo(w.dtype).eps), max_iter=min(max_iter, n),
+                         check_ratio=1 / 8, generator=generator)
+    values, converged = result.values[:, 0].clamp_min(0).sqrt().to(weight.dtype), result.converged[:, 0]
     if with_convergence:
-        return Estimate(values.sqrt(), converged)
+        return Estimate(values, converged)
     if not bool(converged.all()):
-        warnings.warn(f"Conv1d operator norm: Lanczos did not reach rtol {tol:g} in {steps} iterations for members "
-                      f"{torch.nonzero(~converged).flatten().tolist()}", RuntimeWarning, stacklevel=2)
-    return values.sqrt()
+        warnings.warn(f"Conv1d operator norm: Lanczos did not reach rtol {tol:g} in {int(result.n_matvec.max())} "
+                      f"iterations for members {torch.nonzero(~converged).flatten().tolist()}", RuntimeWarning,
+                      stacklevel=2)
+    return values
 
 
 def layer_spectral_estimates(s: Stacked, input_shape=None, layers: list[WeightLayer] | None = None) -> Estimate:
