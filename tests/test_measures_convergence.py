@@ -15,7 +15,7 @@ from implicitreg.measures import REGISTRY, compute, layers
 from implicitreg.measures.flatness import pac_bayes_sigma
 from implicitreg.measures.layers import spectral_product
 from implicitreg.measures.margins import normalized_margin, spectral_complexity
-from implicitreg.measures.tracking import MeasureHook
+from implicitreg.hooks import MeasureHook
 from implicitreg.models import build_model
 from implicitreg.plan import Group, Member
 from implicitreg.population import Population

@@ -7,13 +7,41 @@ than a silently ignored setting.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
     """A user-facing configuration error: names the field, what is allowed, what arrived."""
+
+
+#: Names that only a higher layer knows, by kind ("measure": the measure registry). Config sits
+#: below everything and imports nothing of the package; the layer that owns the names says them with
+#: :func:`known_names` (the engine's hooks name the measures ``train.track`` accepts).
+_KNOWN_NAMES: dict[str, Collection[str]] = {}
+
+
+def known_names(kind: str, names: Collection[str]) -> None:
+    """Declare the names a config field of this ``kind`` accepts (a live collection: a registry
+    that grows later is seen as it is then)."""
+    _KNOWN_NAMES[kind] = names
+
+
+def check_names(kind: str, value: list[str]) -> list[str]:
+    """``value``, or a ValueError naming the unknown ones and the allowed names.
+
+    Unchecked while no layer has declared the names of ``kind`` (the engine checks again when it
+    uses them).
+    """
+    allowed = _KNOWN_NAMES.get(kind)
+    if allowed is None:
+        return value
+    unknown = [name for name in value if name not in allowed]
+    if unknown:
+        raise ValueError(f"unknown {kind}(s) {unknown}; expected any of {sorted(allowed)}")
+    return value
 
 
 class Strict(BaseModel):
@@ -101,14 +129,10 @@ class TrainConfig(Strict):
     track_every: int = Field(250, ge=1, description="cadence of tracked measures that need no Hessian")
     track_expensive_every: int = Field(1000, ge=1, description="cadence of tracked Hessian-based measures")
 
-    @model_validator(mode="after")
-    def _known_measures(self) -> "TrainConfig":
-        from implicitreg.measures import REGISTRY
-
-        unknown = [name for name in self.track if name not in REGISTRY]
-        if unknown:
-            raise ValueError(f"track: unknown measure(s) {unknown}; expected any of {sorted(REGISTRY)}")
-        return self
+    @field_validator("track")
+    @classmethod
+    def _known_measures(cls, value: list[str]) -> list[str]:
+        return check_names("measure", value)
 
     @model_validator(mode="after")
     def _betas_in_range(self) -> "TrainConfig":

@@ -14,13 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from implicitreg.data import DeviceData
-from implicitreg.measures.tracking import tracking_hooks
+from implicitreg.hooks import Hook, LoopContext, tracking_hooks
 from implicitreg.optim import schedule_fn
 from implicitreg.plan import Group, Member
 from implicitreg.sampling import BatchOrder, DropoutMasks, member_labels
 from implicitreg.train import (
-    Hook,
-    LoopContext,
     MemberResult,
     Progress,
     build_members,

@@ -7,13 +7,12 @@ driver decides what to store.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 
 from implicitreg.data import DeviceData
-from implicitreg.measures.basic import evaluate_population
-from implicitreg.measures.tracking import tracking_hooks
+from implicitreg.hooks import Hook, LoopContext, Model, evaluate_population, tracking_hooks
 from implicitreg.models import build_model
 from implicitreg.optim import apply_updates, make_optimizer, select_state
 from implicitreg.plan import Group
@@ -24,31 +23,7 @@ from implicitreg.seeding import generator
 Progress = Callable[[int, int], None]
 
 
-Model = Population | torch.nn.Module  # a population, or one plain module (the sequential engine: P = 1)
-Evaluate = Callable[[Model, "LoopContext"], dict[str, torch.Tensor]]
-
-
-class Hook(Protocol):
-    """A measurement taken every ``every`` steps: returns named per-member values, each [P].
-
-    Called on a population, or on the sequential engine's plain module (P = 1).
-    """
-
-    name: str
-    every: int
-
-    def __call__(self, model: Model, context: "LoopContext") -> dict[str, torch.Tensor]: ...
-
-
-@dataclass
-class LoopContext:
-    """What hooks may read: the data, each member's labels [P, n], initial parameters (name →
-    [P, ...], the module's layout), the step."""
-
-    data: DeviceData
-    labels: torch.Tensor
-    init_params: dict[str, torch.Tensor]
-    step: int = 0
+Evaluate = Callable[[Model, LoopContext], dict[str, torch.Tensor]]
 
 
 @dataclass

@@ -1,15 +1,16 @@
 """Complexity measures on any PyTorch model or population.
 
-Every measure takes a plain ``nn.Module`` (→ 0-d tensor) or a
-:class:`~implicitreg.population.Population` (→ [P]), plus data and a loss where it needs them.
-:data:`REGISTRY` holds each measure's metadata; :mod:`implicitreg.measures.basic` the
-evaluation every run tracks. Iterative measures (``REGISTRY[name].iterative``) give their
-per-member convergence with ``with_convergence=True`` (an :class:`Estimate`), as does
-``compute(..., with_convergence=True)``; tracked, it is stored as the metric ``NAME.converged``.
+Every measure takes a plain ``nn.Module`` (→ 0-d tensor) or a population (→ [P]: a
+:class:`~implicitreg.population.Population`, or any :class:`PopulationLike`), plus data and a loss
+where it needs them. :data:`REGISTRY` holds each measure's metadata. Measures are pure functions and
+import no training code: the evaluation every run gets and the hooks that track measures along
+training are the engine's (:mod:`implicitreg.hooks`). Iterative measures
+(``REGISTRY[name].iterative``) give their per-member convergence with ``with_convergence=True``
+(an :class:`Estimate`), as does ``compute(..., with_convergence=True)``; tracked, it is stored as
+the metric ``NAME.converged``.
 """
 
-from implicitreg.measures.basic import accuracy_and_loss, evaluate_population
-from implicitreg.measures.core import REGISTRY, Estimate, MeasureInfo, Stacked, register, stacked
+from implicitreg.measures.core import REGISTRY, Estimate, MeasureInfo, PopulationLike, Stacked, register, stacked
 from implicitreg.measures.curvature import (
     EigResult,
     TraceResult,
@@ -54,8 +55,8 @@ from implicitreg.measures.sharpness import epsilon_sharpness
 from implicitreg.measures.size import distance_from_init, l1_norm, l2_norm, param_count
 from implicitreg.measures.tracking import compute
 
-__all__ = ["REGISTRY", "Estimate", "FlatnessResult", "MeasureInfo", "Stacked", "accuracy_and_loss", "compute",
-           "distance_from_init", "epsilon_sharpness", "evaluate_population", "fold_batchnorm", "pac_bayes_bound_terms",
+__all__ = ["REGISTRY", "Estimate", "FlatnessResult", "MeasureInfo", "PopulationLike", "Stacked", "compute",
+           "distance_from_init", "epsilon_sharpness", "fold_batchnorm", "pac_bayes_bound_terms",
            "pac_bayes_flatness", "pac_bayes_init", "pac_bayes_mag_flatness", "pac_bayes_mag_init", "pac_bayes_mag_orig",
            "pac_bayes_orig", "pac_bayes_sigma", "pac_bayes_sigma_result", "frobenius_norms", "frobenius_product",
            "spectral_norms", "spectral_product", "sum_of_frobenius", "sum_of_spectral", "margin", "normalized_margin",

@@ -14,14 +14,30 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import Any, Callable, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-if TYPE_CHECKING:
-    from implicitreg.population import Population
+
+@runtime_checkable
+class PopulationLike(Protocol):
+    """What measures read of a population (:class:`implicitreg.population.Population` is one):
+    an architecture, the members' stacked parameters, and their outputs on shared inputs.
+
+    Measures import no training code; any object with these three members is measured as P models.
+    """
+
+    template: nn.Module
+
+    def module_params(self) -> dict[str, torch.Tensor]:
+        """name → [P, ...] in the template's own layout."""
+        ...
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, ...] → [P, N, C]."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -59,20 +75,19 @@ class Stacked:
         return [(name, p) for name, p in self.params.items() if p.dim() >= 3]
 
 
-def stacked(model: "nn.Module | Population | Stacked") -> Stacked:
-    """View a plain module (P = 1) or a :class:`~implicitreg.population.Population` as :class:`Stacked`."""
-    from implicitreg.population import Population
-
+def stacked(model: "nn.Module | PopulationLike | Stacked") -> Stacked:
+    """View a plain module (P = 1) or a population (:class:`PopulationLike`) as :class:`Stacked`."""
     if isinstance(model, Stacked):
         return model
-    if isinstance(model, Population):
+    if isinstance(model, PopulationLike):
         return Stacked(model.template, {k: v.detach() for k, v in model.module_params().items()}, False, model)
     if isinstance(model, nn.Module):
         params = {k: v.detach().unsqueeze(0) for k, v in model.named_parameters()}
         if not params:
             raise ValueError("the model has no parameters to measure")
         return Stacked(model, params, True)
-    raise TypeError(f"expected an nn.Module or a Population, got {type(model).__name__}")
+    raise TypeError("expected an nn.Module or a population (template, module_params(), forward()), "
+                    f"got {type(model).__name__}")
 
 
 @dataclass(frozen=True)

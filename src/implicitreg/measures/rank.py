@@ -77,11 +77,6 @@ def _end_to_end(s: Stacked) -> torch.Tensor:
     convs = [layer.name for layer in layers if not isinstance(layer.module, nn.Linear)]
     if convs:
         raise ValueError(f"end-to-end rank needs a model of nn.Linear layers only; {name} has convolutions {convs}")
-    from implicitreg.models import MLP  # a ReLU network by construction
-
-    if isinstance(s.template, MLP) and len(layers) > 1:
-        raise ValueError("end-to-end rank needs a linear model (nn.Linear layers, no nonlinearity); "
-                         "MLP has ReLUs between its layers")
     if isinstance(s.template, nn.Sequential):
         active = [f"{n}: {type(m).__name__}" for n, m in s.template.named_modules() if not isinstance(m, _PASSIVE)]
         if active:
@@ -92,11 +87,11 @@ def _end_to_end(s: Stacked) -> torch.Tensor:
             raise ValueError(f"layer {layer.name} takes {layer.weight.shape[2]} inputs but {prev.name} gives "
                              f"{product.shape[1]}: the layers do not compose in registration order")
         product = layer.weight @ product
-    _check_linear(s, product)
+    _check_linear(s, product, name)
     return product
 
 
-def _check_linear(s: Stacked, product: torch.Tensor) -> None:
+def _check_linear(s: Stacked, product: torch.Tensor, name: str) -> None:
     """Refuse a model whose function is not x ↦ W_L⋯W_1 x + const (hidden nonlinearity, other order)."""
     gen = torch.Generator(device=product.device).manual_seed(0)
     x = torch.randn(8, product.shape[2], generator=gen, dtype=product.dtype, device=product.device)
@@ -113,8 +108,9 @@ def _check_linear(s: Stacked, product: torch.Tensor) -> None:
     expected = x[:-1] @ product.transpose(1, 2)
     scale = 1 + expected.abs().amax() + out[:, -1].abs().amax()
     if (linear - expected).abs().amax() > torch.finfo(product.dtype).eps ** 0.5 * scale:
-        raise ValueError("end-to-end rank needs a linear model, but the model's function is not the product of its "
-                         "nn.Linear layers (a nonlinearity, or layers applied in another order)")
+        raise ValueError(f"end-to-end rank needs a linear model, but {name}'s function is not the "
+                         "product of its nn.Linear layers (a nonlinearity such as a ReLU between them, or layers "
+                         "applied in another order)")
 
 
 def end_to_end_matrix(model) -> torch.Tensor:
@@ -123,7 +119,7 @@ def end_to_end_matrix(model) -> torch.Tensor:
 
     Raises:
         ValueError: the model has convolutions or a nonlinearity (checked structurally for
-            ``MLP`` and ``nn.Sequential`` and numerically for any model: f(x) − f(0) must equal
+            ``nn.Sequential`` and numerically for any model: f(x) − f(0) must equal
             W_L⋯W_1 x on random inputs).
     """
     s = stacked(model)

@@ -1,23 +1,16 @@
-"""Registered measures as training-loop hooks: ``train.track=[...]`` at ``train.track_every``
-steps, Hessian-based ones at ``train.track_expensive_every``."""
+"""Registered measures by name: :func:`compute` passes each what its metadata says it needs.
+
+Pure functions of a model or population, data and a loss; the training loop tracks them through
+the engine's hooks (:mod:`implicitreg.hooks`), which call :func:`compute`."""
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from implicitreg.measures.core import REGISTRY, MeasureInfo, Stacked, stacked
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from implicitreg.config import TrainConfig
-    from implicitreg.population import Population
-    from implicitreg.train import LoopContext
+from implicitreg.measures.core import REGISTRY
 
 
 def loss_fn_for(n_classes: int):
@@ -66,39 +59,3 @@ def compute(names: list[str], model, *, init=None, data=None, loss_fn=None, inpu
             values[name] = info.fn(*args, **kwargs)
     return (values, converged) if with_convergence else values
 
-
-@dataclass
-class MeasureHook:
-    """Calls one registered measure on the model at its cadence.
-
-    Returns ``{name: [P]}``, and for an iterative measure ``{name + ".converged": [P]}`` too
-    (1.0 where the member's estimate converged, 0.0 where not), so that every stored value
-    carries its convergence.
-    """
-
-    info: MeasureInfo
-    every: int
-
-    @property
-    def name(self) -> str:
-        return self.info.name
-
-    def __call__(self, model: "Population | nn.Module", context: "LoopContext") -> dict[str, torch.Tensor]:
-        """model: a population, or a plain module (P = 1: context's labels [1, N], init params [1, ...])."""
-        labels = context.labels
-        # members share labels unless some are corrupted; measures then see each member's own
-        shared = bool((labels == labels[:1]).all())
-        s = stacked(model)
-        values, converged = compute([self.name], model, init=Stacked(s.template, context.init_params, single=s.single),
-                                    data=(context.data.x_train, labels[0] if shared else labels),
-                                    loss_fn=loss_fn_for(context.data.n_classes), with_convergence=True)
-        out = {self.name: values[self.name].detach().reshape(-1)}
-        if self.name in converged:
-            out[f"{self.name}.converged"] = converged[self.name].reshape(-1).to(out[self.name].dtype)
-        return out
-
-
-def tracking_hooks(config: "TrainConfig") -> tuple[MeasureHook, ...]:
-    """One hook per tracked measure, at the cadence its cost calls for."""
-    return tuple(MeasureHook(REGISTRY[name], config.track_expensive_every if REGISTRY[name].cost == "hvp"
-                             else config.track_every) for name in config.track)
