@@ -15,7 +15,8 @@ from implicitreg.config import build_config
 from implicitreg.studies.base import no_progress
 from implicitreg.references.sparse_regression import (min_l1_interpolant, min_l2_interpolant, q_alpha,
                                                       q_alpha_interpolant)
-from implicitreg.studies.diagonal_net import STUDY, Config, diagonal_gd, generate
+from implicitreg.dynamics.diagonal_net import diagonal_gd
+from implicitreg.studies.diagonal_net import STUDY, Config, generate
 
 from conftest import run_cli, invoke_cli, assert_user_error, solved_frames
 

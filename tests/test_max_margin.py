@@ -11,7 +11,7 @@ from conftest import run_cli_many, invoke_cli, assert_user_error, solved_frames
 from scipy.optimize import nnls
 from sklearn.svm import SVC
 
-from implicitreg import logistic_dynamics as dyn
+from implicitreg.dynamics import logistic as dyn
 from implicitreg.config import build_config
 from implicitreg.references import svm
 from implicitreg.runner import read_solutions

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import run_cli_many, invoke_cli, assert_user_error, solved_frames
 
-from implicitreg import squared_loss_dynamics as dyn
+from implicitreg.dynamics import squared_loss as dyn
 from implicitreg.config import build_config
 from implicitreg.references import least_squares as ref
 from implicitreg.runner import read_solutions

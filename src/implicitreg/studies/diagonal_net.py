@@ -38,6 +38,8 @@ from pydantic import Field, model_validator
 
 from implicitreg.config import Strict
 from implicitreg.data.npz import read_regression
+from implicitreg.dynamics.diagonal_net import diagonal_gd
+from implicitreg.dynamics.grid import recording_steps
 from implicitreg.references.sparse_regression import (min_l1_interpolant, min_l2_interpolant, q_alpha,
                                                       q_alpha_interpolant)
 from implicitreg.report.figures import save_figure, subplots
@@ -46,7 +48,6 @@ from implicitreg.studies.base import Analysis, Check, ProgressBar, Solved, Solve
 Q_TOL = 1e-2  # relative distance of GD to the Q_α solution, every α (issue text)
 L1_TOL = 0.05  # relative distance to the min-ℓ1 interpolant at the smallest α
 L2_TOL = 0.01  # relative distance to the min-ℓ2 interpolant at the largest α
-REFRESH = 1.5  # recompute λ_max once u² + v² may have grown by this factor
 TRACE_POINTS = 60  # log-spaced steps at which trajectories are recorded
 
 
@@ -86,20 +87,6 @@ class Problem:
     source: str
 
 
-@dataclass
-class DiagonalGD:
-    """Gradient descent on β = u⊙u − v⊙v for every α at once.
-
-    beta [A, d] at each run's last step; steps [A]; converged [A] (reached the loss tolerance);
-    trace: (step, index of α, β [d]) at the recorded steps and at each run's last step.
-    """
-
-    beta: np.ndarray
-    steps: np.ndarray
-    converged: np.ndarray
-    trace: list[tuple[int, int, np.ndarray]]
-
-
 def generate(config: Config) -> Problem:
     """Gaussian X [n, d]; β* with k nonzeros ±1/√k (‖β*‖₂ = 1) on a random support; y = Xβ*."""
     rng = np.random.default_rng(config.seed)
@@ -125,65 +112,6 @@ def load(path: str) -> Problem:
         raise ValueError(f"--data {path}: Xβ = y has no exact solution (least-squares relative residual "
                          f"{residual:.2e}); expected y in the column space of X, as interpolation needs")
     return Problem(x, y, None, str(path))
-
-
-def _lambda_max(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """λ_max(X diag(w) Xᵀ / n) for each row of weights [A, d] → [A]."""
-    gram = np.einsum("ni,ai,mi->anm", x, weights, x) / x.shape[0]
-    return np.linalg.eigvalsh(gram)[:, -1]
-
-
-def diagonal_gd(x: np.ndarray, y: np.ndarray, alphas: np.ndarray, loss_tol: float, max_steps: int,
-                growth_step: float, stability_step: float, record: set[int] | None = None,
-                progress=None) -> DiagonalGD:
-    """GD on L = ‖X(u⊙u − v⊙v) − y‖²/(2n) from u = v = α·1, each α [A] with its own step (module docstring).
-
-    x [n, d], y [n]. A run stops when ‖Xβ − y‖²/‖y‖² ≤ ``loss_tol`` or after ``max_steps`` steps;
-    finished runs leave the batch. ``record``: steps at which β of every running α is kept.
-    """
-    n, d = x.shape
-    alphas = np.asarray(alphas, dtype=np.float64)
-    count = len(alphas)
-    u = np.repeat(alphas[:, None], d, axis=1)
-    v = u.copy()
-    active = np.arange(count)
-    beta_final = np.zeros((count, d))
-    steps = np.zeros(count, dtype=int)
-    converged = np.zeros(count, dtype=bool)
-    trace: list[tuple[int, int, np.ndarray]] = []
-    record = record or set()
-    yy = float(y @ y)
-    lam = _lambda_max(x, u * u + v * v)
-    grow = np.ones(count)
-    for step in range(max_steps + 1):
-        beta = u * u - v * v
-        residual = beta @ x.T - y
-        loss = np.einsum("an,an->a", residual, residual) / yy
-        if step in record:
-            trace.extend((step, int(a), beta[i].copy()) for i, a in enumerate(active))
-        finished = (loss <= loss_tol) | (step == max_steps)
-        if finished.any():
-            for i in np.nonzero(finished)[0]:
-                a = int(active[i])
-                beta_final[a], steps[a], converged[a] = beta[i], step, loss[i] <= loss_tol
-                if step not in record:
-                    trace.append((step, a, beta[i].copy()))
-            keep = ~finished
-            active, u, v, residual, lam, grow = active[keep], u[keep], v[keep], residual[keep], lam[keep], grow[keep]
-            if not len(active):
-                break
-        grad = residual @ x / n
-        if np.any(grow > REFRESH):
-            lam, grow = _lambda_max(x, u * u + v * v), np.ones(len(active))
-        gmax = np.abs(grad).max(axis=1)
-        with np.errstate(divide="ignore"):
-            eta = np.minimum(growth_step / (2.0 * gmax), stability_step / (4.0 * lam * grow))
-        grow = grow * (1.0 + 2.0 * eta * gmax) ** 2  # u², v² grow by at most this factor this step
-        factor = (2.0 * eta)[:, None] * grad
-        u, v = u - factor * u, v + factor * v
-        if progress is not None and step % 2000 == 0:
-            progress(step)
-    return DiagonalGD(beta_final, steps, converged, trace)
 
 
 def run_label(alpha: float) -> str:
@@ -219,7 +147,7 @@ class DiagonalNet:
         alphas = np.asarray(config.alphas, dtype=np.float64)
         l1, l2 = min_l1_interpolant(x, y), min_l2_interpolant(x, y)
         refs = {float(alpha): q_alpha_interpolant(x, y, alpha) for alpha in alphas}
-        grid = set(np.unique(np.round(np.geomspace(1, config.max_steps, TRACE_POINTS))).astype(int).tolist()) | {0}
+        grid = recording_steps(config.max_steps, TRACE_POINTS)
         bar = progress("gradient descent (slowest α)", config.max_steps)
         result = diagonal_gd(x, y, alphas, config.loss_tol, config.max_steps, config.growth_step,
                              config.stability_step, record=grid, progress=bar)

@@ -34,6 +34,8 @@ from pydantic import Field, model_validator
 
 from implicitreg.config import Strict
 from implicitreg.data.npz import read_regression
+from implicitreg.dynamics.descent import descend, gd_update
+from implicitreg.dynamics.grid import recording_steps
 from implicitreg.measures.curvature import hessian_eigenvalues
 from implicitreg.report.figures import save_figure, subplots
 from implicitreg.studies.base import Analysis, Check, ProgressBar, Solved, SolvedRun
@@ -123,11 +125,6 @@ def sharpness(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, tol: flo
     return hessian_eigenvalues(model, squared_loss, (x, y), k=1, method="lanczos", tol=tol, max_hvp=max_hvp)
 
 
-def log_grid(steps: int, points: int = 60) -> set[int]:
-    """About ``points`` log-spaced integers in [0, steps] (0 and steps included)."""
-    return {0, steps, *np.unique(np.geomspace(1, max(steps, 1), points).astype(int)).tolist()}
-
-
 def run_gd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int, measure_every: int,
            tol: float, max_hvp: int, bar=lambda done: None) -> tuple[list[tuple[int, str, float]], int]:
     """Full-batch GD θ ← θ − η∇L(θ) on ``model`` in place; returns (metrics rows, last step).
@@ -139,18 +136,16 @@ def run_gd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, 
     the run there.
     """
     rows: list[tuple[int, str, float]] = []
-    grid = log_grid(steps)
+    grid = recording_steps(steps, 60, floor=True)
     params = list(model.parameters())
-    previous, initial, increases, diverged, step = math.inf, math.nan, 0, False, 0
-    for step in range(steps + 1):
+    previous, increases = math.inf, 0
+
+    def loss_and_grad(params: list[torch.Tensor]) -> tuple[float, tuple[torch.Tensor, ...]]:
         loss = squared_loss(model(x), y)
-        value = loss.detach().item()
-        if step == 0:
-            initial = value
-        if not math.isfinite(value) or value > DIVERGED * initial:
-            diverged = True
-            rows.append((step, "loss", value if math.isfinite(value) else math.inf))
-            break
+        return loss.detach().item(), torch.autograd.grad(loss, params)
+
+    def observe(step: int, params: list[torch.Tensor], value: float, aux: None) -> None:
+        nonlocal previous, increases
         increases += value > previous
         previous = value
         measure = step % measure_every == 0 or step == steps
@@ -159,17 +154,17 @@ def run_gd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, 
         if measure:
             eig = sharpness(model, x, y, tol, max_hvp)
             top = float(eig.values[0])
-            rows += [(step, "sharpness", top), (step, "sharpness_x_lr_over_2", top * lr / 2),
-                     (step, "lanczos_converged", float(bool(eig.converged[0]))),
-                     (step, "lanczos_residual", float(eig.residuals[0])), (step, "lanczos_hvp", float(eig.n_hvp))]
+            rows.extend([(step, "sharpness", top), (step, "sharpness_x_lr_over_2", top * lr / 2),
+                         (step, "lanczos_converged", float(bool(eig.converged[0]))),
+                         (step, "lanczos_residual", float(eig.residuals[0])), (step, "lanczos_hvp", float(eig.n_hvp))])
             bar(step)
-        if step == steps:
-            break
-        gradients = torch.autograd.grad(loss, params)
-        with torch.no_grad():
-            for p, g in zip(params, gradients):
-                p.sub_(lr * g)
-    rows += [(step, "loss_increases", float(increases)), (step, "diverged", float(diverged))]
+
+    result = descend(loss_and_grad, params, steps, gd_update(lr), diverge=DIVERGED, observe=observe,
+                     snapshot=lambda params, aux: None)
+    step = result.step
+    if result.diverged:
+        rows.append((step, "loss", result.loss if math.isfinite(result.loss) else math.inf))
+    rows += [(step, "loss_increases", float(increases)), (step, "diverged", float(result.diverged))]
     return rows, step
 
 

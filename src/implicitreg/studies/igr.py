@@ -34,6 +34,8 @@ from pydantic import Field, model_validator
 
 from implicitreg.config import Strict
 from implicitreg.data.npz import read_regression
+from implicitreg.dynamics.descent import descend, gd_update
+from implicitreg.dynamics.grid import recording_steps
 from implicitreg.references.modified_flows import (
     gradient,
     gradient_flow,
@@ -144,13 +146,15 @@ def partition(n: int, m: int, seed: int) -> list[np.ndarray]:
 def gd(loss: Callable[[torch.Tensor], torch.Tensor], theta0: np.ndarray, h: float, steps: int,
        record: set[int] | None = None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """GD θ_{k+1} = θ_k − h∇L(θ_k) for ``steps`` steps: (θ_steps [p], {k: θ_k for k in record})."""
-    theta = torch.as_tensor(theta0, dtype=torch.float64).clone()
-    seen = {0: theta.numpy().copy()} if record and 0 in record else {}
-    for k in range(1, steps + 1):
-        theta = theta - h * gradient(loss, theta)
-        if record and k in record:
-            seen[k] = theta.numpy().copy()
-    return theta.numpy().copy(), seen
+
+    def loss_and_grad(params: list[torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
+        theta = params[0].detach().requires_grad_(True)  # as modified_flows.gradient does
+        value = loss(theta)
+        return value.item(), list(torch.autograd.grad(value, theta))
+
+    result = descend(loss_and_grad, [torch.as_tensor(theta0, dtype=torch.float64).clone()], steps, gd_update(h),
+                     record=record or set(), snapshot=lambda params, aux: params[0].numpy().copy())
+    return result.params[0].numpy().copy(), {k: theta for k, theta in result.trace if record and k in record}
 
 
 def sgd_epoch_mean(batch_losses: list[Callable], theta0: np.ndarray, h: float) -> tuple[np.ndarray, float, int]:
@@ -165,11 +169,6 @@ def sgd_epoch_mean(batch_losses: list[Callable], theta0: np.ndarray, h: float) -
     ends_ = np.stack(ends)
     mean = ends_.mean(axis=0)
     return mean, float(np.linalg.norm(ends_ - mean, axis=1).mean()), len(ends)
-
-
-def log_steps(steps: int, points: int = 25) -> set[int]:
-    """About ``points`` log-spaced steps in [1, steps], with 0 and steps."""
-    return {0, steps, *np.unique(np.geomspace(1, steps, points).astype(int)).tolist()}
 
 
 def h_label(h: float) -> str:
@@ -217,7 +216,7 @@ class IGR:
         for model in models:
             loss = squared_loss(model, x, y)
             bar = progress(f"{model.name}: flows and GD", 2 * len(hs))
-            grids = {h: log_steps(round(end / h)) for h in hs}
+            grids = {h: recording_steps(round(end / h), 25, floor=True) for h in hs}
             times = sorted({k * h for h in hs for k in grids[h]})
             plain = gradient_flow(loss, model.theta0, end, times, config.tol, config.tol)
             plain_at = dict(zip(np.round(plain.t, 12), plain.theta))

@@ -46,6 +46,8 @@ from pydantic import Field, model_validator
 
 from implicitreg.config import Strict
 from implicitreg.data.npz import read_matrix_completion
+from implicitreg.dynamics.factorization import factorized_gd
+from implicitreg.dynamics.grid import recording_steps
 from implicitreg.measures.rank import effective_rank_from_svals
 from implicitreg.references.matrix_completion import min_nuclear_completion
 from implicitreg.report.figures import save_figure, subplots
@@ -104,17 +106,6 @@ class Problem:
     source: str
 
 
-@dataclass
-class FactorizedGD:
-    """GD on W = W_N⋯W_1: the final product [n1, n2], steps, whether ``loss_tol`` was reached, and
-    (step, W) at the recorded steps and the last step."""
-
-    matrix: np.ndarray
-    steps: int
-    converged: bool
-    trace: list[tuple[int, np.ndarray]]
-
-
 def generate(config: Config) -> Problem:
     """Truth U Vᵀ (U, V Gaussian size×rank) scaled to unit mean square; ``observed`` entries uniformly
     at random without replacement."""
@@ -169,65 +160,6 @@ def orthogonal_factors(shape: tuple[int, int], depth: int, scale: float, rng: np
     return factors
 
 
-def product_and_gradients(factors: list[np.ndarray], observed: np.ndarray,
-                          weight: np.ndarray) -> tuple[np.ndarray, float, list[np.ndarray]]:
-    """W = W_N⋯W_1, the relative loss ‖P_Ω(W − M)‖²/‖P_Ω M‖² and ∂L/∂W_j for L = (1/2m)‖P_Ω(W − M)‖².
-
-    factors [W_1, …, W_N]; observed [n1, n2]; weight [n1, n2] the mask as 0/1 floats.
-    ∂L/∂W_j = (W_N⋯W_{j+1})ᵀ ∇_W L (W_{j−1}⋯W_1)ᵀ with ∇_W L = P_Ω(W − M)/m.
-    """
-    depth = len(factors)
-    prefix = [factors[0]]  # prefix[j] = W_{j+1} ⋯ W_1
-    for f in factors[1:]:
-        prefix.append(f @ prefix[-1])
-    product = prefix[-1]
-    residual = weight * (product - observed)
-    loss = float(np.sum(residual * residual)) / (float(np.sum((weight * observed) ** 2)) or 1.0)
-    residual /= float(weight.sum())
-    suffix: list[np.ndarray | None] = [None] * depth  # suffix[j] = W_N ⋯ W_{j+2}; None is the identity
-    for j in range(depth - 2, -1, -1):
-        suffix[j] = factors[j + 1] if suffix[j + 1] is None else suffix[j + 1] @ factors[j + 1]
-    grads = []
-    for j in range(depth):
-        left = residual if suffix[j] is None else suffix[j].T @ residual
-        grads.append(left if j == 0 else left @ prefix[j - 1].T)
-    return product, loss, grads
-
-
-def factorized_gd(observed: np.ndarray, mask: np.ndarray, factors: list[np.ndarray], loss_tol: float, max_steps: int,
-                  growth_step: float, stability_step: float, record: set[int] | None = None,
-                  progress=None) -> FactorizedGD:
-    """Gradient descent on L = (1/2m)‖P_Ω(W_N⋯W_1 − M)‖² from ``factors`` [W_1, …, W_N] (module docstring).
-
-    observed [n1, n2] (M on the mask), mask [n1, n2] bool. Stops at ‖P_Ω(W − M)‖²/‖P_Ω(M)‖² ≤ ``loss_tol``,
-    after ``max_steps``, or if the loss stops being finite or grows tenfold (divergence: not converged).
-    """
-    factors = [np.array(f, dtype=np.float64) for f in factors]
-    depth = len(factors)
-    weight = mask.astype(np.float64)
-    m = float(weight.sum())
-    record = record or set()
-    trace: list[tuple[int, np.ndarray]] = []
-    first = None
-    for step in range(max_steps + 1):
-        product, loss, grads = product_and_gradients(factors, observed, weight)
-        first = loss if first is None else first
-        stop = loss <= loss_tol or step == max_steps or not np.isfinite(loss) or loss > 10 * first
-        if step in record or stop:
-            trace.append((step, product.copy()))
-        if stop:
-            return FactorizedGD(product, step, bool(loss <= loss_tol), trace)
-        curvature = depth * float(np.sum(product * product)) ** ((depth - 1) / depth) / m
-        eta = stability_step / curvature
-        if depth > 1:
-            ratios = [np.sqrt(np.sum(f * f) / max(np.sum(g * g), 1e-300)) for f, g in zip(factors, grads)]
-            eta = min(eta, growth_step * min(ratios))
-        factors = [f - eta * g for f, g in zip(factors, grads)]
-        if progress is not None and step % 2000 == 0:
-            progress(step)
-    raise AssertionError("unreachable")  # the loop returns at step == max_steps
-
-
 def _test_mse(matrix: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
     """‖P_Ωᶜ(W − W*)‖²_F / ‖W*‖²_F: with a unit-mean-square truth, the squared error on the unobserved
     entries averaged over all n1·n2 entries."""
@@ -264,11 +196,6 @@ RAZIN_OBSERVED = np.array([[0.0, 1.0], [1.0, 0.0]])  # w₁₂ = w₂₁ = 1, w�
 RAZIN_MASK = np.array([[False, True], [True, True]])
 
 
-def _grid(max_steps: int, points: int = TRACE_POINTS) -> set[int]:
-    """Log-spaced steps 0, 1, …, max_steps at which trajectories are recorded."""
-    return set(np.unique(np.round(np.geomspace(1, max_steps, points))).astype(int).tolist()) | {0}
-
-
 class MatrixFactorization:
     name = "matrix-factorization"
     claim = ("Gradient descent on a depth-N factorization W = W_N⋯W_1 from small initialization completes a "
@@ -298,7 +225,8 @@ class MatrixFactorization:
             bar = progress(f"depth {depth}", config.max_steps)
             factors = orthogonal_factors(observed.shape, depth, config.init_scale, rng)
             result = factorized_gd(observed, problem.mask, factors, config.loss_tol, config.max_steps,
-                                   config.growth_step, config.stability_step, _grid(config.max_steps), bar)
+                                   config.growth_step, config.stability_step,
+                                   recording_steps(config.max_steps, TRACE_POINTS), bar)
             bar(config.max_steps)
             rows = [(step, name, value) for step, matrix in result.trace
                     for name, value in _matrix_metrics(matrix * scale, problem).items()]
@@ -315,7 +243,7 @@ class MatrixFactorization:
         # the 2×2 run stops on its loss L = (1/6)Σ_Ω(...)², i.e. relative loss 2·3·L/‖P_Ω M‖² = 3L
         razin = factorized_gd(RAZIN_OBSERVED, RAZIN_MASK, start, 3.0 * config.razin_target_loss,
                               config.razin_max_steps, config.growth_step, config.stability_step,
-                              _grid(config.razin_max_steps, 4 * TRACE_POINTS), bar)
+                              recording_steps(config.razin_max_steps, 4 * TRACE_POINTS), bar)
         bar(config.razin_max_steps)
         rows = [(step, name, value) for step, matrix in razin.trace for name, value in _razin_metrics(matrix).items()]
         rows.append((razin.steps, "converged", float(razin.converged)))

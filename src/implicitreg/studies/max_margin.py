@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
-from implicitreg import logistic_dynamics as dyn
+from implicitreg.dynamics import logistic as dyn
 from implicitreg.config import Strict
 from implicitreg.data.npz import read_classification
 from implicitreg.references import svm

@@ -24,7 +24,7 @@ Default problem: X with i.i.d. N(0, 1/d) entries (n = 20, d = 100), y = Xβ for 
 ``--data FILE.npz`` (arrays X n×d, y n) replaces it. Wilson's construction is always generated
 (from ``seed`` and the ``wilson_*`` settings).
 
-Dynamics (float64, :mod:`implicitreg.squared_loss_dynamics`, loss ‖Xw − y‖²/(2n)):
+Dynamics (float64, :mod:`implicitreg.dynamics.squared_loss`, loss ‖Xw − y‖²/(2n)):
 - GD: step ``lr_scale · n/‖X‖₂²`` (``lr_scale``/L, L the largest curvature); SGD: one sample per
   step, step ``lr_scale / maxᵢ‖xᵢ‖²``, a fresh random order every epoch. Both run until the relative
   residual is ≤ ``tol`` (1e-12) or ``max_steps``.
@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from implicitreg import squared_loss_dynamics as dyn
+from implicitreg.dynamics import squared_loss as dyn
 from implicitreg.config import Strict
 from implicitreg.data.npz import read_regression
 from implicitreg.references import least_squares as ref

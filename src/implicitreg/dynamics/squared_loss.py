@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from implicitreg.step_grid import log_steps
+from implicitreg.dynamics.descent import descend
+from implicitreg.dynamics.grid import log_steps
 
 
 @dataclass
@@ -68,17 +69,23 @@ def relative_residual(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
 
 def _full_batch(x: np.ndarray, y: np.ndarray, w0: np.ndarray, update: Callable[[np.ndarray, np.ndarray, int], None],
                 max_steps: int, tol: float, points: int) -> Path:
-    """Run ``update(w, grad, t)`` (in place, t = 1, 2, …) with the full gradient ``Xᵀ(Xw − y)/n``."""
+    """Run ``update(w, grad, t)`` (in place, t = 1, 2, …) with the full gradient ``Xᵀ(Xw − y)/n``,
+    on :func:`implicitreg.dynamics.descent.descend` with the residual norm ‖Xw − y‖ as its loss."""
     n = x.shape[0]
-    w = np.array(w0, dtype=np.float64)
-    record, limit = _Recorder(w, max_steps, points), tol * np.linalg.norm(y)
-    for t in range(1, max_steps + 1):
-        r = x @ w - y
-        if np.linalg.norm(r) <= limit:
-            return record.finish(t - 1, w, True)
-        update(w, x.T @ r / n, t)
-        record(t, w)
-    return record.finish(max_steps, w, relative_residual(x, y, w) <= tol)
+
+    def loss_and_grad(params: list[np.ndarray]) -> tuple[float, list[np.ndarray]]:
+        r = x @ params[0] - y
+        return np.linalg.norm(r), [x.T @ r / n]
+
+    grid = {0, *log_steps(max_steps, points).tolist()}
+    result = descend(loss_and_grad, [np.array(w0, dtype=np.float64)], max_steps,
+                     lambda step, params, grads, aux: update(params[0], grads[0], step + 1),
+                     tol=tol * np.linalg.norm(y), record=grid, snapshot=lambda params, aux: params[0].copy())
+    w = result.params[0]
+    # at max_steps the tolerance is judged on the relative residual, as the docstring states
+    converged = result.converged if result.step < max_steps else relative_residual(x, y, w) <= tol
+    steps, weights = zip(*result.trace)
+    return Path(np.asarray(steps), np.stack(weights), result.step, converged)
 
 
 def gd(x: np.ndarray, y: np.ndarray, w0: np.ndarray, lr: float, max_steps: int, tol: float,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import expit
 
-from implicitreg.step_grid import log_steps
+from implicitreg.dynamics.grid import log_steps
 
 
 @dataclass

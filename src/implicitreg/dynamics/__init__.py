@@ -1,0 +1,18 @@
+"""Exact small-problem solvers shared by the theory studies (DESIGN.md, "Layers").
+
+- :mod:`~implicitreg.dynamics.descent`: the full-batch gradient-descent driver (loss-and-gradient
+  callable, in-place update rule, tolerance and divergence stops, recording grid, observer);
+- :mod:`~implicitreg.dynamics.grid`: log-spaced recording steps;
+- :mod:`~implicitreg.dynamics.squared_loss`: GD, SGD, Adam and AdaGrad on ‖Xw − y‖²/(2n) (min-norm);
+- :mod:`~implicitreg.dynamics.logistic`: GD and normalized GD on the logistic loss (max-margin);
+- :mod:`~implicitreg.dynamics.diagonal_net`: GD on β = u⊙u − v⊙v for many α at once (diagonal-net);
+- :mod:`~implicitreg.dynamics.factorization`: GD on W = W_N⋯W_1 (matrix-factorization).
+
+The edge-of-stability and igr studies run :func:`~implicitreg.dynamics.descent.descend` on their own
+torch models. This package imports numpy, scipy and torch only (no study, runner or report).
+"""
+
+from implicitreg.dynamics.descent import Descent, descend, gd_update
+from implicitreg.dynamics.grid import log_steps, recording_steps
+
+__all__ = ["Descent", "descend", "gd_update", "log_steps", "recording_steps"]
