@@ -261,5 +261,5 @@ def test_the_expected_duration_is_printed_before_training(tmp_path):
     result = invoke_cli([*TINY, "--out", tmp_path / "evi"])
     assert result.returncode == 0, result
     first = result.stderr.splitlines()[0]
-    assert first.startswith("explicit-vs-implicit: expected about 1.5 min on 2 CPU cores for --quick")
+    assert first.startswith("explicit-vs-implicit: expected about 2.0 min on 2 CPU cores for --quick")
     assert "your settings change it" in first  # TINY overrides the size

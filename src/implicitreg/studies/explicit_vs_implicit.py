@@ -64,14 +64,16 @@ class ExplicitVsImplicit:
     claim = ("Without weight decay or dropout, SGD-trained networks fit the data and test within 5 points of "
              "their regularized twins, though the same networks fit random labels.")
     paper = "Zhang et al. 2017; Neyshabur, Tomioka & Srebro 2015"
-    minutes = (1.5, 7.6)  # quick, full: on 2 CPU cores
+    minutes = (2.0, 7.6)  # quick, full: on 2 CPU cores
     Config = Config
 
     def defaults(self, quick: bool) -> dict[str, Any]:
         if not quick:
             return {}
-        # the claim at half the data: 2000 points are fitted (random labels too) well within the budget
-        return {"seeds": 2, "data": {"n_train": 2000, "n_test": 1000}, "train": {"max_steps": 2000, "eval_every": 250}}
+        # the paper's 4000 points, fewer seeds and steps: on 2000 points the unregularized MLP falls 5.3
+        # points behind dropout (less data, more for a regularizer to do) — a different claim; with 2000
+        # steps the CNN does not fit random labels (68%), with 3000 it does
+        return {"seeds": 2, "train": {"max_steps": 3000, "eval_every": 250}}
 
     def plan(self, config: Config) -> list[Group]:
         hyper = {
