@@ -28,8 +28,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     # exact small-problem solvers and references, and the toolkits studies are built from: rank
     # statistics (evaluate) and figures (report/: the studies draw with report.figures, the driver
     # writes report.html; report imports nothing of the package)
-    ("toolkits", frozenset({"dynamics", "logistic_dynamics", "squared_loss_dynamics", "step_grid", "references",
-                            "evaluate", "report"})),
+    ("toolkits", frozenset({"dynamics", "references", "evaluate", "report"})),
     ("studies", frozenset({"studies"})),
     # the driver and everything a user touches
     ("driver", frozenset({"runner", "backends", "store", "display", "provenance", "cli", "tracker", "sweep",

@@ -103,7 +103,7 @@ def first_paragraph(fn: Any) -> str:
 
 # public functions of implicitreg.measures that are machinery (evaluation, registration, model
 # transforms), not measures; every other public function that is no registry entry is listed
-MEASURE_MACHINERY = ("compute", "register", "stacked", "accuracy_and_loss", "evaluate_population",
+MEASURE_MACHINERY = ("compute", "register", "stacked",
                      "hessian_vector_product", "fold_batchnorm")
 
 

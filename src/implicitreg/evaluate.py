@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 
 def _as_vector(values, name: str) -> np.ndarray:
@@ -48,6 +47,7 @@ def kendall_tau(measure_values, gen_gaps) -> float:
         raise ValueError(f"measure_values and gen_gaps must have the same length, got {len(a)} and {len(b)}")
     if len(a) < 2 or np.isnan(a).any() or np.isnan(b).any() or np.ptp(a) == 0 or np.ptp(b) == 0:
         return math.nan
+    from scipy import stats  # lazy: scipy.optimize, stats and integrate cost `import implicitreg` 0.8 s
     return float(stats.kendalltau(a, b)[0])
 
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 Field = Callable[[torch.Tensor], torch.Tensor]
@@ -87,7 +86,8 @@ def integrate(field: Field, theta0: np.ndarray, end: float, t_eval: Sequence[flo
             raise RuntimeError(f"the vector field is not finite at t={t:g} (the flow diverged or the loss is undefined)")
         return value
 
-    result = solve_ivp(rhs, (0.0, end), theta0, method="DOP853", t_eval=times, rtol=rtol, atol=atol)
+    from scipy import integrate  # lazy: scipy.optimize, stats and integrate cost `import implicitreg` 0.8 s
+    result = integrate.solve_ivp(rhs, (0.0, end), theta0, method="DOP853", t_eval=times, rtol=rtol, atol=atol)
     if result.status != 0 or not np.all(np.isfinite(result.y)):
         raise RuntimeError(f"solve_ivp (DOP853, rtol={rtol:g}) failed to integrate to T={end:g}: {result.message}")
     return FlowSolution(result.t, result.y.T.copy(), int(result.nfev))

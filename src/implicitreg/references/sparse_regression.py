@@ -30,7 +30,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linprog, minimize, root
 
 FEASIBILITY_TOL = 1e-9  # relative residual ‖Xβ − y‖/‖y‖ below which a Q_α solution counts as converged
 
@@ -50,7 +49,8 @@ def min_l1_interpolant(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         RuntimeError: HiGHS stopped without an optimal solution.
     """
     n, d = x.shape
-    result = linprog(np.ones(2 * d), A_eq=np.hstack([x, -x]), b_eq=y, bounds=(0, None), method="highs")
+    from scipy import optimize  # lazy: scipy.optimize, stats and integrate cost `import implicitreg` 0.8 s
+    result = optimize.linprog(np.ones(2 * d), A_eq=np.hstack([x, -x]), b_eq=y, bounds=(0, None), method="highs")
     if result.status == 2:
         raise ValueError("min-ℓ1 interpolant: X β = y has no solution")
     if result.status != 0:
@@ -101,9 +101,10 @@ def q_alpha_interpolant(x: np.ndarray, y: np.ndarray, alpha: float, nu0: np.ndar
 
     scale = float(np.linalg.norm(y)) or 1.0
     start = np.zeros(len(y)) if nu0 is None else np.asarray(nu0, dtype=np.float64)
-    coarse = minimize(objective, start, jac=gradient, hess=hessian, method="trust-exact",
+    from scipy import optimize  # lazy: scipy.optimize, stats and integrate cost `import implicitreg` 0.8 s
+    coarse = optimize.minimize(objective, start, jac=gradient, hess=hessian, method="trust-exact",
                       options={"gtol": 1e-10 * scale, "maxiter": 5000})
-    polished = root(gradient, coarse.x, jac=hessian, method="hybr", options={"xtol": 1e-15})
+    polished = optimize.root(gradient, coarse.x, jac=hessian, method="hybr", options={"xtol": 1e-15})
     # keep whichever point is more feasible (hybr may stop at the float64 floor with success=False)
     nu = min((coarse.x, polished.x), key=lambda v: float(np.linalg.norm(gradient(v))))
     beta = 2.0 * a2 * np.sinh(x.T @ nu)

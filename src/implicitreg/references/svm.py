@@ -9,7 +9,6 @@ separable by a hyperplane through the origin.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linprog, nnls
 
 
 def separable_through_origin(x: np.ndarray, y: np.ndarray) -> bool:
@@ -20,7 +19,8 @@ def separable_through_origin(x: np.ndarray, y: np.ndarray) -> bool:
         x: (n, d) points; y: (n,) labels ±1.
     """
     z = np.asarray(y, dtype=np.float64)[:, None] * np.asarray(x, dtype=np.float64)
-    result = linprog(np.zeros(z.shape[1]), A_ub=-z, b_ub=-np.ones(z.shape[0]), bounds=[(None, None)] * z.shape[1],
+    from scipy import optimize  # lazy: scipy.optimize, stats and integrate cost `import implicitreg` 0.8 s
+    result = optimize.linprog(np.zeros(z.shape[1]), A_ub=-z, b_ub=-np.ones(z.shape[0]), bounds=[(None, None)] * z.shape[1],
                      method="highs")
     if result.status == 2:  # infeasible
         return False
@@ -78,7 +78,8 @@ def log_time_rate(x: np.ndarray, y: np.ndarray, w_hat: np.ndarray) -> float:
     if sv.size == 0:
         return float("nan")
     z = np.asarray(y, dtype=np.float64)[sv, None] * np.asarray(x, dtype=np.float64)[sv]
-    alpha = nnls(z.T, w_hat)[0]
+    from scipy import optimize  # lazy: scipy.optimize, stats and integrate cost `import implicitreg` 0.8 s
+    alpha = optimize.nnls(z.T, w_hat)[0]
     root = np.sqrt(alpha)
     eigenvalues = np.linalg.eigvalsh(root[:, None] * (z @ z.T) * root[None, :])
     positive = eigenvalues[eigenvalues > 1e-10 * eigenvalues.max()]
