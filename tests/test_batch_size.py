@@ -10,7 +10,13 @@ from conftest import read_store, run_cli, assert_user_error
 from scipy import stats
 
 from implicitreg.config import ConfigError, build_config
-from implicitreg.studies.batch_size import SHARPNESS, STUDY, parse_run_id, run_id
+from implicitreg.studies.batch_size import SHARPNESS, STUDY, run_id
+
+
+def parse_run_id(run: str) -> tuple[int, float, int]:
+    """``B<batch>/lr<η>/seed<s>`` → (batch, η, seed), for building and reading fake stores."""
+    b, lr, seed = run.split("/")
+    return int(b[1:]), float(lr[2:]), int(seed[4:])
 
 
 def config(**overrides):
@@ -69,7 +75,8 @@ def stored(spec: dict[str, dict]):
         batch = parse_run_id(rid)[0]
         final_step = values.get("final_step", 10 * (N // batch))
         runs.append({"run_id": rid, "study": STUDY.name, "arm": rid.rsplit("/", 1)[0], "seed": parse_run_id(rid)[2],
-                     "config": {}, "provenance": {}, "status": values.get("status", "done"),
+                     "config": {"member": {"tags": {"batch": batch, "lr": parse_run_id(rid)[1]}}},
+                     "provenance": {}, "status": values.get("status", "done"),
                      "final_step": final_step, "target_step": None, "error": None, "started_at": "",
                      "ended_at": ""})
         for name in ("train_loss", "train_acc", "test_acc", SHARPNESS):

@@ -134,3 +134,17 @@ def test_granulated_tau_bad_columns():
         granulated_kendall_tau(table(), "measure", "gap", ["a", "lr"])
     with pytest.raises(ValueError, match="at least one"):
         granulated_kendall_tau(table(), "measure", "gap", [])
+
+
+def test_spearman_by_hand_with_ties_and_undefined_cases():
+    from implicitreg.evaluate import spearman
+
+    # x ranks (1, 2.5, 2.5, 4), y ranks (1, 2, 3, 4): deviations (−1.5, 0, 0, 1.5), (−1.5, −0.5, 0.5, 1.5)
+    # → ρ = 4.5 / √(4.5 · 5)
+    rho = spearman(pd.Series([1.0, 2.0, 2.0, 5.0]), pd.Series([10.0, 20.0, 30.0, 40.0]))
+    assert rho == pytest.approx(4.5 / math.sqrt(4.5 * 5), abs=1e-15)
+    assert spearman(pd.Series([1.0, 2.0, 3.0]), pd.Series([3.0, 2.0, 1.0])) == pytest.approx(-1.0)
+    # non-finite pairs drop out; too few points or a constant side is undefined
+    assert spearman(pd.Series([1.0, np.nan, 3.0, np.inf, 2.0]), pd.Series([1.0, 5.0, 3.0, 0.0, 2.0])) == pytest.approx(1.0)
+    assert spearman(pd.Series([1.0, 2.0]), pd.Series([1.0, 2.0]), min_points=3) is None
+    assert spearman(pd.Series([1.0, 1.0, 1.0]), pd.Series([1.0, 2.0, 3.0])) is None

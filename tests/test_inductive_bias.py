@@ -79,7 +79,8 @@ def stored(test: dict[tuple[str, str], list[float]], train: float = 1.0,
     for (model, variant), accuracies in test.items():
         for seed, acc in enumerate(accuracies):
             run_id, step = f"{model}/{variant}/seed{seed}", 500 + 100 * seed
-            runs.append({"run_id": run_id, "study": STUDY.name, "arm": variant, "seed": seed, "config": {},
+            runs.append({"run_id": run_id, "study": STUDY.name, "arm": variant, "seed": seed,
+                         "config": {"member": {"tags": {"model": model}}},
                          "provenance": {}, "status": (status or {}).get((model, variant), "done"),
                          "final_step": step, "target_step": step,
                          "error": None, "started_at": "", "ended_at": ""})

@@ -62,7 +62,8 @@ def stored(runs_spec: dict[str, dict], max_steps: int = 1000, every: int = 250):
     optionally its status."""
     runs, rows = [], []
     for run_id, spec in runs_spec.items():
-        runs.append({"run_id": run_id, "study": STUDY.name, "arm": run_id.split("/")[1], "seed": 0, "config": {},
+        runs.append({"run_id": run_id, "study": STUDY.name, "arm": run_id.split("/")[1], "seed": 0,
+                     "config": {"member": {"tags": {"model": run_id.split("/")[0]}}},
                      "provenance": {}, "status": spec.get("status", "done"), "final_step": max_steps,
                      "target_step": None,
                      "error": None, "started_at": "", "ended_at": ""})

@@ -24,7 +24,8 @@ def evi_runs(models=("mlp", "cnn"), seeds=2) -> tuple[pd.DataFrame, pd.DataFrame
             for seed in range(seeds):
                 run_id = f"{model}/{arm}/seed{seed}"
                 runs.append({"run_id": run_id, "study": "explicit-vs-implicit", "arm": arm, "seed": seed,
-                             "config": {}, "provenance": {}, "status": "done", "final_step": 100,
+                             "config": {"member": {"tags": {"model": model}}}, "provenance": {},
+                             "status": "done", "final_step": 100,
                              "target_step": 100 if arm in ("none", "random_labels") else None})
                 test = TEST[arm] + 0.002 * (seed - 0.5)
                 train = 1.0 if arm in ("none", "wd", "random_labels") else 0.95
@@ -47,7 +48,7 @@ def test_explicit_vs_implicit_by_arm_figure_is_produced(tmp_path):
 
 def test_by_arm_plots_test_accuracy_with_the_band_and_chance():
     runs, metrics = evi_runs(models=("mlp",))
-    final = evi.with_model(evi.final_values(runs, metrics))
+    final = evi.with_model(evi.final_values(runs, metrics), runs)
     figure = evi._by_arm(final, ["mlp"], chance=0.1, seeds=2)
     left, right = figure.axes
     assert left.get_ylabel() == "test accuracy (%)"
@@ -123,7 +124,7 @@ def test_labels_have_units_and_measures_read_as_words():
 def test_by_arm_with_a_lost_arm_says_the_comparison_is_undecided(tmp_path):
     runs, metrics = evi_runs(models=("mlp",))
     runs.loc[runs["arm"] == "dropout", "status"] = "failed"  # its values are blanked: no test accuracy
-    final = evi.with_model(evi.final_values(runs, metrics))
+    final = evi.with_model(evi.final_values(runs, metrics), runs)
     left, _ = evi._by_arm(final, ["mlp"], chance=0.1, seeds=2).axes
     assert "no test accuracy for dropout: the comparison is undecided" in left.get_title()
     assert [p.get_label() for p in left.patches if "within" in str(p.get_label())] == [

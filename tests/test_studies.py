@@ -14,7 +14,8 @@ from implicitreg.studies.explicit_vs_implicit import ARMS, STUDY
 
 def stored(finals: dict[str, dict[str, float]], final_steps: dict[str, int]):
     """runs/metrics frames as the store returns them; each run also has an earlier evaluation."""
-    runs = pd.DataFrame([{"run_id": r, "study": STUDY.name, "arm": r.split("/")[1], "seed": 0, "config": {},
+    runs = pd.DataFrame([{"run_id": r, "study": STUDY.name, "arm": r.split("/")[1], "seed": 0,
+                          "config": {"member": {"tags": {"model": r.split("/")[0]}}},
                           "provenance": {}, "status": "done", "final_step": final_steps[r],
                           "target_step": None, "error": None, "started_at": "", "ended_at": ""} for r in finals])
     rows = []

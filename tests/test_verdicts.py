@@ -21,7 +21,8 @@ def evi_frames(seeds=3, diverged_arm=None, lost=0):
                 continue
             run_id = f"mlp/{arm}/seed{seed}"
             status = "diverged" if arm == diverged_arm else "done"
-            runs.append({"run_id": run_id, "study": STUDY.name, "arm": arm, "seed": seed, "config": {},
+            runs.append({"run_id": run_id, "study": STUDY.name, "arm": arm, "seed": seed,
+                         "config": {"member": {"tags": {"model": "mlp"}}},
                          "status": status, "final_step": 100, "target_step": 100, "error": None,
                          "provenance": {}, "started_at": "", "ended_at": ""})
             random = arm == "random_labels"

@@ -29,7 +29,8 @@ def frames(train_acc: dict[int, list[float]], test_acc: dict[int, list[float]],
     for w, accs in train_acc.items():
         for seed, (train, test) in enumerate(zip(accs, test_acc[w])):
             run_id = f"w{w}/seed{seed}"
-            runs.append({"run_id": run_id, "study": "width", "arm": f"w{w}", "seed": seed, "config": {},
+            runs.append({"run_id": run_id, "study": "width", "arm": f"w{w}", "seed": seed,
+                         "config": {"member": {"tags": {"width": w}}},
                          "provenance": {}, "status": (status or {}).get(w, "done"), "final_step": 100,
                          "target_step": None, "error": None, "started_at": "", "ended_at": ""})
             rows += [{"run_id": run_id, "step": 100, "name": name, "value": value}

@@ -51,6 +51,24 @@ def kendall_tau(measure_values, gen_gaps) -> float:
     return float(stats.kendalltau(a, b)[0])
 
 
+def spearman(x: pd.Series, y: pd.Series, min_points: int = 2) -> float | None:
+    """Spearman's ρ: the correlation of average ranks (ties share the mean of their ranks), over
+    the pairs where both values are finite; None with fewer than ``min_points`` such pairs or when
+    either side is constant.
+
+    Args:
+        x, y: [M] paired values (index-aligned Series).
+    Returns:
+        ρ in [−1, 1], or None.
+    """
+    x, y = pd.Series(x, dtype=float), pd.Series(y, dtype=float)
+    ok = np.isfinite(x.to_numpy()) & np.isfinite(y.to_numpy())
+    x, y = x[ok], y[ok]
+    if len(x) < max(min_points, 2) or x.nunique() < 2 or y.nunique() < 2:
+        return None
+    return float(np.corrcoef(x.rank().to_numpy(), y.rank().to_numpy())[0, 1])
+
+
 @dataclass(frozen=True)
 class GranulatedTau:
     """Jiang et al.'s granulated Kendall coefficient of one measure.

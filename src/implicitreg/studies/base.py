@@ -265,9 +265,32 @@ def mean_std(values: pd.Series) -> tuple[float, float]:
     return float(finite.mean()), float(finite.std(ddof=1)) if len(finite) > 1 else 0.0
 
 
-def with_model(frame: pd.DataFrame) -> pd.DataFrame:
-    """Add the model column (the first part of ``model/arm/seedN`` run ids)."""
-    return frame.assign(model=frame["run_id"].str.split("/").str[0])
+def tagged(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` (one row per run, with ``run_id``) plus a column per plan tag of its runs
+    (``Member.tags``: ``model``, ``width``, …), read from the stored run configs — never parsed
+    out of run ids. A run without a tag has NaN there."""
+    rows = [{"run_id": run_id, **(((config or {}).get("member") or {}).get("tags") or {})}
+            for run_id, config in zip(runs["run_id"], runs["config"])]
+    tags = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["run_id"])
+    extra = [c for c in tags.columns if c != "run_id" and c not in frame.columns]
+    return frame.merge(tags[["run_id", *extra]], on="run_id", how="left")
+
+
+def with_model(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the ``model`` tag of each run (see :func:`tagged`)."""
+    return tagged(frame, runs).reindex(columns=[*dict.fromkeys([*frame.columns, "model"])])
+
+
+def seed_summary(part: pd.DataFrame, metrics: list[str], planned: int) -> dict[str, Any]:
+    """The columns every per-arm results table shares, over the seeds of one arm (``part``: its
+    rows of :func:`final_values`): runs stored, diverged, runs that reached the target of the
+    ``planned`` ones, mean and std of each metric over the seeds that have it, and of the steps."""
+    row: dict[str, Any] = {"runs": len(part), "diverged": int((part["status"] == "diverged").sum()),
+                           "reached_target": f"{int(part['target_step'].notna().sum())}/{planned}"}
+    for name in metrics:
+        row[f"{name}_mean"], row[f"{name}_std"] = mean_std(part[name]) if name in part else (math.nan, math.nan)
+    row["steps_mean"], row["steps_std"] = mean_std(part["final_step"].astype(float))
+    return row
 
 
 def n_classes(data: Any) -> int:

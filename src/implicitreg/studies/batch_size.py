@@ -57,7 +57,8 @@ from pydantic import Field, model_validator
 from implicitreg.config import DataConfig, MLPConfig, Strict, TrainConfig
 from implicitreg.plan import Group, Member, group_runs
 from implicitreg.report import figures as fig
-from implicitreg.studies.base import Analysis, Check, Support, final_values, mean_std, n_classes
+from implicitreg.evaluate import spearman
+from implicitreg.studies.base import Analysis, Check, Support, final_values, mean_std, n_classes, tagged
 
 SHARPNESS = "top_hessian_eigenvalue"
 SHARPNESS_RHO_MAX = -0.5  # Spearman ρ(η/B, sharpness): larger η/B → flatter
@@ -107,12 +108,6 @@ def run_id(batch_size: int, lr: float, seed: int) -> str:
     return f"B{batch_size}/lr{lr:g}/seed{seed}"
 
 
-def parse_run_id(run: str) -> tuple[int, float, int]:
-    """``B<batch>/lr<η>/seed<s>`` → (batch, η, seed)."""
-    b, lr, seed = run.split("/")
-    return int(b[1:]), float(lr[2:]), int(seed[4:])
-
-
 class BatchSize:
     name = "batch-size"
     claim = ("With the same budget in epochs, SGD with a larger ratio η/B (small batch, large learning rate) ends "
@@ -140,8 +135,8 @@ class BatchSize:
                                 track_expensive_every=steps)
             for lr in config.lrs:
                 for seed in range(config.seeds):
-                    member = Member(run_id(batch, lr, seed), seed=seed, lr=lr,
-                                    init_scale=config.mlp.init_scale, arm=f"B{batch}/lr{lr:g}")
+                    member = Member(run_id(batch, lr, seed), seed=seed, lr=lr, init_scale=config.mlp.init_scale,
+                                    arm=f"B{batch}/lr{lr:g}", tags={"batch": batch, "lr": lr})
                     runs.append(("mlp", config.mlp, config.data, train, member))
         return group_runs(runs)
 
@@ -209,9 +204,9 @@ def finals(config: Config, runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.Data
     # diverged runs keep their last records: they are excluded below, and listed with their reason
     final = final_values(runs, metrics, keep_diverged=True)
     final = final.reindex(columns=list(dict.fromkeys([*final.columns, *names])))  # NaN if never recorded
-    parsed = final["run_id"].map(parse_run_id)
-    final["batch"] = parsed.map(lambda p: p[0]).astype(int)
-    final["lr"] = parsed.map(lambda p: p[1]).astype(float)
+    final = tagged(final, runs)
+    final["batch"] = final["batch"].astype(int)
+    final["lr"] = final["lr"].astype(float)
     final["ratio"] = final["lr"] / final["batch"]
     final["epochs"] = final["final_step"].astype(float) / (config.data.n_train // final["batch"])
     classes = n_classes(config.data)
@@ -249,23 +244,12 @@ def _table(config: Config, final: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def spearman(x: pd.Series, y: pd.Series) -> float | None:
-    """scipy's Spearman ρ (average ranks for ties); None below MIN_POINTS points or for a constant."""
-    x, y = x.astype(float), y.astype(float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if len(x) < MIN_POINTS or x.nunique() < 2 or y.nunique() < 2:
-        return None
-    from scipy import stats  # lazy: scipy.optimize, stats and integrate cost `import implicitreg` 0.8 s
-    return float(stats.spearmanr(x, y).statistic)
-
-
 def _rho(kept: pd.DataFrame, column: str) -> tuple[float | None, str]:
     """Spearman ρ(η/B, ``column``) over the kept runs, and a detail: how many runs and distinct η/B,
     and ρ over the per-η/B means."""
-    rho = spearman(kept["ratio"], kept[column])
+    rho = spearman(kept["ratio"], kept[column], MIN_POINTS)
     cells = kept.groupby("ratio")[column].mean()
-    rho_cells = spearman(pd.Series(cells.index, dtype=float), pd.Series(cells.values, dtype=float))
+    rho_cells = spearman(pd.Series(cells.index, dtype=float), pd.Series(cells.values, dtype=float), MIN_POINTS)
     detail = (f"{int(np.isfinite(kept[column].astype(float)).sum())} runs, {kept['ratio'].nunique()} distinct η/B; "
               f"ρ over the means per η/B: {'n/a' if rho_cells is None else f'{rho_cells:+.3f}'}")
     if rho is None:
@@ -310,7 +294,7 @@ def _unfitted_note(final: pd.DataFrame) -> str:
         return ""
     shown = []
     for label, column in (("sharpness", SHARPNESS), ("test accuracy", "test_acc")):
-        rho = spearman(trained["ratio"], trained[column])
+        rho = spearman(trained["ratio"], trained[column], MIN_POINTS)
         shown.append(f"ρ(η/B, {label}) = {'n/a' if rho is None else f'{rho:+.3f}'}")
     return f"with the runs that did not fit counted too ({len(trained)} runs): " + ", ".join(shown) + "."
 

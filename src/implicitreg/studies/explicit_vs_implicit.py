@@ -23,7 +23,8 @@ from pydantic import Field, model_validator
 from implicitreg.config import CNNConfig, DataConfig, MLPConfig, Strict, TrainConfig
 from implicitreg.plan import Group, Member, group_runs
 from implicitreg.report import figures as fig
-from implicitreg.studies.base import Analysis, Check, Support, final_values, mean_std, n_classes, weakest, with_model
+from implicitreg.studies.base import (Analysis, Check, Support, final_values, mean_std, n_classes, seed_summary,
+                                      weakest, with_model)
 
 ARMS = ("none", "wd", "dropout", "wd+dropout", "random_labels")  # wd: weight decay
 EXPLICIT = ("wd", "dropout", "wd+dropout")
@@ -96,17 +97,11 @@ class ExplicitVsImplicit:
         return group_runs(runs)
 
     def analyze(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame) -> Analysis:
-        final = with_model(final_values(runs, metrics)).reindex(
+        final = with_model(final_values(runs, metrics), runs).reindex(
             columns=[*runs.columns.drop(["config", "provenance"]), "model", *TABLE_METRICS])  # NaN if never evaluated
         rows = []
         for (model, arm), part in final.groupby(["model", "arm"], sort=False):
-            row: dict[str, Any] = {"model": model, "arm": arm, "runs": len(part),
-                                   "diverged": int((part["status"] == "diverged").sum()),
-                                   "reached_target": f"{int(part['target_step'].notna().sum())}/{config.seeds}"}
-            for name in TABLE_METRICS:
-                row[f"{name}_mean"], row[f"{name}_std"] = mean_std(part[name])
-            row["steps_mean"], row["steps_std"] = mean_std(part["final_step"].astype(float))
-            rows.append(row)
+            rows.append({"model": model, "arm": arm, **seed_summary(part, list(TABLE_METRICS), config.seeds)})
         table = pd.DataFrame(rows, columns=None if rows else ["model", "arm"])
         chance = 1.0 / n_classes(config.data)
         checks = []
@@ -119,8 +114,8 @@ class ExplicitVsImplicit:
         return Analysis(table, checks, notes)
 
     def figures(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame, directory: Path) -> list[Path]:
-        labelled = metrics.merge(with_model(runs)[["run_id", "model", "arm"]], on="run_id")
-        final = with_model(final_values(runs, metrics))
+        labelled = metrics.merge(with_model(runs, runs)[["run_id", "model", "arm"]], on="run_id")
+        final = with_model(final_values(runs, metrics), runs)
         order = {"model": list(config.models), "arm": list(ARMS)}
         chance = (1.0 / n_classes(config.data), "chance")
         paths = []

@@ -39,8 +39,8 @@ from implicitreg.config import CNNConfig, DataConfig, MLPConfig, Strict, TrainCo
 from implicitreg.plan import Group, Member, group_runs
 from implicitreg.report import figures as fig
 from implicitreg.report.figures import save_figure, subplots
-from implicitreg.studies.base import (Analysis, Check, Support, final_values, mean_std, n_classes, weakest,
-                                     with_model)
+from implicitreg.studies.base import (Analysis, Check, Support, final_values, mean_std, n_classes, seed_summary,
+                                     weakest, with_model)
 
 MODELS = ("mlp", "cnn")
 VARIANTS = ("original", "shuffled")
@@ -131,21 +131,16 @@ class InductiveBias:
                 if part.empty:
                     continue
                 anchor = ANCHORS.get((model, variant)) if config.data.name == "mnist1d" else None
-                row: dict[str, Any] = {"model": model, "variant": variant,
-                                       "paper_test": "–" if anchor is None else f"{100 * anchor:.0f}%",
-                                       "runs": len(part), "diverged": int((part["status"] == "diverged").sum()),
-                                       "reached_target": f"{int(part['target_step'].notna().sum())}/{len(part)}"}
-                for name in TABLE_METRICS:
-                    row[f"{name}_mean"], row[f"{name}_std"] = mean_std(part[name])
-                row["steps_mean"], row["steps_std"] = mean_std(part["final_step"].astype(float))
-                rows.append(row)
+                rows.append({"model": model, "variant": variant,
+                             "paper_test": "–" if anchor is None else f"{100 * anchor:.0f}%",
+                             **seed_summary(part, list(TABLE_METRICS), config.seeds)})
         table = pd.DataFrame(rows)
         stats = _test_stats(final)
         checks = _checks(stats, config.seeds)
         return Analysis(table, checks, _notes(config, stats))
 
     def figures(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame, directory: Path) -> list[Path]:
-        labelled = metrics.merge(with_model(runs)[["run_id", "model", "arm"]], on="run_id")
+        labelled = metrics.merge(with_model(runs, runs)[["run_id", "model", "arm"]], on="run_id")
         final = _final(runs, metrics)
         order = {"model": list(config.models), "arm": list(config.variants)}
         chance = (1.0 / n_classes(config.data), "chance")
@@ -165,7 +160,7 @@ class InductiveBias:
 
 def _final(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     """One row per run with its last evaluation; metric columns are NaN for a run never evaluated."""
-    return with_model(final_values(runs, metrics)).reindex(
+    return with_model(final_values(runs, metrics), runs).reindex(
         columns=[*runs.columns.drop(["config", "provenance"]), "model", *TABLE_METRICS])
 
 

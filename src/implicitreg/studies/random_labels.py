@@ -36,6 +36,7 @@ from pydantic import Field, field_validator, model_validator
 from implicitreg.config import CNNConfig, DataConfig, MLPConfig, Strict, TrainConfig
 from implicitreg.plan import Group, Member, group_runs
 from implicitreg.report import figures as fig
+from implicitreg.evaluate import spearman
 from implicitreg.studies.base import (Analysis, Check, Support, final_values, mean_std, n_classes, weakest,
                                      with_model)
 
@@ -184,7 +185,7 @@ class RandomLabels:
 
     def figures(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame, directory: Path) -> list[Path]:
         final = _finals(config, runs, metrics)
-        labelled = metrics.merge(with_model(runs)[["run_id", "model", "arm"]], on="run_id")
+        labelled = metrics.merge(with_model(runs, runs)[["run_id", "model", "arm"]], on="run_id")
         arms = [*map(level_arm, config.levels), *([RANDOM_INPUTS] if config.random_inputs else [])]
         order = {"model": list(config.models), "arm": arms}
         chance = (1.0 / n_classes(config.data), "chance")
@@ -214,7 +215,7 @@ def _measures(config: Config) -> list[str]:
 def _finals(config: Config, runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     """One row per run: final metrics, level, the step it first fitted (NaN if never) and its steps to fit."""
     names = ["train_acc", "test_acc", *_measures(config)]
-    final = with_model(final_values(runs, metrics))
+    final = with_model(final_values(runs, metrics), runs)
     final = final.reindex(columns=list(dict.fromkeys([*final.columns, *names])))  # NaN if never recorded
     acc = metrics[metrics["name"] == "train_acc"]
     fitted = acc[acc["value"] >= config.fit_acc].groupby("run_id")["step"].min()
@@ -225,15 +226,6 @@ def _finals(config: Config, runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.Dat
     final.loc[final["train_acc"].isna(), "steps"] = math.nan  # never evaluated: unknown, not slow
     final["level"] = final["arm"].map(arm_level)
     return final
-
-
-def _spearman(x: pd.Series, y: pd.Series) -> float | None:
-    """Spearman ρ (average ranks for ties); None when undefined (fewer than 2 points or a constant)."""
-    ok = x.notna() & y.notna()
-    x, y = x[ok], y[ok]
-    if len(x) < 2 or x.nunique() < 2 or y.nunique() < 2:
-        return None
-    return float(x.rank().corr(y.rank()))
 
 
 def _model_checks(config: Config, table: pd.DataFrame, final: pd.DataFrame, model: str,
@@ -282,7 +274,7 @@ def _model_checks(config: Config, table: pd.DataFrame, final: pd.DataFrame, mode
     # (3) the time to fit grows: Spearman ρ between level and mean steps to fit
     levels = pd.Series([arm_level(a) for a in arms])
     steps = pd.Series([value(a, "steps_mean") for a in arms], dtype=float)
-    rho = None if steps.isna().any() else _spearman(levels, steps)
+    rho = None if steps.isna().any() else spearman(levels, steps)
     shown = "steps: " + ", ".join(f"{p:g}→{s:.0f}" for p, s in zip(levels, steps) if pd.notna(s))
     checks.append(Check.at_least(f"{model}: Spearman ρ(level, mean steps to fit)", rho, STEPS_RHO_MIN,
                                  detail="; ".join(filter(None, [missing("steps"), shown])),
@@ -295,7 +287,7 @@ def _model_checks(config: Config, table: pd.DataFrame, final: pd.DataFrame, mode
                                      support=support(RANDOM_INPUTS, "train_acc")))
 
     notes = []
-    rhos = {name: _spearman(levels, pd.Series([value(a, f"{name}_mean") for a in arms], dtype=float))
+    rhos = {name: spearman(levels, pd.Series([value(a, f"{name}_mean") for a in arms], dtype=float))
             for name in measures if f"{name}_mean" in by_arm.columns}
     if rhos:
         shown = ", ".join(f"{n} {'n/a' if r is None else f'{r:+.2f}'}" for n, r in rhos.items())

@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 from implicitreg.config import DataConfig, MLPConfig, Strict, TrainConfig
 from implicitreg.plan import Group, Member, group_runs
 from implicitreg.report import figures as fig
-from implicitreg.studies.base import Analysis, Check, Support, final_values, mean_std, weakest
+from implicitreg.studies.base import Analysis, Check, Support, final_values, mean_std, tagged, weakest
 
 FIT_MIN = 0.99  # "fits the training set": mean train accuracy over seeds
 MEASURES = ("path_norm", "spectral_complexity")
@@ -71,7 +71,7 @@ class Width:
             model = MLPConfig(hidden=[width], init_scale=config.init_scale)
             for seed in range(config.seeds):
                 member = Member(f"w{width}/seed{seed}", seed=seed, lr=config.train.lr,
-                                init_scale=config.init_scale, arm=f"w{width}")
+                                init_scale=config.init_scale, arm=f"w{width}", tags={"width": width})
                 runs.append(("mlp", model, config.data, config.train, member))
         return group_runs(runs)
 
@@ -99,7 +99,7 @@ class Width:
         if tracked:
             paths.append(fig.save_figure(_measures_vs_width(table, ["l2_norm", *tracked]),
                                          directory / "measures_vs_width.png"))
-        labelled = metrics.merge(_with_width(runs)[["run_id", "width"]], on="run_id").assign(
+        labelled = metrics.merge(_with_width(runs, runs)[["run_id", "width"]], on="run_id").assign(
             model="mlp", width=lambda f: f["width"].map(lambda w: f"w{w}"))
         order = {"model": ["mlp"], "width": [f"w{w}" for w in config.widths]}
         paths.append(fig.curves(labelled, "test_acc", panel="model", line="width", order=order,
@@ -110,14 +110,14 @@ class Width:
 
 def _final(config: Config, runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     """One row per run with its last evaluation (NaN for a run never evaluated or diverged)."""
-    return _with_width(final_values(runs, metrics)).reindex(
+    return _with_width(final_values(runs, metrics), runs).reindex(
         columns=[*runs.columns.drop(["config", "provenance"]), "width", "train_acc", "test_acc", "gap", "l2_norm",
                  *config.train.track])
 
 
-def _with_width(frame: pd.DataFrame) -> pd.DataFrame:
-    """Add the width column (``w<width>/seed<n>`` run ids)."""
-    return frame.assign(width=frame["run_id"].str.split("/").str[0].str[1:].astype(int))
+def _with_width(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Add the ``width`` tag of each run."""
+    return tagged(frame, runs).astype({"width": int})
 
 
 def _params(config: Config, width: int) -> int:
