@@ -48,7 +48,7 @@ from implicitreg.dynamics import squared_loss as dyn
 from implicitreg.config import Strict
 from implicitreg.data.npz import read_regression
 from implicitreg.references import least_squares as ref
-from implicitreg.report.figures import save_figure, subplots
+from implicitreg.report import kinds
 from implicitreg.studies.base import Analysis, Check, ProgressBar, Solved, SolvedRun
 
 EXACT_TOL = 1e-6  # GD/SGD: relative distance to their reference
@@ -356,45 +356,26 @@ def _fmt(value: float | None) -> str:
 
 def _trajectories(metrics: pd.DataFrame, path: Path) -> Path:
     """Relative distance to X⁺y (GD from w₀: to X⁺y + (I − P)w₀) and relative residual vs step, log-log."""
-    fig, axes = subplots(1, 2, figsize=(11, 4))
-    for colour, label in enumerate([*FROM_ZERO, "gd_w0"]):
-        part = metrics[(metrics["run_id"] == label) & (metrics["step"] >= 1)]
-        for ax, name in zip(axes, ("dist_ref", "residual")):
-            series = part[part["name"] == name].sort_values("step")
-            if series.empty:
-                continue
-            shown = LABELS[label] + (" (to X⁺y + (I − P)w₀)" if label == "gd_w0" and name == "dist_ref" else "")
-            ax.plot(series["step"], series["value"].clip(lower=1e-17), label=shown, color=f"C{colour}",
-                    linestyle="--" if label == "gd_w0" else "-")
-    axes[0].axhline(EXACT_TOL, color="grey", linestyle=":", linewidth=1, label=f"{EXACT_TOL:g}")
-    axes[0].axhline(ADAPTIVE_DIST_MIN, color="black", linestyle=":", linewidth=1, label=f"{ADAPTIVE_DIST_MIN:g}")
-    axes[1].axhline(RESIDUAL_MAX, color="grey", linestyle=":", linewidth=1, label=f"{RESIDUAL_MAX:g}")
-    for ax, title in zip(axes, ("relative distance to X⁺y", "relative residual ‖Xw − y‖/‖y‖")):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    runs = [(label, LABELS[label], {"color": f"C{i}", "linestyle": "--" if label == "gd_w0" else "-"})
+            for i, label in enumerate([*FROM_ZERO, "gd_w0"])]
+    distance, residual = kinds.series_vs_step(metrics, ["dist_ref", "residual"], runs, floor=1e-17, titles=(
+        "relative distance to X⁺y", "relative residual ‖Xw − y‖/‖y‖"))
+    for curve in distance.curves:
+        curve.label += " (to X⁺y + (I − P)w₀)" if curve.label == LABELS["gd_w0"] else ""
+    distance.lines = [kinds.Line(EXACT_TOL, f"{EXACT_TOL:g}", {"linestyle": ":"}),
+                      kinds.Line(ADAPTIVE_DIST_MIN, f"{ADAPTIVE_DIST_MIN:g}", {"color": "black", "linestyle": ":"})]
+    residual.lines = [kinds.Line(RESIDUAL_MAX, f"{RESIDUAL_MAX:g}", {"linestyle": ":"})]
+    return kinds.draw([distance, residual], path)
 
 
 def _wilson_errors(final: pd.DataFrame, path: Path) -> Path:
     """Test error on Wilson's construction per optimizer, with the fraction of negative test points."""
-    fig, ax = subplots(figsize=(5.5, 3.8))
-    labels = [f"{WILSON}_{o}" for o in FROM_ZERO]
-    errors = [_value(final, label, "test_error") for label in labels]
-    bars = ax.bar(range(len(labels)), [np.nan if e is None else e for e in errors], color=[f"C{i}" for i in range(4)])
-    ax.bar_label(bars, fmt="%.3f")  # a zero error shows as a number, not as a missing bar
-    ax.set_xticks(range(len(labels)), [LABELS[o] for o in FROM_ZERO])
     negatives = _value(final, f"{WILSON}_gd", "test_negative_fraction")
-    if negatives is not None and np.isfinite(negatives):
-        ax.axhline(negatives, color="grey", linestyle="--", linewidth=1, label="fraction of negative test points")
-        ax.legend(fontsize=8)
-    ax.set_ylabel("test error")
-    ax.set_title("Wilson et al.'s construction")
-    ax.grid(axis="y", alpha=0.3)
-    return save_figure(fig, path)
+    shown = negatives is not None and np.isfinite(negatives)
+    errors = [_value(final, f"{WILSON}_{o}", "test_error") for o in FROM_ZERO]
+    return kinds.draw([kinds.Panel(bars=kinds.Bars([LABELS[o] for o in FROM_ZERO], errors), grid="y",
+                                   lines=[kinds.Line(negatives, "fraction of negative test points")] if shown else [],
+                                   ylabel="test error", title="Wilson et al.'s construction")], path)
 
 
 STUDY = MinNorm()
