@@ -54,7 +54,7 @@ from implicitreg.dynamics import logistic as dyn
 from implicitreg.config import Strict
 from implicitreg.data.npz import read_classification
 from implicitreg.references import svm
-from implicitreg.report.figures import save_figure, subplots
+from implicitreg.report import kinds
 from implicitreg.studies.base import Analysis, Check, ProgressBar, Solved, SolvedRun
 
 COSINE_MIN = 0.99
@@ -363,80 +363,48 @@ def _spread_detail(dist: pd.Series, window: tuple[int, int]) -> str:
 
 def _distance_figure(metrics: pd.DataFrame, runs: pd.DataFrame, window: tuple[int, int], path: Path) -> Path:
     """Normalized distance to ŵ/‖ŵ‖ vs t (log-log) per method, and GD's dist·ln t vs t (log x)."""
-    fig, axes = subplots(1, 2, figsize=(11, 4))
-    for colour, run_id in enumerate(RUNS):
-        if run_id not in set(runs["run_id"]):
-            continue
-        dist = _series(metrics, run_id)["dist"]
-        axes[0].plot(dist.index, dist.clip(lower=1e-17), label=LABELS[run_id], color=f"C{colour}")
-        if run_id == "gd":
-            steps = dist.index.to_numpy(dtype=float)
-            keep = steps > 1
-            axes[1].plot(steps[keep], dist.to_numpy()[keep] * np.log(steps[keep]), color=f"C{colour}",
-                         label="GD: dist·ln t")
-    axes[0].set_yscale("log")
-    axes[0].set_title("‖w/‖w‖ − ŵ/‖ŵ‖‖")
-    axes[1].set_title("dist·ln t (constant if dist ~ 1/ln t)")
-    for ax in axes:
-        ax.set_xscale("log")
-        ax.axvspan(*window, color="grey", alpha=0.12, label="check window")
-        ax.set_xlabel("t (steps)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    ran = [(r, LABELS[r], {"color": f"C{i}"}) for i, r in enumerate(RUNS) if r in set(runs["run_id"])]
+    distance, scaled = kinds.series_vs_step(metrics, ["dist", "dist"], ran, floor=1e-17, xlabel="t (steps)",
+                                            titles=("‖w/‖w‖ − ŵ/‖ŵ‖‖", "dist·ln t (constant if dist ~ 1/ln t)"))
+    scaled.yscale = "linear"
+    scaled.curves = [kinds.Curve(c.x[c.x > 1], c.y[c.x > 1] * np.log(c.x[c.x > 1]), "GD: dist·ln t", c.style)
+                     for c in scaled.curves if c.label == LABELS["gd"]]
+    for panel in (distance, scaled):
+        panel.spans = [kinds.Span(*window, "check window")]
+    return kinds.draw([distance, scaled], path)
 
 
 def _margin_figure(metrics: pd.DataFrame, runs: pd.DataFrame, norm_hat: float | None, path: Path) -> Path:
     """Normalized margin minᵢ yᵢxᵢᵀw/‖w‖ vs t and its gap to the SVM margin 1/‖ŵ‖ (log scales)."""
-    fig, axes = subplots(1, 2, figsize=(11, 4))
-    for colour, run_id in enumerate(RUNS):
-        if run_id not in set(runs["run_id"]):
-            continue
-        margin = _series(metrics, run_id)["margin"]
-        axes[0].plot(margin.index, margin, label=LABELS[run_id], color=f"C{colour}")
-        if norm_hat:
-            gap = (1.0 / norm_hat - margin) * norm_hat
-            axes[1].plot(gap.index, gap.clip(lower=1e-17), label=LABELS[run_id], color=f"C{colour}")
-    if norm_hat:
-        axes[0].axhline(1.0 / norm_hat, color="grey", linestyle="--", linewidth=1, label="SVM margin 1/‖ŵ‖")
-    axes[0].set_title("normalized margin")
-    axes[1].set_title("relative margin gap 1 − margin·‖ŵ‖")
-    axes[1].set_yscale("log")
-    for ax in axes:
-        ax.set_xscale("log")
-        ax.set_xlabel("t (steps)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    ran = [(r, LABELS[r], {"color": f"C{i}"}) for i, r in enumerate(RUNS) if r in set(runs["run_id"])]
+    margin, gap = kinds.series_vs_step(metrics, ["margin", "margin"], ran, xlabel="t (steps)", titles=(
+        "normalized margin", "relative margin gap 1 − margin·‖ŵ‖"))
+    margin.yscale = "linear"
+    gap.curves = [kinds.Curve(c.x, (1.0 / norm_hat - c.y) * norm_hat, c.label, c.style, 1e-17)
+                  for c in gap.curves] if norm_hat else []
+    margin.lines = [kinds.Line(1.0 / norm_hat, "SVM margin 1/‖ŵ‖")] if norm_hat else []
+    return kinds.draw([margin, gap], path)
 
 
 def _norm_figure(metrics: pd.DataFrame, norm_hat: float | None, lr: float | None, window: tuple[int, int],
                  path: Path) -> Path:
     """GD's ‖w(t)‖ against ln t with slope ‖ŵ‖, and t·L(t)·η/‖ŵ‖² (→ 1) against t."""
-    fig, axes = subplots(1, 2, figsize=(11, 4))
-    gd = _series(metrics, "gd")
-    norms, loss = gd["norm"], gd["loss"]
-    if not norms.empty:
-        log_t = np.log(norms.index.to_numpy(dtype=float))
-        axes[0].plot(log_t, norms.to_numpy(), label="GD ‖w(t)‖", color="C0")
-        if norm_hat:
-            # the line of slope ‖ŵ‖ through the last point: parallel if ‖w‖ grows like ‖ŵ‖ ln t
-            axes[0].plot(log_t, norms.iloc[-1] + norm_hat * (log_t - log_t[-1]), color="grey", linestyle="--",
-                         label="slope ‖ŵ‖")
-        axes[0].axvspan(*np.log(window), color="grey", alpha=0.12, label="check window")
-    if not loss.empty and norm_hat and lr:
-        steps = loss.index.to_numpy(dtype=float)
-        axes[1].plot(steps, steps * loss.to_numpy() * lr / norm_hat**2, color="C0", label="GD")
-        axes[1].axhline(1.0, color="grey", linestyle="--", linewidth=1, label="limit 1")
-        axes[1].set_xscale("log")
-    axes[0].set_xlabel("ln t")
-    axes[0].set_title("‖w(t)‖")
-    axes[1].set_xlabel("t (steps)")
-    axes[1].set_title("t·L(t)·η/‖ŵ‖²")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    norm = kinds.Panel(xlabel="ln t", title="‖w(t)‖")
+    limit = kinds.Panel(xlabel="t (steps)", title="t·L(t)·η/‖ŵ‖²")
+    steps, norms = kinds.series(metrics, "gd", "norm")
+    if len(steps):
+        log_t = np.log(steps.astype(float))
+        norm.curves.append(kinds.Curve(log_t, norms, "GD ‖w(t)‖", {"color": "C0"}))
+        if norm_hat:  # the line of slope ‖ŵ‖ through the last point: parallel if ‖w‖ grows like ‖ŵ‖ ln t
+            norm.curves.append(kinds.Curve(log_t, norms[-1] + norm_hat * (log_t - log_t[-1]), "slope ‖ŵ‖",
+                                           {"color": "grey", "linestyle": "--"}))
+        norm.spans.append(kinds.Span(*np.log(window), "check window"))
+    steps, loss = kinds.series(metrics, "gd", "loss")
+    if len(steps) and norm_hat and lr:
+        limit.curves.append(kinds.Curve(steps, steps * loss * lr / norm_hat**2, "GD", {"color": "C0"}))
+        limit.lines.append(kinds.Line(1.0, "limit 1"))
+        limit.xscale = "log"
+    return kinds.draw([norm, limit], path)
 
 
 STUDY = MaxMargin()
