@@ -42,7 +42,7 @@ from implicitreg.dynamics.diagonal_net import diagonal_gd
 from implicitreg.dynamics.grid import recording_steps
 from implicitreg.references.sparse_regression import (min_l1_interpolant, min_l2_interpolant, q_alpha,
                                                       q_alpha_interpolant)
-from implicitreg.report.figures import save_figure, subplots
+from implicitreg.report import kinds
 from implicitreg.studies.base import Analysis, Check, ProgressBar, Solved, SolvedRun, Support, final_values
 
 Q_TOL = 1e-2  # relative distance of GD to the Q_α solution, every α (issue text)
@@ -317,63 +317,38 @@ def _l2_detail(row: dict[str, Any], solutions: dict[str, np.ndarray]) -> str:
 
 def _sweep_figure(table: pd.DataFrame, solutions: dict[str, np.ndarray], path: Path) -> Path:
     """Recovery error ‖β − β*‖ (when β* is known) and ℓ1 norm against α, with the references' values."""
-    panels = [("recovery_error", "‖β − β*‖₂")] if table["recovery_error"].notna().any() else []
-    panels.append(("l1_norm", "‖β‖₁"))
-    fig, axes = subplots(1, len(panels), figsize=(5.0 * len(panels), 3.6), squeeze=False)
-    truth = solutions.get("truth")
-    for ax, (column, label) in zip(axes[0], panels):
-        ax.plot(table["alpha"], table[column], marker="o", label="gradient descent")
+    shown = [("recovery_error", "‖β − β*‖₂")] if table["recovery_error"].notna().any() else []
+    panels = []
+    for column, label in [*shown, ("l1_norm", "‖β‖₁")]:
+        lines = []
         for ref, style in (("ref_min_l1", "--"), ("ref_min_l2", ":")):
             if ref not in solutions:
                 continue
             name = ref.removeprefix("ref_").replace("_", "-")
-            if column == "recovery_error":
-                value = float(np.linalg.norm(solutions[ref] - truth))
-                if value < 1e-9:  # exact recovery: a line at 1e-15 would squash the log axis
-                    ax.plot([], [], color="grey", linestyle=style, label=f"{name}: {value:.0e} (exact)")
-                    continue
-            else:
-                value = float(np.abs(solutions[ref]).sum())
-            ax.axhline(value, color="grey", linestyle=style, label=name)
-        ax.set_xscale("log")
-        if column == "recovery_error":
-            ax.set_yscale("log")
-        ax.set_xlabel("initialization scale α")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return save_figure(fig, path)
+            value = (float(np.linalg.norm(solutions[ref] - solutions.get("truth"))) if column == "recovery_error"
+                     else float(np.abs(solutions[ref]).sum()))
+            exact = column == "recovery_error" and value < 1e-9  # a line at 1e-15 would squash the log axis
+            lines.append(kinds.Line(None if exact else value, f"{name}: {value:.0e} (exact)" if exact else name,
+                                    {"linestyle": style, "linewidth": 1.5}))
+        panels.append(kinds.value_vs_parameter(table, "alpha", [(column, "gradient descent", {})], lines=lines,
+                                               xlabel="initialization scale α", ylabel=label,
+                                               log=(True, column == "recovery_error")))
+    return kinds.draw(panels, path, size=(5.0, 3.6))
 
 
 def _distance_figure(table: pd.DataFrame, path: Path) -> Path:
     """Relative distance of the GD solution to the Q_α, min-ℓ1 and min-ℓ2 solutions against α (log–log)."""
-    fig, ax = subplots(figsize=(5.5, 3.8))
-    for column, label in (("error_q_alpha", "Q_α solution"), ("error_min_l1", "min-ℓ1"), ("error_min_l2", "min-ℓ2")):
-        if column in table:
-            ax.plot(table["alpha"], table[column].clip(lower=1e-16), marker="o", label=label)
-    ax.axhline(Q_TOL, color="grey", linestyle="--", linewidth=1, label=f"{Q_TOL:g}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("initialization scale α")
-    ax.set_ylabel("relative distance of GD solution")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    columns = [("error_q_alpha", "Q_α solution", {}), ("error_min_l1", "min-ℓ1", {}), ("error_min_l2", "min-ℓ2", {})]
+    return kinds.draw([kinds.value_vs_parameter(table, "alpha", columns, floor=1e-16, xlabel="initialization scale α",
+                                                ylabel="relative distance of GD solution",
+                                                lines=[kinds.Line(Q_TOL, f"{Q_TOL:g}")])], path)
 
 
 def _loss_figure(losses: pd.DataFrame, config: Config, path: Path) -> Path:
     """Train loss along gradient descent for each α (log–log)."""
-    fig, ax = subplots(figsize=(5.5, 3.8))
-    for run_id, part in losses.groupby("run_id", sort=False):
-        part = part[part["step"] > 0].sort_values("step")
-        ax.plot(part["step"], part["value"].clip(lower=1e-300), label=run_id.replace("alpha_", "α = "))
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("train loss ‖Xβ − y‖²/(2n)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    runs = [(r, r.replace("alpha_", "α = "), {}) for r in dict.fromkeys(losses["run_id"])]
+    return kinds.draw(kinds.series_vs_step(losses, ["train_loss"], runs, floor=1e-300,
+                                           ylabels=("train loss ‖Xβ − y‖²/(2n)",)), path)
 
 
 STUDY = DiagonalNet()
