@@ -74,8 +74,10 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def curves(metrics: pd.DataFrame, name: str, panel: str, line: str, path: Path, title: str = "",
-           order: dict[str, list] | None = None, reference: tuple[float, str] | None = None) -> Path:
-    """Mean of ``name`` over seeds against step, one line per ``line`` value, ±1 std band.
+           order: dict[str, list] | None = None, reference: tuple[float, str] | None = None,
+           x: str = "step", xlabel: str = "training step", log_x: bool = False) -> Path:
+    """Mean of ``name`` over seeds against step (or another clock column ``x``: epochs), one line
+    per ``line`` value, ±1 std band.
 
     ``metrics`` is long format with columns step, name, value, ``panel`` and ``line``. Runs that
     stopped early leave the band, so late points average over the runs still training.
@@ -92,16 +94,18 @@ def curves(metrics: pd.DataFrame, name: str, panel: str, line: str, path: Path, 
     for ax, key in zip(axes, keys):
         part = data[data[panel] == key]
         for colour, label in enumerate(lines):
-            stats = part[part[line] == label].groupby("step")["value"].agg(["mean", "std"]).reset_index()
+            stats = part[part[line] == label].groupby(x)["value"].agg(["mean", "std"]).reset_index()
             if stats.empty:
                 continue
-            ax.plot(stats["step"], stats["mean"], label=f"{label}", marker="o", markersize=2.5, color=f"C{colour}")
-            ax.fill_between(stats["step"], stats["mean"] - stats["std"].fillna(0),
+            ax.plot(stats[x], stats["mean"], label=f"{label}", marker="o", markersize=2.5, color=f"C{colour}")
+            ax.fill_between(stats[x], stats["mean"] - stats["std"].fillna(0),
                             stats["mean"] + stats["std"].fillna(0), alpha=0.2, color=f"C{colour}")
         if reference is not None:
             ax.axhline(reference[0] * scale(name), color="grey", linestyle="--", linewidth=1, label=reference[1])
         ax.set_title(f"{key}")
-        ax.set_xlabel("training step")
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(axis_label(name))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -179,3 +183,82 @@ def log_ticks(ax, values: list, base: int = 2, axis: str = "x", fontsize: float 
     getattr(ax, f"set_{axis}scale")("log", base=base)
     getattr(ax, f"set_{axis}ticks")(values, [f"{v:g}" for v in values], fontsize=fontsize)
     (ax.xaxis if axis == "x" else ax.yaxis).set_minor_locator(NullLocator())
+
+
+def panels(n: int, width: float = 5.0, height: float = 3.6):
+    """A figure with ``n`` panels side by side, and the flat list of their axes."""
+    return _panels(n, width, height)
+
+
+def trend(ax, frame: pd.DataFrame, x: str, y: str, *, colour: str = "C0", label: str | None = None,
+          spread: str = "std", dots: bool = False, marker: str = "o", linestyle: str = "-") -> None:
+    """Mean of ``y`` over the rows that share each value of ``x`` (the seeds of a hyperparameter
+    value) with error bars: ±1 std (0 for one row), or the rows' min–max when ``spread="range"``
+    (on a log axis mean − std can fall below zero). ``dots`` draws each row as a small dot too.
+    Rows without ``y`` or ``x`` are left out; accuracies and the gap are drawn in %."""
+    part = frame[frame[y].notna() & frame[x].notna()] if y in frame and x in frame else frame.iloc[:0]
+    if part.empty:
+        return
+    stats = (part.groupby(x)[y].agg(["mean", "std", "min", "max"]) * scale(y)).reset_index()
+    bars = ([stats["mean"] - stats["min"], stats["max"] - stats["mean"]] if spread == "range"
+            else stats["std"].fillna(0))
+    if dots:
+        ax.scatter(part[x], part[y] * scale(y), s=10, alpha=0.35, color=colour)
+    ax.errorbar(stats[x], stats["mean"], yerr=bars, marker=marker, capsize=3, color=colour, label=label,
+                linestyle=linestyle)
+
+
+def reference(ax, value: float, text: str, name: str = "", linestyle: str = "--") -> None:
+    """A grey horizontal line at ``value`` labelled ``text`` (chance, the zero predictor), given in
+    the stored unit of the metric ``name`` (a fraction for an accuracy, drawn in % like it)."""
+    ax.axhline(value * scale(name), color="grey", linestyle=linestyle, linewidth=1, label=text)
+
+
+def dress(ax, xlabel: str, ylabel: str, *, title: str = "", log_x: float | bool = False, log_y: bool = False,
+          legend: float | None = 8, **legend_options: Any) -> None:
+    """Labels, log axes (``log_x`` may be a base: 2 for widths), a light grid on both tick levels and
+    a legend of font size ``legend`` (None: no legend)."""
+    if log_x:
+        ax.set_xscale("log", **({} if log_x is True else {"base": log_x}))
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    if legend and ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=legend, **legend_options)
+
+
+def versus(frame: pd.DataFrame, x: str, names: list[str], path: Path, *, xlabel: str, title: str = "",
+           panel: str | None = None, order: list | None = None, ylabel: str | None = None,
+           reference_line: tuple[float, str] | None = None, log_x: float | bool = False,
+           aside: tuple[float, str] | None = None) -> Path:
+    """Each metric of ``names`` against a hyperparameter ``x``: mean ± std over the rows (seeds) at
+    each value, one line per metric, one panel per ``panel`` value (in ``order``), ticks at the
+    values of ``x``. ``reference_line`` = (value, label) in the stored unit (chance accuracy).
+    ``aside`` = (position, tick label): rows with no ``x`` (an arm off the hyperparameter's axis,
+    such as random inputs) are drawn as one square at that position."""
+    keys = [None] if panel is None else [k for k in (order or dict.fromkeys(frame[panel])) if k in set(frame[panel])]
+    keys = keys or list(order or [None])
+    figure, axes = _panels(len(keys))
+    values = sorted(frame[x].dropna().unique())
+    for ax, key in zip(axes, keys):
+        part = frame if key is None else frame[frame[panel] == key]
+        for colour, name in enumerate(names):
+            trend(ax, part, x, name, colour=f"C{colour}", label=label(name))
+            if aside is not None and name in part:
+                trend(ax, part[part[x].isna()].assign(**{x: aside[0]}), x, name, colour=f"C{colour}", marker="s",
+                      linestyle="none")
+        if reference_line is not None:
+            reference(ax, *reference_line, name=names[0])
+        ticks, shown = list(values), [f"{v:g}" for v in values]
+        if aside is not None:
+            ticks, shown = [*ticks, aside[0]], [*shown, aside[1]]
+        ax.set_xticks(ticks, shown)
+        dress(ax, xlabel, axis_label(names[0]) if ylabel is None else ylabel, log_x=log_x, legend=8)
+        ax.set_title("" if key is None else f"{key}")
+    if title:
+        figure.suptitle(title)
+    return save_figure(figure, path)

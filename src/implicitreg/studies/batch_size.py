@@ -166,24 +166,19 @@ class BatchSize:
             f"fits ({fit}, tested every {config.eval_epochs} epochs); B = {n} is full-batch GD. ρ: Spearman rank "
             "correlation over the runs not excluded (each run one point; ties share ranks). Means ± std over the "
             "seeds not excluded.")
-        notes = [
-            definitions,
-            _excluded_note(final),
-            _unfitted_note(final),
-            *_keskar_notes(config, final),
-            *_stability_notes(config, table),
-        ]
+        notes = [definitions, _excluded_note(final), _unfitted_note(final), *_keskar_notes(config, final),
+                 *_stability_notes(config, table)]
         return Analysis(table, checks, [note for note in notes if note])
 
     def figures(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame, directory: Path) -> list[Path]:
         final = finals(config, runs, metrics)
         paths = [
-            _versus(config, final, "ratio", SHARPNESS, directory / "sharpness_vs_lr_over_batch.png",
-                    "η / B", "top Hessian eigenvalue", log_y=True, title="sharpness at the end of training vs η/B"),
-            _versus(config, final, "ratio", "test_acc", directory / "test_acc_vs_lr_over_batch.png",
-                    "η / B", "test accuracy", log_y=False, title="test accuracy vs η/B"),
+            _versus(config, final, "ratio", SHARPNESS, directory / "sharpness_vs_lr_over_batch.png", "η / B",
+                    log_y=True, title="sharpness at the end of training vs η/B"),
+            _versus(config, final, "ratio", "test_acc", directory / "test_acc_vs_lr_over_batch.png", "η / B",
+                    log_y=False, title="test accuracy vs η/B"),
             _versus(config, final, "lr", SHARPNESS, directory / "sharpness_vs_lr.png", "learning rate η",
-                    "top Hessian eigenvalue", log_y=True, stability=True,
+                    log_y=True, stability=True,
                     title="sharpness vs η; dashed: 2/η (edge of stability of GD)"),
         ]
         if "test_acc" in set(metrics["name"]):
@@ -192,14 +187,8 @@ class BatchSize:
 
 
 def finals(config: Config, runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: final metrics, batch size, η, η/B, epochs trained, and ``excluded``/``why``.
-
-    A run is excluded from the correlations when it diverged (the loop froze it at a non-finite
-    loss; or its final train loss is no better than the uniform predictor's, ln C; or it collapsed:
-    final train accuracy at most twice chance, 2/C), when it did not
-    fit the training set within the budget (final train accuracy < ``fit_acc``: its weights are not
-    at a minimum yet), or when it never finished (interrupted or failed).
-    """
+    """One row per run: final metrics, batch size, η, η/B (plan tags), epochs trained, and why a run
+    is ``excluded`` from the correlations (diverged, did not fit, did not finish: see the module)."""
     names = ["train_loss", "train_acc", "test_acc", "gap", SHARPNESS]
     # diverged runs keep their last records: they are excluded below, and listed with their reason
     final = final_values(runs, metrics, keep_diverged=True)
@@ -230,15 +219,15 @@ def finals(config: Config, runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.Data
 
 
 def _table(config: Config, final: pd.DataFrame) -> pd.DataFrame:
+    """One row per (B, η): runs, diverged, fitted, and means ± std over the seeds kept."""
     rows = []
     for (batch, lr), part in final.groupby(["batch", "lr"], sort=True):
         kept = part[~part["excluded"]]
         row: dict[str, Any] = {"batch": int(batch), "lr": float(lr), "lr_over_batch": float(lr) / int(batch),
                                "runs": len(part), "diverged": int(part["diverged"].sum()),
                                "fitted": f"{len(kept)}/{len(part)}"}
-        row["epochs_mean"], row["epochs_std"] = mean_std(kept["epochs"])
-        for name, column in (("sharpness", SHARPNESS), ("train_acc", "train_acc"), ("test_acc", "test_acc"),
-                             ("gap", "gap")):
+        for name, column in (("epochs", "epochs"), ("sharpness", SHARPNESS), ("train_acc", "train_acc"),
+                             ("test_acc", "test_acc"), ("gap", "gap")):
             row[f"{name}_mean"], row[f"{name}_std"] = mean_std(kept[column])
         rows.append(row)
     return pd.DataFrame(rows)
@@ -261,14 +250,10 @@ def _not_converged(kept: pd.DataFrame, column: str) -> str:
     """Why a value computed from ``column`` cannot be trusted: the runs whose iterative estimate of it
     did not converge (a ``<column>.converged`` metric of 0 beside the value), or "" when none."""
     flag = f"{column}.converged"
-    if flag not in kept.columns:
-        return ""
-    valued = kept[np.isfinite(kept[column].astype(float))]
-    failed = int((valued[flag].astype(float) < 0.5).sum())
-    if not failed:
-        return ""
+    valued = kept[np.isfinite(kept[column].astype(float))] if flag in kept.columns else kept.iloc[:0]
+    failed = int((valued[flag].astype(float) < 0.5).sum()) if len(valued) else 0
     what = "the Hessian eigenvalue" if column == SHARPNESS else column
-    return f"{what} did not converge for {failed} of {len(valued)} runs"
+    return f"{what} did not converge for {failed} of {len(valued)} runs" if failed else ""
 
 
 def _excluded_note(final: pd.DataFrame) -> str:
@@ -302,8 +287,6 @@ def _unfitted_note(final: pd.DataFrame) -> str:
 def _keskar_notes(config: Config, final: pd.DataFrame) -> list[str]:
     """The smallest vs the largest batch size (the full batch when it is n_train) at every η: means
     over the seeds kept; a side none of whose runs fitted is shown at the end of its budget."""
-    if final.empty:
-        return []
     small, large = config.batch_sizes[0], config.batch_sizes[-1]
     label = "full batch" if large == config.data.n_train else f"B = {large}"
 
@@ -319,15 +302,10 @@ def _keskar_notes(config: Config, final: pd.DataFrame) -> list[str]:
                     f"{trained['test_acc'].mean():.3f}, sharpness {trained[SHARPNESS].mean():.3g})")
         return "diverged" if not part.empty else None
 
-    lines = []
-    for lr in config.lrs:
-        a, b = side(small, lr), side(large, lr)
-        if a is not None and b is not None:
-            lines.append(f"η = {lr:g}: B = {small} {a} vs {label} {b}")
-    if not lines:
-        return []
+    pairs = [(lr, side(small, lr), side(large, lr)) for lr in config.lrs]
+    lines = [f"η = {lr:g}: B = {small} {a} vs {label} {b}" for lr, a, b in pairs if a is not None and b is not None]
     return [f"Keskar comparison (B = {small} vs {label}, same η, budget {config.epochs} epochs): "
-            + "; ".join(lines) + "."]
+            + "; ".join(lines) + "."] if lines else []
 
 
 def _stability_notes(config: Config, table: pd.DataFrame) -> list[str]:
@@ -340,64 +318,37 @@ def _stability_notes(config: Config, table: pd.DataFrame) -> list[str]:
     return ["full-batch GD sharpness vs the edge-of-stability value 2/η: " + "; ".join(parts) + "."]
 
 
-def _versus(config: Config, final: pd.DataFrame, x: str, y: str, path: Path, xlabel: str, ylabel: str,
-            log_y: bool, title: str, stability: bool = False) -> Path:
+def _versus(config: Config, final: pd.DataFrame, x: str, y: str, path: Path, xlabel: str, log_y: bool,
+            title: str, stability: bool = False) -> Path:
     """Mean over seeds of ``y`` against ``x`` (log axis), one colour per batch size, over the runs
     kept, with ± std bars (min–max over seeds when ``log_y``); each run a small dot; runs that did
     not fit as hollow circles (excluded)."""
-    figure, axes = fig._panels(1, width=6.4, height=4.4)
-    ax = axes[0]
+    figure, (ax,) = fig.panels(1, width=6.4, height=4.4)
     for colour, batch in enumerate(config.batch_sizes):
         part = final[(final["batch"] == batch) & final[y].notna()]
         kept, unfitted = part[~part["excluded"]], part[part["excluded"] & ~part["diverged"]]
         label = f"B = {batch}" + (" (full)" if batch == config.data.n_train else "")
-        if not kept.empty:
-            stats_ = kept.groupby(x)[y].agg(["mean", "std", "min", "max"]).reset_index()
-            # on a log axis mean − std can fall below zero: there the bars span the seeds' range
-            spread = ([stats_["mean"] - stats_["min"], stats_["max"] - stats_["mean"]] if log_y
-                      else stats_["std"].fillna(0))
-            ax.scatter(kept[x], kept[y], s=10, alpha=0.35, color=f"C{colour}")
-            ax.errorbar(stats_[x], stats_["mean"], yerr=spread, marker="o", capsize=3, color=f"C{colour}",
-                        label=label)
-        if not unfitted.empty:
-            ax.scatter(unfitted[x], unfitted[y], s=22, facecolors="none", edgecolors=f"C{colour}",
-                       label=None if not kept.empty else label)
+        fig.trend(ax, kept, x, y, colour=f"C{colour}", label=label, spread="range" if log_y else "std", dots=True)
+        ax.scatter(unfitted[x], unfitted[y] * fig.scale(y), s=22, facecolors="none", edgecolors=f"C{colour}",
+                   label=None if not kept.empty or unfitted.empty else label)
     if stability:
         grid = np.geomspace(min(config.lrs), max(config.lrs), 50)
         ax.plot(grid, 2.0 / grid, linestyle="--", color="grey", linewidth=1, label="2/η")
     ax.scatter([], [], s=22, facecolors="none", edgecolors="grey", label="did not fit (excluded)")
-    ax.set_xscale("log")
-    if log_y:
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    fig.dress(ax, xlabel, fig.axis_label(y) if y != SHARPNESS else "top Hessian eigenvalue", title=title,
+              log_x=True, log_y=log_y, legend=7)
     return fig.save_figure(figure, path)
 
 
 def _curves(config: Config, final: pd.DataFrame, metrics: pd.DataFrame, name: str, path: Path) -> Path:
     """``name`` along training against epochs (the clock shared by all batch sizes): one panel per η,
-    one line per batch size, mean over seeds (runs stop when they fit, so late points average fewer)."""
+    one line per batch size, mean ± std over seeds (runs stop when they fit, so late points average fewer)."""
     data = metrics[metrics["name"] == name].merge(final[["run_id", "batch", "lr"]], on="run_id")
-    data = data.assign(epoch=data["step"] / (config.data.n_train // data["batch"]))
-    figure, axes = fig._panels(len(config.lrs), width=3.6, height=3.2)
-    for ax, lr in zip(axes, config.lrs):
-        for colour, batch in enumerate(config.batch_sizes):
-            part = data[(data["lr"] == lr) & (data["batch"] == batch)]
-            if part.empty:
-                continue
-            mean = part.groupby("epoch")["value"].mean()
-            ax.plot(mean.index, mean.values, color=f"C{colour}", label=f"B = {batch}", linewidth=1.2)
-        ax.set_xscale("log")
-        ax.set_title(f"η = {lr:g}", fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel(fig.LABELS.get(name, name))
-    axes[0].legend(fontsize=7)
-    figure.suptitle(f"{fig.LABELS.get(name, name)} along training (mean over seeds)")
-    return fig.save_figure(figure, path)
+    data = data.assign(epoch=data["step"] / (config.data.n_train // data["batch"]),
+                       eta=data["lr"].map(lambda lr: f"η = {lr:g}"), B=data["batch"].map(lambda b: f"B = {b}"))
+    order = {"eta": [f"η = {lr:g}" for lr in config.lrs], "B": [f"B = {b}" for b in config.batch_sizes]}
+    return fig.curves(data, name, panel="eta", line="B", path=path, order=order, x="epoch", xlabel="epoch",
+                      log_x=True, title=f"{fig.label(name)} along training (mean ± std over seeds)")
 
 
 STUDY = BatchSize()
