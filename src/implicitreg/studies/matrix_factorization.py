@@ -50,7 +50,7 @@ from implicitreg.dynamics.factorization import factorized_gd
 from implicitreg.dynamics.grid import recording_steps
 from implicitreg.measures.rank import effective_rank_from_svals
 from implicitreg.references.matrix_completion import min_nuclear_completion
-from implicitreg.report.figures import save_figure, subplots
+from implicitreg.report import kinds
 from implicitreg.studies.base import Analysis, Check, ProgressBar, Solved, SolvedRun, final_values
 
 DEEP_TOL = 1e-3  # depth-3 test MSE (issue text)
@@ -442,78 +442,52 @@ def _razin_checks(metrics: pd.DataFrame) -> list[Check]:
 def _completion_figure(config: Config, depth_runs: list[str], solutions: dict[str, np.ndarray], path: Path) -> Path:
     """Test MSE by depth (log) beside the singular value spectra of every solution, the reference and the truth."""
     truth, mask = solutions.get("truth"), solutions["mask"]
-    fig, axes = subplots(1, 2 if truth is not None else 1, figsize=(10.5 if truth is not None else 5.5, 3.8),
-                             squeeze=False)
-    spectra = axes[0][-1]
+    panels = []
     if truth is not None:
-        ax = axes[0][0]
         depths = [int(r.split("_")[1]) for r in depth_runs]
         errors = [_test_mse(solutions[r], truth, mask) for r in depth_runs]
-        ax.plot(depths, errors, marker="o", label="gradient descent")
-        ax.axhline(_test_mse(solutions["ref_min_nuclear"], truth, mask), color="grey", linestyle="--",
-                   label="min nuclear norm")
-        ax.axhline(1 - mask.sum() / mask.size, color="grey", linestyle=":", label="1 − m/(n1·n2)")
-        ax.set_yscale("log")
-        ax.set_xticks(depths)
-        ax.set_xlabel("depth N")
-        ax.set_ylabel("test MSE (unobserved entries)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    for name in [*depth_runs, "ref_min_nuclear", "truth"]:
-        if name not in solutions:
-            continue
-        svals = np.linalg.svd(solutions[name], compute_uv=False)
-        style = {"ref_min_nuclear": dict(color="grey", linestyle="--"), "truth": dict(color="black", linestyle=":")}
-        spectra.plot(np.arange(1, len(svals) + 1), np.maximum(svals, 1e-16), marker=".", markersize=3,
-                     label=name.replace("_", " ").replace("ref ", ""), **style.get(name, {}))
-    spectra.set_yscale("log")
-    spectra.set_xlabel("index i")
-    spectra.set_ylabel("singular value σ_i")
-    spectra.grid(alpha=0.3)
-    spectra.legend(fontsize=8)
-    return save_figure(fig, path)
+        panels.append(kinds.Panel(
+            [kinds.Curve(depths, errors, "gradient descent", {"marker": "o"})],
+            [kinds.Line(_test_mse(solutions["ref_min_nuclear"], truth, mask), "min nuclear norm", {"linewidth": 1.5}),
+             kinds.Line(1 - mask.sum() / mask.size, "1 − m/(n1·n2)", {"linestyle": ":", "linewidth": 1.5})],
+            xlabel="depth N", ylabel="test MSE (unobserved entries)", yscale="log", xticks=depths))
+    styles = {"ref_min_nuclear": dict(color="grey", linestyle="--"), "truth": dict(color="black", linestyle=":")}
+    spectra = [kinds.Curve(np.arange(1, len(svals) + 1), svals, name.replace("_", " ").replace("ref ", ""),
+                           {"marker": ".", "markersize": 3, **styles.get(name, {})}, 1e-16)
+               for name in [*depth_runs, "ref_min_nuclear", "truth"] if name in solutions
+               for svals in [np.linalg.svd(solutions[name], compute_uv=False)]]
+    panels.append(kinds.Panel(spectra, xlabel="index i", ylabel="singular value σ_i", yscale="log"))
+    return kinds.draw(panels, path, size=(5.25, 3.8) if truth is not None else (5.5, 3.8))
 
 
 def _curves_figure(curves: pd.DataFrame, path: Path) -> Path:
     """Test MSE (if a truth is known), train loss and effective rank along training, one line per depth."""
     names = [n for n in ("test_mse", "relative_train_loss", "effective_rank") if n in set(curves["name"])]
-    fig, axes = subplots(1, len(names), figsize=(4.6 * len(names), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        for run_id, part in curves[curves["name"] == name].groupby("run_id"):
-            part = part[part["step"] > 0].sort_values("step")
-            values = part["value"].clip(lower=1e-16) if name != "effective_rank" else part["value"]
-            ax.plot(part["step"], values, marker="o" if len(part) < 3 else None, label=run_id.replace("_", " "))
-        ax.set_xscale("log")
-        if name != "effective_rank":
-            ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_ylabel(name.replace("_", " "))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    runs = [(r, r.replace("_", " "), {}) for r in sorted(set(curves["run_id"]))]
+    panels = kinds.series_vs_step(curves, names, runs, floor=1e-16, ylabels=[n.replace("_", " ") for n in names])
+    for name, panel in zip(names, panels):
+        for curve in panel.curves:
+            curve.style = {"marker": "o"} if len(curve.x) < 3 else {}
+        if name == "effective_rank":
+            panel.yscale = "linear"
+            for curve in panel.curves:
+                curve.floor = None
+    return kinds.draw(panels, path, size=(4.6, 3.6))
 
 
 def _razin_figure(razin: pd.DataFrame, path: Path) -> Path:
     """Razin–Cohen 2×2 along training: |w11| and the norms grow like 1/√(6L) while σ₂/σ₁ and L fall."""
     wide = razin.pivot_table(index="step", columns="name", values="value").sort_index()
     wide = wide[wide.index > 0]
-    fig, (left, right) = subplots(1, 2, figsize=(10.5, 3.8))
-    for name, label in (("w11", "|w11|"), ("frobenius_norm", "‖W‖_F"), ("nuclear_norm", "‖W‖_*")):
-        left.plot(wide.index, wide[name].abs(), label=label)
-    left.plot(wide.index, 1 / np.sqrt(6 * wide["loss"]), color="grey", linestyle="--", label="1/√(6L)")
-    right.plot(wide.index, wide["sigma_ratio"], color="C3", label="σ₂/σ₁")
-    right.plot(wide.index, wide["loss"], color="C4", label="loss L")
-    right.axhline(RC_LOSS, color="grey", linestyle=":", linewidth=1, label=f"L = {RC_LOSS:g}")
-    for ax, ylabel in ((left, "norm"), (right, "")):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    left.set_title("Razin–Cohen 2×2, depth 3: norms")
-    right.set_title("rank (σ₂/σ₁) and loss")
-    return save_figure(fig, path)
+    norms = [kinds.Curve(wide.index, wide[name].abs(), label)
+             for name, label in (("w11", "|w11|"), ("frobenius_norm", "‖W‖_F"), ("nuclear_norm", "‖W‖_*"))]
+    norms.append(kinds.Curve(wide.index, 1 / np.sqrt(6 * wide["loss"]), "1/√(6L)", {"color": "grey", "linestyle": "--"}))
+    rank = [kinds.Curve(wide.index, wide["sigma_ratio"], "σ₂/σ₁", {"color": "C3"}),
+            kinds.Curve(wide.index, wide["loss"], "loss L", {"color": "C4"})]
+    return kinds.draw([kinds.Panel(norms, xlabel="step", ylabel="norm", xscale="log", yscale="log",
+                                   title="Razin–Cohen 2×2, depth 3: norms"),
+                       kinds.Panel(rank, [kinds.Line(RC_LOSS, f"L = {RC_LOSS:g}", {"linestyle": ":"})], xlabel="step",
+                                   xscale="log", yscale="log", title="rank (σ₂/σ₁) and loss")], path, size=(5.25, 3.8))
 
 
 STUDY = MatrixFactorization()
