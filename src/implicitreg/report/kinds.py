@@ -139,6 +139,8 @@ def draw(panels: Sequence[Panel], path: Path, size: tuple[float, float] = (5.5, 
             ax.set_xticks(list(panel.xticks))
         if not panel.minor_labels:
             ax.xaxis.set_minor_formatter(NullFormatter())
+        for text, x, y in panel.notes:
+            ax.annotate(text, (x, y), fontsize=7, color="grey")
         ax.set(xlabel=panel.xlabel, ylabel=panel.ylabel, title=panel.title)
         ax.grid(alpha=0.3, axis="y" if panel.grid == "y" else "both", which="both" if panel.grid == "both" else "major")
         if panel.legend and ax.get_legend_handles_labels()[0]:

@@ -37,7 +37,7 @@ from implicitreg.data.npz import read_regression
 from implicitreg.dynamics.descent import descend, gd_update
 from implicitreg.dynamics.grid import recording_steps
 from implicitreg.measures.curvature import hessian_eigenvalues
-from implicitreg.report.figures import save_figure, subplots
+from implicitreg.report import kinds
 from implicitreg.studies.base import Analysis, Check, ProgressBar, Solved, SolvedRun
 
 BAND = (0.9, 1.1)  # sharpness·η/2 after sharpening (the band)
@@ -234,20 +234,14 @@ class EdgeOfStability:
 
     def figures(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame,
                 solutions: dict[str, np.ndarray] | None, directory: Path) -> list[Path]:
-        fig, (ax_s, ax_l) = subplots(1, 2, figsize=(11, 4))
-        for colour, lr in enumerate(sorted(config.lrs, reverse=True)):
-            part = metrics[metrics["run_id"] == run_label(lr)]
-            sharp = part[part["name"] == "sharpness"].sort_values("step")
-            loss = part[part["name"] == "loss"].sort_values("step")
-            ax_s.plot(sharp["step"], sharp["value"], color=f"C{colour}", label=f"η = {lr:g}")
-            ax_s.axhline(2 / lr, color=f"C{colour}", linestyle="--", linewidth=1)
-            ax_l.plot(loss["step"], loss["value"], color=f"C{colour}", label=f"η = {lr:g}")
-        ax_s.set(xlabel="step", ylabel="sharpness (top Hessian eigenvalue)", title="sharpness; dashed: 2/η")
-        ax_l.set(xlabel="step", ylabel="training loss", yscale="log", title="full-batch training loss")
-        for ax in (ax_s, ax_l):
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        return [save_figure(fig, directory / "sharpness_and_loss.png")]
+        lrs = sorted(config.lrs, reverse=True)
+        runs = [(run_label(lr), f"η = {lr:g}", {"color": f"C{i}"}) for i, lr in enumerate(lrs)]
+        sharp, loss = kinds.series_vs_step(metrics, ["sharpness", "loss"], runs, log=(False, False), min_step=0,
+                                           ylabels=("sharpness (top Hessian eigenvalue)", "training loss"),
+                                           titles=("sharpness; dashed: 2/η", "full-batch training loss"))
+        sharp.lines = [kinds.Line(2 / lr, style={"color": f"C{i}"}) for i, lr in enumerate(lrs)]
+        loss.yscale = "log"
+        return [kinds.draw([sharp, loss], directory / "sharpness_and_loss.png")]
 
 
 def _series(part: pd.DataFrame, name: str) -> pd.Series:

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.ticker import NullFormatter
 from pydantic import Field, model_validator
 
 from implicitreg.config import Strict
@@ -42,7 +41,7 @@ from implicitreg.references.modified_flows import (
     igr_flow,
     sgd_flow,
 )
-from implicitreg.report.figures import save_figure, subplots
+from implicitreg.report import kinds
 from implicitreg.studies.base import Analysis, Check, ProgressBar, Solved, SolvedRun
 
 MODIFIED_BAND = (3.5, 4.5)  # distance to the flow of L̃ shrinks by this factor per halving of h
@@ -283,34 +282,35 @@ class IGR:
         table = _table(config, solutions or {})
         if table.empty:
             return []
-        fig, axes = subplots(1, 3, figsize=(15, 4.2))
-        for ax, model in zip(axes, MODELS):
+        panels = []
+        for model in MODELS:
             part = table[(table["model"] == model) & (table["kind"] == "gd")]
-            for column, colour, label in (("dist_plain", "C0", "GD ↔ flow of L"),
-                                          ("dist_modified", "C1", "GD ↔ flow of L + (h/4)‖∇L‖²")):
-                ax.loglog(part["h"], part[column], "o-", color=colour, label=label)
-            _slope_guides(ax, part["h"].to_numpy(), {1: part["dist_plain"].iloc[0], 2: part["dist_modified"].iloc[0]})
-            ax.set(xlabel="step size h", ylabel=f"‖θ_GD(T) − θ_flow(T)‖, T = {config.end_time:g}",
-                   title=f"{model}: distance at T vs h")
+            panels.append(kinds.value_vs_parameter(
+                part, "h", [("dist_plain", "GD ↔ flow of L", {"color": "C0"}),
+                            ("dist_modified", "GD ↔ flow of L + (h/4)‖∇L‖²", {"color": "C1"})],
+                xlabel="step size h", ylabel=f"‖θ_GD(T) − θ_flow(T)‖, T = {config.end_time:g}",
+                title=f"{model}: distance at T vs h"))
+            _slope_guides(panels[-1], part["h"].to_numpy(), {1: part["dist_plain"].iloc[0],
+                                                             2: part["dist_modified"].iloc[0]})
         sgd = table[table["kind"] == "sgd"]
-        ax = axes[2]
-        ax.loglog(sgd["h"], sgd["dist_igr_flow"], "o-", color="C1", label="mean SGD ↔ flow of L + (h/4)‖∇L‖²")
-        ax.loglog(sgd["h"], sgd["dist_sgd_flow"], "o-", color="C2", label="mean SGD ↔ flow of L̃_SGD")
-        _slope_guides(ax, sgd["h"].to_numpy(), {2: sgd["dist_igr_flow"].iloc[0], 3: sgd["dist_sgd_flow"].iloc[0]})
-        ax.set(xlabel="step size h", ylabel=f"distance after one epoch (T = {config.batches}h)",
-               title=f"mlp: SGD, {config.batches} batches, mean over all orders")
-        for ax in axes:
-            ax.xaxis.set_minor_formatter(NullFormatter())  # the minor labels of a short log axis overlap
-            ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=7)
-        return [save_figure(fig, directory / "distance_vs_h.png")]
+        panels.append(kinds.value_vs_parameter(
+            sgd, "h", [("dist_igr_flow", "mean SGD ↔ flow of L + (h/4)‖∇L‖²", {"color": "C1"}),
+                       ("dist_sgd_flow", "mean SGD ↔ flow of L̃_SGD", {"color": "C2"})],
+            xlabel="step size h", ylabel=f"distance after one epoch (T = {config.batches}h)",
+            title=f"mlp: SGD, {config.batches} batches, mean over all orders"))
+        _slope_guides(panels[-1], sgd["h"].to_numpy(), {2: sgd["dist_igr_flow"].iloc[0],
+                                                        3: sgd["dist_sgd_flow"].iloc[0]})
+        for panel in panels:  # the minor labels of a short log axis overlap
+            panel.grid, panel.legend_size, panel.minor_labels = "both", 7, False
+        return [kinds.draw(panels, directory / "distance_vs_h.png", size=(5.0, 4.2))]
 
 
-def _slope_guides(ax, hs: np.ndarray, anchors: dict[int, float]) -> None:
+def _slope_guides(panel: kinds.Panel, hs: np.ndarray, anchors: dict[int, float]) -> None:
     """Dashed lines ∝ h^slope through each anchor value at the largest h."""
     for slope, value in anchors.items():
-        ax.loglog(hs, value * (hs / hs[0]) ** slope, "--", color="grey", linewidth=0.8)
-        ax.annotate(f"slope {slope}", (hs[-1], value * (hs[-1] / hs[0]) ** slope), fontsize=7, color="grey")
+        panel.curves.append(kinds.Curve(hs, value * (hs / hs[0]) ** slope, None,
+                                        {"color": "grey", "linestyle": "--", "linewidth": 0.8}))
+        panel.notes.append((f"slope {slope}", hs[-1], value * (hs[-1] / hs[0]) ** slope))
 
 
 def _table(config: Config, solutions: dict[str, np.ndarray]) -> pd.DataFrame:
