@@ -299,39 +299,13 @@ def _model_checks(config: Config, table: pd.DataFrame, final: pd.DataFrame, mode
 
 def _vs_level(config: Config, final: pd.DataFrame, names: list[str], path: Path, title: str,
               reference: tuple[float, str] | None = None) -> Path:
-    """One panel per model: mean ± std over seeds of each metric against the corruption level;
-    the random-inputs arm as a separate point to the right. Accuracies are drawn in %, and so is a
-    ``reference`` given as a fraction (chance)."""
-    models = [m for m in config.models if m in set(final["model"])] or list(config.models)
-    figure, axes = fig._panels(len(models))
-    x_random = max(config.levels) + 0.2
-    for ax, model in zip(axes, models):
-        part = final[final["model"] == model]
-        for colour, name in enumerate(names):
-            if name not in part:
-                continue
-            stats = part.groupby("arm")[name].agg(["mean", "std"]) * fig.scale(name)  # accuracies in %
-            levels = [p for p in config.levels if level_arm(p) in stats.index]
-            rows = stats.reindex([level_arm(p) for p in levels])
-            ax.errorbar(levels, rows["mean"], yerr=rows["std"].fillna(0), marker="o", capsize=3,
-                        color=f"C{colour}", label=fig.label(name))
-            if RANDOM_INPUTS in stats.index:
-                ax.errorbar([x_random], [stats.loc[RANDOM_INPUTS, "mean"]],
-                            yerr=[0 if pd.isna(stats.loc[RANDOM_INPUTS, "std"]) else stats.loc[RANDOM_INPUTS, "std"]],
-                            marker="s", capsize=3, color=f"C{colour}", linestyle="none")
-        if reference is not None:
-            ax.axhline(reference[0] * fig.scale(names[0]), color="grey", linestyle="--", linewidth=1,
-                       label=reference[1])
-        ticks = list(config.levels) + ([x_random] if config.random_inputs else [])
-        ax.set_xticks(ticks, [f"{p:g}" for p in config.levels] + (["random\ninputs"] if config.random_inputs else []))
-        ax.set_xlabel("fraction of labels corrupted")
-        ax.set_ylabel("accuracy (%)" if all(n in ("train_acc", "test_acc") for n in names) else
-                      fig.axis_label(names[0]) if len(names) == 1 else "")
-        ax.set_title(model)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    figure.suptitle(title)
-    return fig.save_figure(figure, path)
+    """One panel per model: mean ± std over seeds of each metric against the corruption level; the
+    random-inputs arm as a square to the right. Accuracies in %, and so is a ``reference`` (chance)."""
+    accuracy = all(n in ("train_acc", "test_acc") for n in names)
+    return fig.versus(final, "level", names, path, xlabel="fraction of labels corrupted", title=title, panel="model",
+                      order=list(config.models), ylabel="accuracy (%)" if accuracy else None if len(names) == 1 else "",
+                      reference_line=reference,
+                      aside=(max(config.levels) + 0.2, "random\ninputs") if config.random_inputs else None)
 
 
 STUDY = RandomLabels()
