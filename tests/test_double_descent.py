@@ -100,8 +100,9 @@ def mlp_frames(train_acc: dict[int, list[float]], test_acc: dict[int, list[float
     runs, rows = [], []
     for width, accs in train_acc.items():
         for seed, (train, test) in enumerate(zip(accs, test_acc[width])):
-            run_id = f"mlp/w{width}/seed{seed}"
-            runs.append({"run_id": run_id, "arm": "mlp", "seed": seed, "config": {}, "provenance": {},
+            run_id = f"mlp/w{width}/seed{seed}"  # the width reaches the analysis as a plan tag, as stored
+            runs.append({"run_id": run_id, "arm": "mlp", "seed": seed, "provenance": {},
+                         "config": {"member": {"tags": {"width": width}}},
                          "status": (status or {}).get(width, "done"), "final_step": 100, "target_step": None})
             rows += [{"run_id": run_id, "step": 100, "name": name, "value": value}
                      for name, value in (("train_acc", train), ("test_acc", test), ("test_loss", 1.0),
