@@ -157,7 +157,8 @@ def test_a_sweep_whose_runs_all_failed_is_analyzed_as_inconclusive(tmp_path):
         s.set_meta(study=STUDY.name, config=json.loads(config.model_dump_json()), quick=True, engine="population")
         ids = [f"mlp/{arm}/seed0" for arm in ("none", "weight_decay", "dropout", "weight_decay+dropout",
                                               "random_labels")]
-        s.start([{**record(i), "study": STUDY.name, "arm": i.split("/")[1]} for i in ids], PROVENANCE)
+        s.start([{**record(i), "study": STUDY.name, "arm": i.split("/")[1],
+                  "config": {"member": {"tags": {"model": "mlp"}}}} for i in ids], PROVENANCE)
         s.fail(ids, "ValueError: data.n_train: digits has 1437 points besides the test set, got 5000")
     result = write_outputs(tmp_path)
     assert result.verdict == "inconclusive"

@@ -84,3 +84,15 @@ def test_a_learning_rate_that_diverges_every_run_never_passes(tmp_path):
     summary = json.loads(result.stdout)
     assert summary["runs"]["diverged"] == 5 and summary["verdict"] == "inconclusive"
     assert all(c["passed"] is None for c in summary["checks"])
+
+
+def test_results_without_plan_tags_are_one_clear_error(tmp_path):
+    """A store whose runs carry no plan tags (written before the study tagged them) cannot be
+    analyzed: `show` says which tag is missing, in one line, instead of a traceback."""
+    out = tmp_path / "evi"
+    assert invoke_cli([*TINY, "--out", out]).returncode == 0
+    with sqlite3.connect(out / "results.sqlite") as conn:
+        conn.execute("UPDATE runs SET config = json_remove(config, '$.member.tags')")
+    shown = invoke_cli(["show", out])
+    assert shown.returncode == 2 and "Traceback" not in shown.stderr, shown
+    assert "tag 'model'" in shown.stderr and len(shown.stderr.strip().splitlines()) == 1

@@ -265,20 +265,31 @@ def mean_std(values: pd.Series) -> tuple[float, float]:
     return float(finite.mean()), float(finite.std(ddof=1)) if len(finite) > 1 else 0.0
 
 
-def tagged(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+def tagged(frame: pd.DataFrame, runs: pd.DataFrame, required: tuple[str, ...] = ()) -> pd.DataFrame:
     """``frame`` (one row per run, with ``run_id``) plus a column per plan tag of its runs
     (``Member.tags``: ``model``, ``width``, …), read from the stored run configs — never parsed
-    out of run ids. A run without a tag has NaN there."""
-    rows = [{"run_id": run_id, **(((config or {}).get("member") or {}).get("tags") or {})}
-            for run_id, config in zip(runs["run_id"], runs["config"])]
-    tags = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["run_id"])
+    out of run ids. A run without a tag has NaN there; without a ``required`` one, ``KeyError``
+    naming it (results stored before the study tagged its runs)."""
+    rows = [{"run_id": run_id, **_tags(config)} for run_id, config in zip(runs["run_id"], runs["config"])]
+    for row in rows:
+        for name in required:
+            if name not in row:
+                raise KeyError(f"tag {name!r} of run {row['run_id']} (stored by an older version?)")
+    tags = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["run_id", *required])
     extra = [c for c in tags.columns if c != "run_id" and c not in frame.columns]
     return frame.merge(tags[["run_id", *extra]], on="run_id", how="left")
 
 
+def _tags(config: Any) -> dict[str, Any]:
+    """A stored run config's ``member.tags``; {} where the config holds none (or is malformed)."""
+    member = config.get("member") if isinstance(config, dict) else None
+    tags = member.get("tags") if isinstance(member, dict) else None
+    return tags if isinstance(tags, dict) else {}
+
+
 def with_model(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with the ``model`` tag of each run (see :func:`tagged`)."""
-    return tagged(frame, runs).reindex(columns=[*dict.fromkeys([*frame.columns, "model"])])
+    return tagged(frame, runs, required=("model",)).reindex(columns=[*dict.fromkeys([*frame.columns, "model"])])
 
 
 def seed_summary(part: pd.DataFrame, metrics: list[str], planned: int) -> dict[str, Any]:

@@ -193,7 +193,7 @@ def finals(config: Config, runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.Data
     # diverged runs keep their last records: they are excluded below, and listed with their reason
     final = final_values(runs, metrics, keep_diverged=True)
     final = final.reindex(columns=list(dict.fromkeys([*final.columns, *names])))  # NaN if never recorded
-    final = tagged(final, runs)
+    final = tagged(final, runs, required=("batch", "lr"))
     final["batch"] = final["batch"].astype(int)
     final["lr"] = final["lr"].astype(float)
     final["ratio"] = final["lr"] / final["batch"]

@@ -117,7 +117,7 @@ def _final(config: Config, runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.Data
 
 def _with_width(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Add the ``width`` tag of each run."""
-    return tagged(frame, runs).astype({"width": int})
+    return tagged(frame, runs, required=("width",)).astype({"width": int})
 
 
 def _params(config: Config, width: int) -> int:

@@ -35,7 +35,7 @@ def mlp_final(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     mlp = runs[runs["arm"] == MLP_ARM]
     if mlp.empty:
         return pd.DataFrame(columns=["run_id", "width", "status", *MLP_METRICS])
-    final = tagged(final_values(mlp, metrics[metrics["run_id"].isin(mlp["run_id"])]), mlp)
+    final = tagged(final_values(mlp, metrics[metrics["run_id"].isin(mlp["run_id"])]), mlp, required=("width",))
     return final.reindex(columns=list(dict.fromkeys([*final.columns, *MLP_METRICS])))
 
 
