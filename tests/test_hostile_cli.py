@@ -431,3 +431,17 @@ def test_exit_code_is_0_whatever_the_verdict_and_strict_maps_it(tmp_path, igr_ru
     inconclusive = invoke_cli([*IGR, "--strict", "--resume", "--out", directory])
     assert inconclusive.returncode == 3 and "INCONCLUSIVE" in inconclusive.stdout, inconclusive
     assert invoke_cli([*IGR, "--resume", "--out", directory]).returncode == 0
+
+
+def test_a_boolean_is_not_a_number(tmp_path):
+    out = tmp_path / "o"
+    assert_user_error(invoke_cli([*IGR, "--set", "h=true", "--out", out]), ["h", "not a boolean"], out)
+
+
+def test_data_given_twice_is_refused(tmp_path):
+    data = tmp_path / "mine.npz"
+    x = np.random.default_rng(0).normal(size=(30, 200))
+    np.savez(data, X=x, y=x[:, 0])
+    out = tmp_path / "o"
+    assert_user_error(invoke_cli(["run", "min-norm", "--quick", "--data", data, "--set", f"data_file={data}",
+                                  "--out", out]), ["data_file", "--data"], out)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
-from typing import Any, Literal, TypeVar
+from types import UnionType
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -45,9 +46,29 @@ def check_names(kind: str, value: list[str]) -> list[str]:
 
 
 class Strict(BaseModel):
-    """Base for config models: unknown keys are rejected, values are validated on assignment."""
+    """Base for config models: unknown keys are rejected, values are validated on assignment, and a
+    boolean is not a number (pydantic would read ``h=true`` as 1.0)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and not _admits_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, not a boolean")
+        return value
+
+
+def _admits_bool(annotation: Any) -> bool:
+    """Whether a field's type accepts True/False as such (bool, Any, a Literal or union with them)."""
+    if annotation is bool or annotation is Any:
+        return True
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return any(isinstance(a, bool) for a in args)
+    if origin in (Union, UnionType):
+        return any(_admits_bool(a) for a in args)
+    return False
 
 
 DatasetName = Literal["mnist1d", "digits", "regression", "separable", "teacher-student", "mnist", "cifar10"]

@@ -260,6 +260,8 @@ def prepare(options: RunOptions, parent_may_be_missing: bool = False) -> Prepare
             takers = sorted(n for n, s in STUDIES.items() if "data_file" in s.Config.model_fields)
             raise ConfigError(f"--data: {study.name} generates its own data; --data FILE.npz applies to "
                               f"{', '.join(takers)}")
+        if "data_file" in overrides:
+            raise ConfigError("data_file: given both as --data and as --set data_file=…; use one")
         try:
             overrides["data_file"] = str(Path(options.data).resolve())
         except OSError as err:
