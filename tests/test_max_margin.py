@@ -4,7 +4,6 @@ import itertools
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from conftest import run_cli_many, invoke_cli, assert_user_error, solved_frames

@@ -8,7 +8,7 @@ from torch import nn
 
 from implicitreg.measures import compute
 from implicitreg.measures.layers import fold_batchnorm, frobenius_product, spectral_product
-from implicitreg.measures.margins import margin, normalized_margin, spectral_complexity
+from implicitreg.measures.margins import normalized_margin, spectral_complexity
 from implicitreg.measures.path_norm import path_norm
 from implicitreg.measures.rank import effective_rank
 

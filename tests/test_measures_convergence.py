@@ -7,7 +7,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from implicitreg.config import CNNConfig, DataConfig, MLPConfig, TrainConfig
 from implicitreg.data import DeviceData, load_dataset
