@@ -40,14 +40,16 @@ def digits64():
 
 
 @pytest.mark.parametrize("optimizer,mode", [("momentum", "coupled"), ("nesterov", "decoupled"), ("sgd", "coupled"),
-                                            ("adam", "coupled"), ("adam", "decoupled"), ("gd", "coupled")])
+                                            ("adam", "coupled"), ("adam", "decoupled"), ("gd", "coupled"),
+                                            ("adagrad", "coupled"), ("adagrad", "decoupled"), ("rmsprop", "coupled"),
+                                            ("rmsprop", "decoupled")])
 def test_mlp_population_matches_sequential_float64(digits64, optimizer, mode):
     # float64: the two engines differ only in summation order, so 1e-10 is ample headroom
     # over the ~1e-14 relative rounding per step accumulated over 60 steps.
     train = TrainConfig(optimizer=optimizer, weight_decay_mode=mode, lr=0.05, max_steps=60, eval_every=20,
                         batch_size=32, dtype="float64", target_train_acc=None, schedule="cosine")
     group = Group("mlp", MLPConfig(hidden=[32, 32]), DataConfig(), train, members())
-    if optimizer == "adam":
+    if optimizer in ("adam", "adagrad", "rmsprop"):  # adaptive steps: a smaller lr keeps 60 steps stable
         group = Group("mlp", group.model, group.data, train.model_copy(update={"lr": 0.01}),
                       tuple(Member(m.run_id, m.seed, m.lr / 10, m.weight_decay, m.dropout, m.label_noise,
                                    m.init_scale) for m in group.members))

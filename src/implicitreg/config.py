@@ -122,7 +122,7 @@ class CNNConfig(Strict):
     init_scale: float = Field(1.0, gt=0.0)
 
 
-OptimizerName = Literal["gd", "sgd", "momentum", "nesterov", "adam"]
+OptimizerName = Literal["gd", "sgd", "momentum", "nesterov", "adam", "adagrad", "rmsprop"]
 
 
 class TrainConfig(Strict):

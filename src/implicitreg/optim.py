@@ -400,7 +400,8 @@ def make_optimizer(config: TrainConfig, lr: torch.Tensor, weight_decay: torch.Te
     """The alias a :class:`TrainConfig` names, with per-member ``lr`` and ``weight_decay`` [P].
 
     ``gd`` and ``sgd`` are :func:`sgd` (they differ in the batch, not the update); ``momentum``,
-    ``nesterov`` and ``adam`` are their aliases with ``config.momentum`` / ``betas`` / ``eps``;
+    ``nesterov``, ``adam``, ``adagrad`` and ``rmsprop`` are their aliases with ``config.momentum`` /
+    ``betas`` / ``eps`` (RMSprop with α = 0.99 and no momentum);
     ``weight_decay_mode="decoupled"`` makes Adam AdamW and SGD SGDW. The hyperparameters live in
     the state, so members leaving need :func:`select_state`, not a new optimizer.
     """
@@ -408,6 +409,10 @@ def make_optimizer(config: TrainConfig, lr: torch.Tensor, weight_decay: torch.Te
                   schedule=schedule_fn(config.schedule, config.max_steps))
     if config.optimizer == "adam":
         return adam(lr, config.betas[0], config.betas[1], config.eps, **common)
+    if config.optimizer == "adagrad":
+        return adagrad(lr, config.eps, **common)
+    if config.optimizer == "rmsprop":  # torch's default smoothing α = 0.99, no momentum
+        return rmsprop(lr, eps=config.eps, **common)
     if config.optimizer in ("momentum", "nesterov"):
         return sgd(lr, config.momentum, config.optimizer == "nesterov", **common)
     return sgd(lr, **common)

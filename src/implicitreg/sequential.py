@@ -40,6 +40,10 @@ def make_torch_optimizer(model: nn.Module, group: Group, member: Member) -> torc
             return torch.optim.Adam(model.parameters(), lr=member.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=wd)
         return torch.optim.AdamW(model.parameters(), lr=member.lr, betas=cfg.betas, eps=cfg.eps,
                                  weight_decay=member.weight_decay)
+    if cfg.optimizer == "adagrad":
+        return torch.optim.Adagrad(model.parameters(), lr=member.lr, eps=cfg.eps, weight_decay=wd)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(model.parameters(), lr=member.lr, eps=cfg.eps, weight_decay=wd)
     momentum = cfg.momentum if cfg.optimizer in ("momentum", "nesterov") else 0.0
     return torch.optim.SGD(model.parameters(), lr=member.lr, momentum=momentum,
                            nesterov=cfg.optimizer == "nesterov", weight_decay=wd)
@@ -103,7 +107,8 @@ def train_member(group: Group, member: Member, module: nn.Module, data: DeviceDa
             break
         loss.backward()
         if decoupled_sgd:
-            # torch.optim.SGD has no decoupled decay; this is the SGDW step w ← (1 − ηλ)w − η·d.
+            # torch.optim.SGD, Adagrad and RMSprop have no decoupled decay: w ← (1 − ηλ)w, then their step
+            # from the gradient at the old w (SGDW and its kin; as optim.add_decoupled_decay)
             with torch.no_grad():
                 for p in model.parameters():
                     p.mul_(1.0 - member.lr * schedule(step - 1) * member.weight_decay)
