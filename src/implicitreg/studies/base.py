@@ -52,8 +52,8 @@ def weakest(*supports: Support | None) -> Support | None:
 
 def _number(value: Any) -> float | None:
     """A finite float, or None for None, NaN, ±inf and what is not a number."""
-    if value is None or isinstance(value, bool):
-        return None if value is None else float(value)
+    if value is None:
+        return None
     try:
         number = float(value)
     except (TypeError, ValueError):
