@@ -164,9 +164,10 @@ def check_plan_size(study: Study, config: Any) -> None:
                           "use fewer seeds or a smaller grid (or split the sweep over several --out directories)")
 
 
-def check_out_path(out: Path, flag: str = "--out") -> Path:
+def check_out_path(out: Path, flag: str = "--out", parent_must_exist: bool = False) -> Path:
     """Check that ``out`` can be a results directory: names within the file system's limits, not a
-    dangling link, its nearest existing ancestor a writable directory. Returns that ancestor."""
+    dangling link, its nearest existing ancestor a writable directory (its parent itself, if
+    ``parent_must_exist``). Returns that ancestor."""
     if len(os.fsencode(str(out))) >= PATH_MAX:
         raise ConfigError(f"{flag}: the path is {len(os.fsencode(str(out)))} bytes long; at most {PATH_MAX - 1} "
                           "are allowed")
@@ -184,6 +185,8 @@ def check_out_path(out: Path, flag: str = "--out") -> Path:
         raise ConfigError(f"{flag}: {existing} {what}")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag}: {existing} is not writable (a read-only file system, or no permission)")
+    if parent_must_exist and not out.parent.exists():
+        raise ConfigError(f"{flag}: the parent directory {out.parent} does not exist")
     return existing
 
 
@@ -225,9 +228,7 @@ def prepare_all(options: RunOptions) -> list[Prepared]:
                           "run a study alone")
     base = Path(options.out) if options.out is not None else default_out(ALL)
     if options.out is not None:
-        check_out_path(base)
-        if not base.parent.exists():
-            raise ConfigError(f"--out: the parent directory {base.parent} does not exist")
+        check_out_path(base, parent_must_exist=True)
     if base.is_dir():
         # only what `run all` itself writes: the studies' directories and the index (overwritten)
         entries = list(base.iterdir())
@@ -276,9 +277,7 @@ def prepare(options: RunOptions, parent_may_be_missing: bool = False) -> Prepare
     device = resolve_device(options.device)
     out = Path(options.out) if options.out is not None else default_out(study.name)
     if options.out is not None and not parent_may_be_missing:
-        check_out_path(out)
-        if not out.parent.exists():
-            raise ConfigError(f"--out: the parent directory {out.parent} does not exist")
+        check_out_path(out, parent_must_exist=True)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} exists and is not a directory")
     if out.is_dir() and DirectoryLock.is_held(out):

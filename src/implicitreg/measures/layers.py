@@ -384,6 +384,11 @@ def _spectral_measure(model, input_shape, with_convergence: bool, what: str, red
     return report(Estimate(s.finish(reduce(estimate.value)), s.finish(estimate.converged)), with_convergence, what)
 
 
+def _frobenius_measure(model, input_shape, reduce) -> torch.Tensor:
+    s = folded(model, input_shape)
+    return s.finish(reduce(layer_frobenius_norms(s)))
+
+
 @register("spectral_product", "norm-product")
 def spectral_product(model, input_shape=None, with_convergence: bool = False) -> torch.Tensor | Estimate:
     """Π_i ‖W_i‖₂ over weight layers (biases excluded; Conv1d: operator norm; BatchNorm folded)."""
@@ -393,8 +398,7 @@ def spectral_product(model, input_shape=None, with_convergence: bool = False) ->
 @register("frobenius_product", "norm-product")
 def frobenius_product(model, input_shape=None) -> torch.Tensor:
     """Π_i ‖W_i‖_F over weight layers (biases excluded; Conv1d: kernel norm; BatchNorm folded)."""
-    s = folded(model, input_shape)
-    return s.finish(layer_frobenius_norms(s).prod(dim=1))
+    return _frobenius_measure(model, input_shape, lambda v: v.prod(dim=1))
 
 
 @register("sum_of_spectral", "norm-product")
@@ -406,5 +410,4 @@ def sum_of_spectral(model, input_shape=None, with_convergence: bool = False) -> 
 @register("sum_of_frobenius", "norm-product")
 def sum_of_frobenius(model, input_shape=None) -> torch.Tensor:
     """Σ_i ‖W_i‖_F over weight layers (biases excluded; Conv1d: kernel norm; BatchNorm folded)."""
-    s = folded(model, input_shape)
-    return s.finish(layer_frobenius_norms(s).sum(dim=1))
+    return _frobenius_measure(model, input_shape, lambda v: v.sum(dim=1))

@@ -87,7 +87,7 @@ class Check:
         """Passes when ``value <= limit`` (``<`` if ``strict``); ``of`` names the compared quantity
         in the threshold when it is not the value itself (``max sharpness·η/2 < 1``)."""
         test = (lambda v: v < limit) if strict else (lambda v: v <= limit)
-        return cls._decide(name, value, f"{of + ' ' if of else ''}{'<' if strict else '<='} {limit:g}", test,
+        return cls._decide(name, value, of, f"{'<' if strict else '<='} {limit:g}", test,
                            detail, support, unreliable)
 
     @classmethod
@@ -95,14 +95,14 @@ class Check:
                  detail: str = "", support: Support | None = None, unreliable: str = "") -> "Check":
         """Passes when ``value >= limit`` (``>`` if ``strict``)."""
         test = (lambda v: v > limit) if strict else (lambda v: v >= limit)
-        return cls._decide(name, value, f"{of + ' ' if of else ''}{'>' if strict else '>='} {limit:g}", test,
+        return cls._decide(name, value, of, f"{'>' if strict else '>='} {limit:g}", test,
                            detail, support, unreliable)
 
     @classmethod
     def within(cls, name: str, value: Any, low: float, high: float, *, of: str = "", detail: str = "",
                support: Support | None = None, unreliable: str = "") -> "Check":
         """Passes when ``low <= value <= high``."""
-        return cls._decide(name, value, f"{of + ' ' if of else ''}in [{low:g}, {high:g}]",
+        return cls._decide(name, value, of, f"in [{low:g}, {high:g}]",
                            lambda v: low <= v <= high, detail, support, unreliable)
 
     @classmethod
@@ -110,7 +110,7 @@ class Check:
                detail: str = "", support: Support | None = None, unreliable: str = "") -> "Check":
         """Passes when ``|value − target| <= tolerance``."""
         shown = f"= {target:g}" + (f" ± {tolerance:g}" if tolerance else "")
-        return cls._decide(name, value, f"{of + ' ' if of else ''}{shown}", lambda v: abs(v - target) <= tolerance,
+        return cls._decide(name, value, of, shown, lambda v: abs(v - target) <= tolerance,
                            detail, support, unreliable)
 
     @classmethod
@@ -124,12 +124,12 @@ class Check:
         straddles = None not in bounds and bounds[0] <= limit <= bounds[1]
         if straddles:
             detail = "; ".join(filter(None, [f"the interval contains {limit:g}", detail]))
-        return cls._decide(name, estimate, f"interval > {limit:g}",
+        return cls._decide(name, estimate, "", f"interval > {limit:g}",
                            lambda _: None if straddles else bounds[0] > limit, detail, support, unreliable)
 
     @classmethod
-    def _decide(cls, name: str, value: Any, threshold: str, test: Callable[[float], bool | None], detail: str,
-                support: Support | None, unreliable: str) -> "Check":
+    def _decide(cls, name: str, value: Any, of: str, threshold: str, test: Callable[[float], bool | None],
+                detail: str, support: Support | None, unreliable: str) -> "Check":
         number = _number(value)
         reasons = []
         if number is None:
@@ -138,13 +138,11 @@ class Check:
             reasons.append(f"computed from {support.describe()} (fewer than half)")
         if unreliable:
             reasons.append(unreliable)
-        parts = [*reasons]
-        if support is not None and support.enough and support.used < support.planned:
-            parts.append(f"computed from {support.describe()}")
-        if detail:
-            parts.append(detail)
+        partial = support is not None and support.enough and support.used < support.planned
+        parts = [*reasons, f"computed from {support.describe()}" if partial else "", detail]
         outcome = None if reasons else test(number)
-        return cls(name, number, threshold, None if outcome is None else bool(outcome), "; ".join(parts))
+        return cls(name, number, " ".join(filter(None, [of, threshold])), None if outcome is None else bool(outcome),
+                   "; ".join(filter(None, parts)))
 
 
 @dataclass
