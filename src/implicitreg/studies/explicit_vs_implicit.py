@@ -65,7 +65,7 @@ class ExplicitVsImplicit:
     claim = ("Without weight decay or dropout, SGD-trained networks fit the data and test within 5 points of "
              "their regularized twins, though the same networks fit random labels.")
     paper = "Zhang et al. 2017; Neyshabur, Tomioka & Srebro 2015"
-    minutes = (2.0, 7.6)  # quick, full: on 2 CPU cores
+    minutes = (2.0, 5.5)  # quick, full: on 2 CPU cores
     Config = Config
 
     def defaults(self, quick: bool) -> dict[str, Any]:
