@@ -34,8 +34,9 @@ try:  # recent typer vendors click
 except ImportError:  # pragma: no cover - typer on top of click
     from click.exceptions import ClickException, NoArgsIsHelpError
 
-STRICT_EXIT = {"pass": 0, "smoke": 0, "fail": 1, "inconclusive": 3}
-"""Exit code of a finished study under ``--strict`` (without it: 0 whatever the verdict)."""
+STRICT_EXIT = {"pass": 0, "smoke": 0, None: 0, "fail": 1, "inconclusive": 3}
+"""Exit code of a finished study under ``--strict`` (without it: 0 whatever the verdict; an open
+experiment, verdict None, makes no claim: 0)."""
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -280,7 +281,7 @@ def show(directory: Path = typer.Argument(..., help="the --out directory of a ru
 def report(directory: Path = typer.Argument(..., help="the --out directory of a run")) -> None:
     """Rebuild figures, summary.json and report.html from the stored results."""
     result = _stored(write_outputs, directory)
-    out_console.print(f"verdict: {plain(result.verdict)}; report: {plain(directory / 'report.html')}")
+    out_console.print(f"verdict: {verdict_markup(result.verdict)}; report: {plain(directory / 'report.html')}")
 
 
 def main() -> None:

@@ -27,7 +27,13 @@ def plain(value: Any) -> str:
     return escape(str(value))
 
 
-def verdict_markup(verdict: str) -> str:
+NO_CLAIM = "no claim"
+"""How an open experiment's verdict (None: a sweep or a tracked loop makes no claim) is shown."""
+
+
+def verdict_markup(verdict: str | None) -> str:
+    if verdict is None:
+        return f"[bold]{NO_CLAIM}[/]"
     return f"[{VERDICT_STYLE.get(verdict, 'bold')}]{plain(verdict.upper())}[/]"
 
 
@@ -133,8 +139,11 @@ def print_summary(console: Console, summary: dict[str, Any], out: str) -> None:
     passed = sum(c["passed"] is True for c in checks)
     failing = [c for c in checks if c["passed"] is not True]
     numbers = "; ".join(f"{c['name']} = {_fmt(c['value'], 4)} (needs {c['threshold']})" for c in failing)
-    console.print(f"verdict: {verdict_markup(verdict)} — {passed}/{len(checks)} checks passed"
-                  + (plain(f"; not passed: {numbers}") if failing else " (values and thresholds above)"))
+    if verdict is None:
+        console.print(f"verdict: {verdict_markup(verdict)} — an open experiment: its table and figures are the result")
+    else:
+        console.print(f"verdict: {verdict_markup(verdict)} — {passed}/{len(checks)} checks passed"
+                      + (plain(f"; not passed: {numbers}") if failing else " (values and thresholds above)"))
     counts, unfinished = runs_line(summary.get("runs", {}))
     wall = summary.get("provenance", {}).get("wall_seconds")
     shown_wall = "not recorded" if wall is None else f"{_fmt(float(wall), 1)} s"

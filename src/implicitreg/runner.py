@@ -554,19 +554,27 @@ def run_counts(study: Study, config: Any, runs: pd.DataFrame, meta: dict[str, An
     return counts, missing
 
 
-def judge(study: Study, analysis: Analysis, counts: dict[str, int], missing: list[str], quick: bool) -> tuple[str, str]:
+def judge(study: Study, analysis: Analysis, counts: dict[str, int], missing: list[str],
+          quick: bool) -> tuple[str | None, str]:
     """The verdict and, when it is not the checks' own, why: a planned run that failed or never
     finished makes it inconclusive (its arm's checks rest on fewer runs than planned); a quick run
-    of a study whose claim needs the full size is a smoke test."""
+    of a study whose claim needs the full size is a smoke test; an open experiment (``claim`` None)
+    has no verdict, and only says which planned runs did not finish."""
+    if study.claim is None:
+        return None, (f"{len(missing)} of {counts['planned']} planned runs did not finish ({counts['failed']} failed): "
+                      f"{_shown(missing)}. Continue them with --resume." if missing else "")
     caveat = getattr(study, "quick_caveat", None)
     if quick and caveat:
         return "smoke", f"verdict smoke: --quick cannot show this claim ({caveat}); run without --quick to judge it."
     if missing:
-        shown = ", ".join(missing[:8]) + (f", … ({len(missing) - 8} more)" if len(missing) > 8 else "")
         return "inconclusive", (f"verdict inconclusive: {len(missing)} of {counts['planned']} planned runs did not "
-                                f"finish ({counts['failed']} failed): {shown}; checks {analysis.verdict} on the rest. "
-                                "Continue them with --resume.")
+                                f"finish ({counts['failed']} failed): {_shown(missing)}; checks {analysis.verdict} on "
+                                "the rest. Continue them with --resume.")
     return analysis.verdict, ""
+
+
+def _shown(run_ids: list[str], at_most: int = 8) -> str:
+    return ", ".join(run_ids[:at_most]) + (f", … ({len(run_ids) - at_most} more)" if len(run_ids) > at_most else "")
 
 
 def _solved_args(study: Study, directory: Path) -> tuple[dict[str, np.ndarray], ...]:

@@ -252,9 +252,18 @@ HOW_TO_READ = (
     "so late points average over fewer runs.</p>")
 
 
+def _judged(summary: dict[str, Any], passed: int, checks: list[dict[str, Any]], runs: str) -> list[str]:
+    """Claim, verdict and checks of a study that makes a claim."""
+    verdict = str(summary["verdict"])
+    return [f"<p><strong>Claim.</strong> {_esc(summary['claim'])}</p>",
+            f"<p><strong>Verdict:</strong> <span class='verdict {_esc(verdict)}'>{_esc(verdict.upper())}</span> "
+            f"— {passed}/{len(checks)} checks passed{_esc(runs)}</p>",
+            "<h2>Checks</h2>", _checks_table(checks)]
+
+
 def write_report(summary: dict[str, Any], table: pd.DataFrame, figures: list[Path], path: Path) -> Path:
     """Write the report for one study run; returns ``path``."""
-    verdict = str(summary["verdict"])
+    verdict = summary["verdict"]
     checks = list(summary.get("checks", []))
     passed = sum(c.get("passed") is True for c in checks)
     provenance = summary.get("provenance", {}) or {}
@@ -266,10 +275,8 @@ def write_report(summary: dict[str, Any], table: pd.DataFrame, figures: list[Pat
         f"<style>{STYLE}</style></head><body>",
         f"<h1>{_esc(summary['study'])}</h1>",
         f"<p><em>{_esc(summary.get('paper', ''))}</em></p>",
-        f"<p><strong>Claim.</strong> {_esc(summary['claim'])}</p>",
-        f"<p><strong>Verdict:</strong> <span class='verdict {_esc(verdict)}'>{_esc(verdict.upper())}</span> "
-        f"— {passed}/{len(checks)} checks passed{_esc(runs)}</p>",
-        "<h2>Checks</h2>", _checks_table(checks),
+        *(_judged(summary, passed, checks, runs) if verdict is not None else
+          [f"<p><strong>An open experiment</strong>: it makes no claim and has no verdict{_esc(runs)}.</p>"]),
         *[f"<p>{_esc(note)}</p>" for note in summary.get("notes", [])],
         "<h2>Results (mean ± std over seeds; accuracies and gap in %)</h2>", _results_table(table),
         "<h2>Figures</h2>", *[_image(p) for p in figures if p.exists()],

@@ -1,0 +1,40 @@
+"""An open experiment (a study whose ``claim`` is None: a sweep, a tracked loop) has no verdict."""
+
+import io
+
+import pandas as pd
+from rich.console import Console
+
+from implicitreg.display import NO_CLAIM, print_summary
+from implicitreg.report.html import write_report
+from implicitreg.runner import judge
+from implicitreg.studies.base import Analysis, Check
+
+
+class Open:
+    name, claim, paper = "open", None, ""
+
+
+class Claimed:
+    name, claim, paper = "claimed", "something holds", ""
+
+
+FAILING = Analysis(pd.DataFrame(), [Check.at_least("x", 0.0, 1.0)])
+
+
+def test_an_open_experiment_has_no_verdict_even_when_runs_are_missing():
+    assert judge(Open(), Analysis(pd.DataFrame(), []), {"planned": 2, "failed": 0}, [], quick=False) == (None, "")
+    verdict, why = judge(Open(), Analysis(pd.DataFrame(), []), {"planned": 2, "failed": 1}, ["a/seed1"], quick=True)
+    assert verdict is None and "1 of 2 planned runs did not finish" in why and "a/seed1" in why
+    # the same checks under a claim decide the verdict
+    assert judge(Claimed(), FAILING, {"planned": 1, "failed": 0}, [], quick=False) == ("fail", "")
+
+
+def test_report_and_terminal_say_no_claim_instead_of_a_verdict(tmp_path):
+    summary = {"study": "sweep", "claim": None, "paper": "", "verdict": None, "checks": [], "table": [],
+               "notes": [], "runs": {"planned": 2, "done": 2}, "config": {}, "provenance": {}}
+    page = write_report(summary, pd.DataFrame(), [], tmp_path / "report.html").read_text()
+    assert "open experiment" in page and "Verdict:" not in page and "None" not in page
+    buffer = io.StringIO()
+    print_summary(Console(file=buffer, width=120), summary, str(tmp_path))
+    assert f"verdict: {NO_CLAIM}" in buffer.getvalue() and "NONE" not in buffer.getvalue()
