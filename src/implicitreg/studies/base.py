@@ -305,3 +305,54 @@ def seed_summary(part: pd.DataFrame, metrics: list[str], planned: int) -> dict[s
 def n_classes(data: Any) -> int:
     """Classes of a study's classification data set (``data``: its DataConfig)."""
     return 2 if data.name == "separable" else 10
+
+
+# --- reading a solved study's runs (flat configs: ``SolvedRun.config``) --------------------------------
+
+
+def run_config(runs: pd.DataFrame, run_id: str) -> dict[str, Any]:
+    """The stored config of run ``run_id`` (a solved run's settings: ``depth``, ``lr``, …); {} when the
+    run is missing or its config is not a mapping."""
+    if "run_id" not in runs or "config" not in runs:
+        return {}
+    match = runs.loc[runs["run_id"] == run_id, "config"]
+    return dict(match.iloc[0]) if len(match) and isinstance(match.iloc[0], dict) else {}
+
+
+def with_settings(frame: pd.DataFrame, runs: pd.DataFrame, names: tuple[str, ...]) -> pd.DataFrame:
+    """``frame`` (one row per run, with ``run_id``) plus a column per setting in ``names`` read from each
+    run's stored config — the solved-study counterpart of :func:`tagged`: hyperparameters reach the
+    analysis as columns, never parsed out of run ids. NaN where a run's config lacks a setting."""
+    configs = runs["config"] if "config" in runs else pd.Series([{}] * len(runs), dtype=object)
+    rows = [{"run_id": run_id, **{n: c[n] for n in names if isinstance(c, dict) and n in c}}
+            for run_id, c in zip(runs["run_id"] if "run_id" in runs else [], configs)]
+    settings = pd.DataFrame(rows).reindex(columns=["run_id", *names])
+    extra = [n for n in names if n not in frame.columns]
+    return frame.merge(settings[["run_id", *extra]], on="run_id", how="left")
+
+
+def problem_source(runs: pd.DataFrame, exclude: tuple[str, ...] = ()) -> str:
+    """What a solved study ran on, for its notes: ``"<problem> (n=…, d=…)"`` from the first run config
+    whose ``problem`` is set and not in ``exclude``; ``"unknown"`` when none is."""
+    for config in runs.get("config", []):
+        if isinstance(config, dict) and config.get("problem") not in (None, *exclude):
+            return f"{config['problem']} (n={config.get('n')}, d={config.get('d')})"
+    return "unknown"
+
+
+def final_value(final: pd.DataFrame, run_id: str, column: str, key: str = "run_id") -> float | None:
+    """One run's value in a one-row-per-run frame (e.g. :func:`final_values`, its run in column ``key``):
+    None when the run or the column is missing (a check on it is then inconclusive: "no value"), NaN
+    when the stored value is NaN (the check then says so)."""
+    if key not in final or column not in final:
+        return None
+    row = final[final[key] == run_id]
+    if row.empty:
+        return None
+    value = row[column].iloc[0]
+    return None if value is None else float(value)
+
+
+def fmt(value: float | None, spec: str = ".3g") -> str:
+    """A number for a check's detail or a note, ``n/a`` when it is missing (None)."""
+    return "n/a" if value is None else format(value, spec)
