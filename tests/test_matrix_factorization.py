@@ -15,8 +15,8 @@ import implicitreg
 from implicitreg.config import build_config
 from implicitreg.studies.base import no_progress
 from implicitreg.references.matrix_completion import min_nuclear_completion
-from implicitreg.dynamics.factorization import factorized_gd, product_and_gradients
-from implicitreg.studies.matrix_factorization import RAZIN_MASK, RAZIN_OBSERVED, STUDY, Config, orthogonal_factors
+from implicitreg.dynamics.factorization import factorized_gd, orthogonal_factors, product_and_gradients
+from implicitreg.studies.matrix_factorization import RAZIN_MASK, RAZIN_OBSERVED, STUDY, Config
 
 from conftest import run_cli, invoke_cli, assert_user_error, solved_frames
 

@@ -4,6 +4,7 @@ The solver of the ``matrix-factorization`` study (Gunasekar et al. 2017; Arora, 
 Razin & Cohen 2020), on :func:`implicitreg.dynamics.descent.descend`. The step η is the smaller of
 ``stability_step`` over a bound of the curvature, N‖W‖_F^{2(N−1)/N}/m, and (depth ≥ 2) ``growth_step``
 times the smallest ‖W_j‖_F/‖∂L/∂W_j‖_F, so that no factor moves by more than that fraction of itself.
+:func:`orthogonal_factors` is the balanced small initialization the study starts from.
 """
 
 from __future__ import annotations
@@ -26,6 +27,20 @@ class FactorizedGD:
     steps: int
     converged: bool
     trace: list[tuple[int, np.ndarray]]
+
+
+def orthogonal_factors(shape: tuple[int, int], depth: int, scale: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """Balanced factors for an n1×n2 product: W_1 [h, n2], W_2…W_{N−1} [h, h], W_N [n1, h], h = min(n1, n2)
+    (depth 1: a single [n1, n2]); each ``scale`` × orthonormal rows or columns (the Q of a Gaussian
+    matrix's QR), so W_{j+1}ᵀW_{j+1} = W_jW_jᵀ and every nonzero singular value of the product is scale^N."""
+    n1, n2 = shape
+    h = min(n1, n2)
+    shapes = [(n1, n2)] if depth == 1 else [(h, n2)] + [(h, h)] * (depth - 2) + [(n1, h)]
+    factors = []
+    for rows, cols in shapes:
+        q, _ = np.linalg.qr(rng.standard_normal((max(rows, cols), max(rows, cols))))
+        factors.append(scale * q[:rows, :cols])
+    return factors
 
 
 def product_and_gradients(factors: list[np.ndarray], observed: np.ndarray,
