@@ -1,0 +1,41 @@
+"""The driver: study → plan → population chunks → backend → store → analysis → report.
+
+One concept per module; this package re-exports what other code uses:
+
+- :mod:`~implicitreg.runner.preparing` — :class:`RunOptions` → :func:`prepare` → :class:`Prepared`;
+  everything a user can get wrong is checked there, before any file is written, with
+  :mod:`~implicitreg.runner.paths` (``--out`` and the store already there) and
+  :mod:`~implicitreg.runner.plan_size` (at most :data:`MAX_RUNS` runs).
+- :mod:`~implicitreg.runner.executing` — :func:`execute`: solve, train the unfinished chunks
+  (:mod:`~implicitreg.runner.chunks`) on a backend, store each outcome; storage failures through
+  :mod:`~implicitreg.runner.faults`.
+- :mod:`~implicitreg.runner.summary` — :func:`summarize`, :func:`run_counts`, :func:`judge`;
+  :mod:`~implicitreg.runner.outputs` — :func:`write_outputs` and :class:`StudyResult`;
+  :mod:`~implicitreg.runner.solutions` — a solved study's ``solutions.npz``.
+"""
+
+from __future__ import annotations
+
+from implicitreg.runner.chunks import max_members, member_bytes
+from implicitreg.runner.executing import execute, run_record, solve
+from implicitreg.runner.outputs import StudyResult, write_outputs
+from implicitreg.runner.paths import check_out_path, default_out
+from implicitreg.runner.plan_size import MAX_RUNS, check_plan_size
+from implicitreg.runner.preparing import (
+    ALL,
+    DEVICES,
+    ENGINES,
+    Prepared,
+    RunOptions,
+    available_threads,
+    prepare,
+    prepare_all,
+    resolve_device,
+)
+from implicitreg.runner.solutions import SOLUTIONS, read_solutions, write_solutions
+from implicitreg.runner.summary import QUICK_NOTE, judge, run_counts, summarize
+
+__all__ = ["ALL", "DEVICES", "ENGINES", "MAX_RUNS", "QUICK_NOTE", "SOLUTIONS", "Prepared", "RunOptions",
+           "StudyResult", "available_threads", "check_out_path", "check_plan_size", "default_out", "execute",
+           "judge", "max_members", "member_bytes", "prepare", "prepare_all", "read_solutions", "resolve_device",
+           "run_counts", "run_record", "solve", "summarize", "write_outputs", "write_solutions"]
