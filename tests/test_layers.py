@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("studies", frozenset({"studies"})),
     # the driver and everything a user touches
     ("driver", frozenset({"runner", "backends", "store", "display", "provenance", "cli", "tracker", "sweep",
-                          "__init__"})),
+                          "__init__", "__main__"})),
 )
 
 #: Layers held to a stricter rule than "below": measures read models' public types and seeded

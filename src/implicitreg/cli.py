@@ -1,4 +1,4 @@
-"""The ``implicitreg`` command: list, run, show, report, measures. It only wires stages together.
+"""The ``implicitreg`` command: list, config, run, show, report, measures. It only wires stages together.
 
 Exit codes: 0 a command that did its work (a finished study, whatever its verdict; with
 ``--strict``, 1 on *fail* and 3 on *inconclusive*); 2 a user mistake (unknown study, option or
@@ -22,12 +22,13 @@ from pydantic import ValidationError
 from rich.console import Console
 from typer.core import TyperGroup
 
-from implicitreg.config import ConfigError, format_validation_error, parse_sets
+from implicitreg.config import ConfigError, SettingError, build_config, describe_fields, format_validation_error, \
+    parse_sets, setting_text
 from implicitreg.display import execution_progress, plain, print_summary, verdict_markup
 from implicitreg.report.index import write_index
 from implicitreg.runner import ALL, RunOptions, execute, prepare, prepare_all, summarize, write_outputs
 from implicitreg.store import StorageFault, classify_write_error, describe_write_error
-from implicitreg.studies import STUDIES
+from implicitreg.studies import STUDIES, all_studies, get_study, plugins
 
 try:  # recent typer vendors click
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
@@ -77,15 +78,87 @@ class OneLineErrors(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+def examples(*lines: str, note: str = "") -> str:
+    """A command's ``--help`` epilog: its example command lines (one paragraph each: the help
+    formatter joins single newlines), then ``note``. No square brackets: they would read as markup."""
+    return "\n\n".join(["Examples:", *lines, *([note] if note else [])])
+
+
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
-                  help="A lab for implicit regularization: canonical studies with verdicts.")
+                  help="A lab for implicit regularization: canonical studies with verdicts.",
+                  epilog=examples("implicitreg list", "implicitreg config min-norm",
+                                  "implicitreg run min-norm --quick --out runs/min-norm",
+                                  "implicitreg show runs/min-norm",
+                                  note="Each command's --help shows its own examples."))
 
 
-@app.command("list")
+@app.command("list", epilog=examples(
+        "implicitreg list",
+        note="Studies that installed packages declare (entry-point group implicitreg.studies) are listed with "
+             "their package; one that cannot be loaded is listed with its error. See docs/writing-a-study.md."))
 def list_studies() -> None:
-    """The studies, with their claim and paper."""
+    """The studies, with their claim and paper; plugins' studies marked with their package."""
     for name, study in STUDIES.items():
-        out_console.print(f"[bold]{plain(name)}[/] — {plain(study.claim)} [dim]({plain(study.paper)})[/]")
+        out_console.print(_study_line(name, study))
+    for plugin in plugins():
+        if plugin.study is not None and plugin.name not in STUDIES:
+            out_console.print(f"{_study_line(plugin.name, plugin.study)} [cyan]({plain(plugin.origin)})[/]")
+        else:
+            out_console.print(f"[red]{plain(plugin.problem_line())}[/]", soft_wrap=True)
+
+
+def _study_line(name: str, study: Any) -> str:
+    claim = study.claim if study.claim is not None else "an experiment with no claim (no verdict)"
+    return f"[bold]{plain(name)}[/] — {plain(claim)} [dim]({plain(study.paper)})[/]"
+
+
+def study_settings(study: Any) -> list:
+    """Every settable key of a study (:func:`implicitreg.config.describe_fields`): its default as the
+    study runs without ``--set``, and what ``--quick`` changes (``study.defaults(True)`` against
+    ``study.defaults(False)``). :class:`ConfigError` if the study's own defaults do not validate."""
+    full = build_config(study.Config, study.defaults(False), {})
+    quick = build_config(study.Config, study.defaults(True), {})
+    return describe_fields(study.Config, full, quick)
+
+
+# `config` resolves its argument through studies.get_study, like `run`: whatever get_study knows
+# (built-in studies, plugins, and a pseudo-study such as a sweep file's settings) is described
+# from its Config and defaults the same way.
+@app.command("config", epilog=examples(
+        "implicitreg config explicit-vs-implicit",
+        "implicitreg config min-norm --json",
+        note="Set any key for a run with --set KEY=VALUE: implicitreg run min-norm --set n=30 --set d=300. "
+             "Lists: --set mlp.hidden=\\[64,64]. None: --set data.n_train=None."))
+def config_command(
+    study: str = typer.Argument(..., help="study name (see implicitreg list)"),
+    as_json: bool = typer.Option(False, "--json", help="the keys as a JSON list (key, type, default, quick, "
+                                                      "allowed, description)"),
+) -> None:
+    """Every setting of a study: key (for --set), type, default, what --quick changes, allowed values and
+    description."""
+    try:
+        chosen = get_study(study)
+        rows = study_settings(chosen)
+    except ConfigError as err:
+        fail(str(err))
+    if as_json:
+        print(json.dumps([row.as_dict() for row in rows], indent=2))
+        return
+    from rich import box
+    from rich.table import Table
+
+    changed = sum(row.quick_changes for row in rows)
+    table = Table(title=f"{chosen.name}: {len(rows)} settings; set one with --set KEY=VALUE. --quick sets "
+                        f"{changed} of them to the value in its column.",
+                  title_justify="left", box=box.SIMPLE_HEAD)
+    for column, options in (("key", {"no_wrap": True, "style": "bold"}), ("type", {}), ("default", {}),
+                            ("--quick", {}), ("allowed", {}), ("description", {})):
+        table.add_column(column, **options)
+    for row in rows:
+        table.add_row(*map(plain, (row.key, row.type, setting_text(row.default),
+                                   setting_text(row.quick) if row.quick_changes else "", row.allowed,
+                                   row.description)))
+    out_console.print(table)
 
 
 DOC_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
@@ -108,7 +181,10 @@ MEASURE_MACHINERY = ("compute", "register", "stacked",
                      "hessian_vector_product", "fold_batchnorm")
 
 
-@app.command("measures")
+@app.command("measures", epilog=examples(
+        "implicitreg measures",
+        note="Track measures along training with --set train.track=\\[l2_norm,path_norm] (studies that train "
+             "populations), or call them on your own model: implicitreg.measures.compute(names, model, ...)."))
 def list_measures() -> None:
     """The complexity measures: their family, what each needs, whether lower means simpler, its cost."""
     from rich import box
@@ -140,9 +216,16 @@ def list_measures() -> None:
     out_console.print(several)
 
 
-@app.command()
+@app.command(epilog=examples(
+        "implicitreg run explicit-vs-implicit --quick --out runs/evi",
+        "implicitreg run explicit-vs-implicit --set train.lr=0.02 --set seeds=3 --threads 2",
+        "implicitreg run explicit-vs-implicit --resume --out runs/evi",
+        "implicitreg run min-norm --data problem.npz",
+        "implicitreg run all --quick --out runs/all",
+        note="implicitreg config STUDY lists every key --set takes. `all` runs the built-in studies; a study "
+             "from an installed package (a plugin, see implicitreg list) runs by its name."))
 def run(
-    study: str = typer.Argument(..., help="study name (see `implicitreg list`), or `all`"),
+    study: str = typer.Argument(..., help="study name (see `implicitreg list`), or `all` (every built-in study)"),
     quick: bool = typer.Option(False, "--quick", help="fewer seeds and steps: a smoke test of the same code"),
     set_: list[str] = typer.Option([], "--set", help="override a config key: --set train.lr=0.01 (repeatable)"),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="seeds per arm"),
@@ -156,10 +239,12 @@ def run(
     strict: bool = typer.Option(False, "--strict",
                                 help="exit 1 if the verdict is fail, 3 if inconclusive (for scripts and CI)"),
 ) -> None:
-    """Run a study (or `all` of them): train, store, analyze, report."""
+    """Run a study (or `all` built-in ones): train, store, analyze, report."""
     try:
         options = RunOptions(study, quick, parse_sets(set_), seeds, device, engine, out, resume, threads, data)
         prepared_runs = prepare_all(options) if study == ALL else [prepare(options)]
+    except SettingError as err:
+        fail(f"{err} {settings_hint(study)}")
     except ConfigError as err:
         fail(str(err))
     results = []
@@ -198,6 +283,12 @@ def run(
     if strict:
         codes = [STRICT_EXIT.get(r.verdict, 3) for r in results]
         raise typer.Exit(1 if 1 in codes else max(codes))
+
+
+def settings_hint(study: str) -> str:
+    """Where a mistake in the settings of ``study`` can be looked up."""
+    named = study if study != ALL and study in all_studies() else "STUDY"
+    return f"(see implicitreg config {named} for every key, its type and allowed values)"
 
 
 def expected_duration(prepared) -> str:
@@ -266,7 +357,7 @@ def _stored(action, directory: Path):
         fail(f"{directory}: cannot use the stored results ({describe_write_error(err)})")
 
 
-@app.command()
+@app.command(epilog=examples("implicitreg show runs/evi", "implicitreg show runs/evi --json"))
 def show(directory: Path = typer.Argument(..., help="the --out directory of a run"),
          as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")) -> None:
     """Tables, checks and verdict of a finished (or interrupted) run, from its stored results."""
@@ -277,7 +368,9 @@ def show(directory: Path = typer.Argument(..., help="the --out directory of a ru
         print_summary(out_console, summary, str(directory))
 
 
-@app.command()
+@app.command(epilog=examples("implicitreg report runs/evi",
+                             note="Rewrites figures/, summary.json and report.html (e.g. after an upgrade), "
+                                  "without training anything."))
 def report(directory: Path = typer.Argument(..., help="the --out directory of a run")) -> None:
     """Rebuild figures, summary.json and report.html from the stored results."""
     result = _stored(write_outputs, directory)

@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
+from dataclasses import dataclass, replace
 from types import UnionType
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 
 class ConfigError(ValueError):
     """A user-facing configuration error: names the field, what is allowed, what arrived."""
+
+
+class SettingError(ConfigError):
+    """A :class:`ConfigError` in the settings themselves (``--set``, a study's config): the command
+    that reports it points to ``implicitreg config STUDY``, which lists every key."""
 
 
 #: Names that only a higher layer knows, by kind ("measure": the measure registry). Config sits
@@ -187,19 +194,19 @@ def parse_sets(sets: list[str]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for item in sets:
         if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.lr=0.01), got {item!r}")
+            raise SettingError(f"--set expects KEY=VALUE (e.g. train.lr=0.01), got {item!r}")
         key, raw = item.split("=", 1)
         path = [part for part in key.strip().split(".")]
         if not key.strip() or any(not part for part in path):
-            raise ConfigError(f"--set expects a dotted key such as train.lr, got {key!r}")
+            raise SettingError(f"--set expects a dotted key such as train.lr, got {key!r}")
         node = nested
         for part in path[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {key}: {part!r} was already set to a value")
+                raise SettingError(f"--set {key}: {part!r} was already set to a value")
             node = child
         if isinstance(node.get(path[-1]), dict):
-            raise ConfigError(f"--set {key}=…: would discard the earlier --set {key}.… ; set {key} first")
+            raise SettingError(f"--set {key}=…: would discard the earlier --set {key}.… ; set {key} first")
         node[path[-1]] = parse_value(raw.strip())
     return nested
 
@@ -256,4 +263,190 @@ def build_config(model: type[C], base: dict[str, Any], overrides: dict[str, Any]
         message = format_validation_error(err)
         if "unknown key" in message:
             message += f". Allowed keys: {', '.join(allowed_keys(model))}"
-        raise ConfigError(message) from None
+        raise SettingError(message) from None
+
+
+@dataclass(frozen=True)
+class FieldRow:
+    """One settable key of a config model, as ``implicitreg config STUDY`` shows it.
+
+    Attributes:
+        key: the dotted path ``--set`` takes (``train.lr``).
+        type: the value's type, readable (``float``, ``int | None``, ``list[int]``).
+        default: the value when nothing is set (JSON-like: lists, numbers, strings, None);
+            :data:`REQUIRED` for a field with no default.
+        allowed: the values accepted beyond the type: Literal choices, bounds (``> 0``, ``[0, 1)``),
+            lengths; "" when the type says it all.
+        description: the field's ``Field(description=...)``.
+        quick: the value under ``--quick`` when it differs from ``default`` (see ``quick_changes``).
+        quick_changes: whether ``--quick`` changes this key.
+    """
+
+    key: str
+    type: str
+    default: Any
+    allowed: str = ""
+    description: str = ""
+    quick: Any = None
+    quick_changes: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        row = {"key": self.key, "type": self.type, "default": self.default, "allowed": self.allowed,
+               "description": self.description}
+        if self.default is REQUIRED:
+            row.update(default=None, required=True)
+        if self.quick_changes:
+            row["quick"] = self.quick
+        return row
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "(required)"
+
+
+REQUIRED: Any = _Required()
+"""The default of a field that has none (it must be given)."""
+
+
+def describe_fields(model: type[BaseModel], values: BaseModel | None = None,
+                    quick: BaseModel | None = None) -> list[FieldRow]:
+    """Every settable key of ``model``, nested models expanded into dotted keys, in declaration order.
+
+    Args:
+        model: a pydantic model class (a study's ``Config``).
+        values: an instance whose values are the defaults shown (a study's config as it runs without
+            ``--set``); default: the model's own field defaults.
+        quick: an instance of the configuration under ``--quick``; each key whose value differs from
+            ``values`` gets it as ``quick``.
+
+    Returns:
+        One :class:`FieldRow` per leaf key: type, default, allowed values (Literal choices, bounds from
+        ``Field(ge=, gt=, le=, lt=, min_length=, max_length=)``) and description. A field whose type
+        is a model is expanded, not listed; a union with a model (``Teacher | None``) is one key.
+    """
+    rows = []
+    for name, field in model.model_fields.items():
+        value = getattr(values, name) if values is not None else _field_default(field)
+        quick_value = getattr(quick, name) if quick is not None else None
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            nested = describe_fields(annotation, value if isinstance(value, BaseModel) else None,
+                                     quick_value if isinstance(quick_value, BaseModel) else None)
+            rows += [replace(row, key=f"{name}.{row.key}") for row in nested]
+            continue
+        shown = value if value is REQUIRED else _plain(value)
+        changed = quick is not None and _plain(quick_value) != shown
+        rows.append(FieldRow(name, type_name(annotation), shown, allowed_values(annotation, field.metadata),
+                             field.description or "", _plain(quick_value) if changed else None, changed))
+    return rows
+
+
+def _field_default(field: Any) -> Any:
+    if field.is_required():
+        return REQUIRED
+    return field.get_default(call_default_factory=True)
+
+
+def _plain(value: Any) -> Any:
+    """A value as JSON has it (tuples as lists, models as dicts), to show and to compare."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def _strip_annotated(annotation: Any) -> tuple[Any, list[Any]]:
+    """``Annotated[T, ...]`` → (T, its constraints); anything else → (itself, [])."""
+    if get_origin(annotation) is Annotated:
+        base, *extra = get_args(annotation)
+        metadata = []
+        for item in extra:
+            metadata += list(getattr(item, "metadata", None) or []) if isinstance(item, FieldInfo) else [item]
+        return base, metadata
+    return annotation, []
+
+
+def type_name(annotation: Any) -> str:
+    """A type as a user reads it: ``float``, ``int | None``, ``list[int]``, ``tuple[float, float]``;
+    a Literal as the type of its choices (the choices are :func:`allowed_values`')."""
+    annotation, _ = _strip_annotated(annotation)
+    origin, args = get_origin(annotation), get_args(annotation)
+    if annotation is type(None) or annotation is None:
+        return "None"
+    if annotation is Any:
+        return "any"
+    if origin is Literal:
+        kinds = list(dict.fromkeys(type(a).__name__ if a is not None else "None" for a in args))
+        return " | ".join(kinds)
+    if origin in (Union, UnionType):
+        return " | ".join(dict.fromkeys(type_name(a) for a in args))
+    if origin is not None:
+        shown = getattr(origin, "__name__", str(origin))
+        return f"{shown}[{', '.join(type_name(a) if a is not Ellipsis else '...' for a in args)}]" if args else shown
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _bounds(metadata: list[Any]) -> list[str]:
+    """Constraints as text: ``[0, 1)``, ``> 0``, ``at least 1 item``, ``a multiple of 2``."""
+    found = {kind: getattr(item, kind) for item in metadata for kind in ("ge", "gt", "le", "lt", "min_length",
+                                                                          "max_length", "multiple_of")
+             if getattr(item, kind, None) is not None}
+    parts = []
+    low = ("[", found["ge"]) if "ge" in found else ("(", found["gt"]) if "gt" in found else None
+    high = ("]", found["le"]) if "le" in found else (")", found["lt"]) if "lt" in found else None
+    if low and high:
+        parts.append(f"{low[0]}{_number(low[1])}, {_number(high[1])}{high[0]}")
+    elif low:
+        parts.append(f"{'>=' if low[0] == '[' else '>'} {_number(low[1])}")
+    elif high:
+        parts.append(f"{'<=' if high[0] == ']' else '<'} {_number(high[1])}")
+    lengths = [(words, found[kind]) for kind, words in (("min_length", "at least"), ("max_length", "at most"))
+               if kind in found]
+    if len(lengths) == 2 and lengths[0][1] == lengths[1][1]:
+        lengths = [("exactly", lengths[0][1])]
+    parts += [f"{words} {n} item{'s' if n != 1 else ''}" for words, n in lengths]
+    if "multiple_of" in found:
+        parts.append(f"a multiple of {_number(found['multiple_of'])}")
+    return parts
+
+
+def allowed_values(annotation: Any, metadata: list[Any] = ()) -> str:
+    """What a field accepts beyond its type: Literal choices, the field's bounds (``metadata``: a
+    FieldInfo's constraints) and those of list items (``each >= 1``, ``each one of: mlp, cnn``)."""
+    annotation, inner = _strip_annotated(annotation)
+    parts = _bounds([*metadata, *inner])
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, UnionType):
+        members = [a for a in args if a is not type(None)]
+        if len(members) == 1:
+            choices = allowed_values(members[0])
+            parts += [f"{choices} or None"] if choices else []
+        return "; ".join(parts)
+    if origin is Literal:
+        parts.append("one of: " + ", ".join(str(a) for a in args))
+    elif origin in (list, set, frozenset, tuple) and args and (origin is not tuple or len(set(args)) == 1
+                                                                or args[-1] is Ellipsis):
+        item = allowed_values(args[0])
+        parts += [f"each {item}"] if item else []
+    return "; ".join(parts)
+
+
+def setting_text(value: Any) -> str:
+    """``value`` as the right-hand side of ``--set KEY=TEXT`` reads it back (:func:`parse_value`):
+    JSON for numbers, booleans and lists, ``None``, a string as it is unless it would read as
+    something else (then quoted)."""
+    if value is REQUIRED:
+        return repr(REQUIRED)
+    if value is None:
+        return "None"
+    if isinstance(value, str) and parse_value(value) == value:
+        return value
+    return json.dumps(value, ensure_ascii=False)
