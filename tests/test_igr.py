@@ -10,6 +10,7 @@ import torch
 from scipy.linalg import expm
 
 from implicitreg.config import build_config
+from implicitreg.dynamics import flat
 from implicitreg.references import modified_flows as flows
 from implicitreg.runner import read_solutions
 from implicitreg.studies import igr
@@ -58,11 +59,11 @@ def test_integrator_failure_is_an_error():
 
 
 def distances(model, x, y, hs, end):
-    loss = igr.squared_loss(model, torch.tensor(x), torch.tensor(y))
+    loss = flat.squared_loss(model, torch.tensor(x), torch.tensor(y))
     plain = flows.gradient_flow(loss, model.theta0, end).end
     out = []
     for h in hs:
-        final, _ = igr.gd(loss, model.theta0, h, round(end / h))
+        final, _ = flat.gd(loss, model.theta0, h, round(end / h))
         out.append((np.linalg.norm(final - plain), np.linalg.norm(final - flows.igr_flow(loss, model.theta0, end, h).end)))
     return np.array(out)
 
@@ -72,7 +73,7 @@ def test_gd_is_second_order_close_to_the_modified_flow_on_fresh_data(seed, n, d,
     # the claim on data the study never saw: per halving of h (0.05 → 0.025 → 0.0125), the error to the
     # flow of L shrinks ≈2× (O(h)) and to the flow of L + (h/4)‖∇L‖² ≈4× (O(h²)); the bands are the issue's
     x, y = igr.generated_data(n, d, seed)
-    for model in (igr.two_param_model(d - 1, [1.2, -0.4]), igr.mlp_model(d, width, seed)):
+    for model in (flat.two_param_model(d - 1, [1.2, -0.4]), flat.mlp_model(d, width, seed)):
         dist = distances(model, x, y, [0.05, 0.025, 0.0125], end=1.0)
         plain_shrink, modified_shrink = (dist[:-1] / dist[1:]).T
         assert np.all((plain_shrink > 1.7) & (plain_shrink < 2.3)), (model.name, plain_shrink)
@@ -84,13 +85,13 @@ def test_mean_sgd_epoch_follows_the_sgd_modified_flow():
     # RR-SGD averaged over all orders of m = 3 batches: O(h³) from the flow of L̃_SGD, O(h²) from L̃_IGR
     # (the dropped variance term); checked on fresh data as shrink factors near 8 and 4
     x, y = igr.generated_data(12, 3, 7)
-    model = igr.mlp_model(3, 5, 7)
+    model = flat.mlp_model(3, 5, 7)
     xt, yt = torch.tensor(x), torch.tensor(y)
-    batches = [igr.squared_loss(model, xt[idx], yt[idx]) for idx in igr.partition(12, 3, 7)]
-    loss = igr.squared_loss(model, xt, yt)
+    batches = [flat.squared_loss(model, xt[idx], yt[idx]) for idx in flat.partition(12, 3, 7)]
+    loss = flat.squared_loss(model, xt, yt)
     to_sgd, to_igr = [], []
     for h in (0.02, 0.01, 0.005):
-        mean, _, orders = igr.sgd_epoch_mean(batches, model.theta0, h)
+        mean, _, orders = flat.sgd_epoch_mean(batches, model.theta0, h)
         assert orders == 6
         to_sgd.append(np.linalg.norm(mean - flows.sgd_flow(batches, model.theta0, 3 * h, h).end))
         to_igr.append(np.linalg.norm(mean - flows.igr_flow(loss, model.theta0, 3 * h, h).end))
@@ -132,8 +133,8 @@ def test_default_quick_run_passes_and_data_round_trip(tmp_path):
     assert solutions["two_param_gd_h_0.1"].shape == (2,)
     assert solutions["mlp_gd_h_0.1"].shape == (2 * 6 + 2 * 6 + 1,)
     # the stored plain flow is the gradient flow of the user's data, for the two-parameter model on column 1
-    model = igr.two_param_model(1, [1.5, 0.3])
-    loss = igr.squared_loss(model, torch.tensor(x), torch.tensor(y))
+    model = flat.two_param_model(1, [1.5, 0.3])
+    loss = flat.squared_loss(model, torch.tensor(x), torch.tensor(y))
     np.testing.assert_allclose(solutions["ref_two_param_flow"], flows.gradient_flow(loss, model.theta0, 2.0).end,
                                atol=1e-10)
 

@@ -6,10 +6,12 @@
 - :mod:`~implicitreg.dynamics.squared_loss`: GD, SGD, Adam and AdaGrad on ‖Xw − y‖²/(2n) (min-norm);
 - :mod:`~implicitreg.dynamics.logistic`: GD and normalized GD on the logistic loss (max-margin);
 - :mod:`~implicitreg.dynamics.diagonal_net`: GD on β = u⊙u − v⊙v for many α at once (diagonal-net);
-- :mod:`~implicitreg.dynamics.factorization`: GD on W = W_N⋯W_1 (matrix-factorization).
+- :mod:`~implicitreg.dynamics.factorization`: GD on W = W_N⋯W_1 (matrix-factorization);
+- :mod:`~implicitreg.dynamics.flat`: small models on one flat parameter vector, GD and the all-orders
+  SGD epoch on their squared loss (igr, against :mod:`~implicitreg.references.modified_flows`).
 
-The edge-of-stability and igr studies run :func:`~implicitreg.dynamics.descent.descend` on their own
-torch models. This package imports numpy, scipy and torch only (no study, runner or report).
+The edge-of-stability study runs :func:`~implicitreg.dynamics.descent.descend` on its own torch
+models. This package imports nothing above its layer (no study, runner or report).
 """
 
 from implicitreg.dynamics.descent import Descent, descend, gd_update
