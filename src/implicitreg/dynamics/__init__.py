@@ -8,10 +8,11 @@
 - :mod:`~implicitreg.dynamics.diagonal_net`: GD on β = u⊙u − v⊙v for many α at once (diagonal-net);
 - :mod:`~implicitreg.dynamics.factorization`: GD on W = W_N⋯W_1 (matrix-factorization);
 - :mod:`~implicitreg.dynamics.flat`: small models on one flat parameter vector, GD and the all-orders
-  SGD epoch on their squared loss (igr, against :mod:`~implicitreg.references.modified_flows`).
+  SGD epoch on their squared loss (igr, against :mod:`~implicitreg.references.modified_flows`);
+- :mod:`~implicitreg.dynamics.network`: a seeded float64 MLP, ½·MSE, its Lanczos sharpness, and full-batch
+  descent on it with any update rule and a measurement every k steps (edge-of-stability).
 
-The edge-of-stability study runs :func:`~implicitreg.dynamics.descent.descend` on its own torch
-models. This package imports nothing above its layer (no study, runner or report).
+This package imports nothing above its layer (no study, runner or report).
 """
 
 from implicitreg.dynamics.descent import Descent, descend, gd_update
