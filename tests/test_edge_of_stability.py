@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from implicitreg.config import build_config
+from implicitreg.dynamics.network import build_mlp
 from implicitreg.runner import read_solutions
 from implicitreg.studies import edge_of_stability as eos
 
@@ -16,52 +17,28 @@ from conftest import run_cli_many, invoke_cli, assert_user_error
 
 
 
-def dense_top_eigenvalue(model, x, y) -> float:
-    """λ_max of the full Hessian of the squared loss, built densely with autograd and eigvalsh (float64)."""
-    params = list(model.parameters())
-    shapes = [p.shape for p in params]
-    flat = torch.nn.utils.parameters_to_vector(params).detach()
-
-    def loss(theta):
-        chunks, start = [], 0
-        for shape in shapes:
-            chunks.append(theta[start:start + shape.numel()].view(shape))
-            start += shape.numel()
-        names = [name for name, _ in model.named_parameters()]
-        out = torch.func.functional_call(model, dict(zip(names, chunks)), (x,))
-        return eos.squared_loss(out, y)
-
-    return float(torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat))[-1])
-
-
-@pytest.mark.parametrize("seed,n,d,hidden", [(1, 30, 4, [6, 5]), (2, 50, 6, [8]), (3, 40, 3, [5, 5, 4])])
-def test_sharpness_matches_the_dense_hessian_before_and_after_training(seed, n, d, hidden):
-    # Lanczos stops when the Ritz residual is below tol·|θ|, which bounds |θ − λ| by tol·|θ|: the study's
-    # tol = 1e-3 must land within 1e-3 (relative) of the dense top eigenvalue, at init and after 50 GD steps
-    x, y = (torch.tensor(a) for a in eos.teacher_data(n, d, 4, seed))
-    model = eos.build_mlp(d, hidden, 1, seed)
-    for _ in range(2):
-        eig = eos.sharpness(model, x, y, tol=1e-3, max_hvp=100)
-        assert bool(eig.converged[0])
-        assert float(eig.values[0]) == pytest.approx(dense_top_eigenvalue(model, x, y), rel=1e-3)
-        eos.run_gd(model, x, y, lr=0.2, steps=50, measure_every=1000, tol=1e-3, max_hvp=100)
-
-
-def test_gd_is_plain_full_batch_gradient_descent():
-    # the study's GD loop against torch.optim.SGD (no momentum) on a copy of the same network: equal to rounding
+def test_gd_records_the_sharpness_and_its_ratio_to_the_threshold_at_every_measurement():
+    # the solver is tested in test_dynamics_network.py (closed form, torch.optim.SGD, dense Hessians); here the
+    # study's measurement: sharpness·η/2 is the sharpness times η/2, Lanczos' diagnostics beside it
     x, y = (torch.tensor(a) for a in eos.teacher_data(40, 5, 4, 0))
-    ours, theirs = eos.build_mlp(5, [7, 7], 1, 0), eos.build_mlp(5, [7, 7], 1, 0)
-    rows, last = eos.run_gd(ours, x, y, lr=0.1, steps=30, measure_every=10, tol=1e-3, max_hvp=50)
-    optimizer = torch.optim.SGD(theirs.parameters(), lr=0.1)
-    for _ in range(30):
-        optimizer.zero_grad()
-        eos.squared_loss(theirs(x), y).backward()
-        optimizer.step()
-    vector = torch.nn.utils.parameters_to_vector
-    torch.testing.assert_close(vector(ours.parameters()), vector(theirs.parameters()), rtol=1e-12, atol=1e-12)
-    names = {name for _, name, _ in rows}
-    assert last == 30 and {"loss", "sharpness", "sharpness_x_lr_over_2", "lanczos_converged"} <= names
-    assert sorted({s for s, name, _ in rows if name == "sharpness"}) == [0, 10, 20, 30]
+    rows, last = eos.run_gd(build_mlp(5, [7, 7], 1, 0), x, y, lr=0.1, steps=30, measure_every=10, tol=1e-3,
+                            max_hvp=50)
+    by_step = {}
+    for step, name, value in rows:
+        by_step.setdefault(step, {})[name] = value
+    assert last == 30 and sorted(s for s, m in by_step.items() if "sharpness" in m) == [0, 10, 20, 30]
+    for m in (by_step[s] for s in (0, 10, 20, 30)):
+        assert m["sharpness_x_lr_over_2"] == pytest.approx(m["sharpness"] * 0.1 / 2, rel=1e-15)
+        assert m["lanczos_converged"] == 1.0 and m["lanczos_hvp"] <= 50 and "loss" in m
+    assert by_step[30]["diverged"] == 0.0 and "loss_increases" in by_step[30]
+
+
+def test_teacher_targets_are_standardized_and_seeded():
+    x, y = eos.teacher_data(200, 20, 16, 0)
+    assert x.shape == (200, 20) and y.shape == (200, 1)
+    assert float(y.mean()) == pytest.approx(0.0, abs=1e-12) and float(y.std()) == pytest.approx(1.0, rel=1e-12)
+    np.testing.assert_array_equal(eos.teacher_data(200, 20, 16, 0)[1], y)
+    assert not np.array_equal(eos.teacher_data(200, 20, 16, 1)[1], y)
 
 
 def fabricated(lrs, ratios: dict[float, list[float]], losses: dict[float, tuple[float, float]],
@@ -81,6 +58,11 @@ def fabricated(lrs, ratios: dict[float, list[float]], losses: dict[float, tuple[
     return pd.DataFrame(rows, columns=["run_id", "step", "name", "value"])
 
 
+def fabricated_runs(lrs) -> pd.DataFrame:
+    """The runs of ``fabricated``: the analysis finds each step size's run by the ``lr`` of its stored config."""
+    return pd.DataFrame({"run_id": [eos.run_label(lr) for lr in lrs], "config": [{"lr": lr} for lr in lrs]})
+
+
 @pytest.mark.parametrize("overshoot,drop,verdict", [(1.04, 1e3, "pass"), (1.2, 1e3, "fail"), (1.04, 10, "fail")])
 def test_verdict_follows_the_band_the_loss_drop_and_the_small_step(overshoot, drop, verdict):
     config = build_config(eos.Config, {}, {"lrs": [0.4, 0.3, 0.1], "steps": 60, "measure_every": 10})
@@ -88,7 +70,7 @@ def test_verdict_follows_the_band_the_loss_drop_and_the_small_step(overshoot, dr
     ratios = {0.4: rising + [0.95, overshoot, 0.99, 1.0], 0.3: rising + [0.92, 1.01, 0.98, 1.0],
               0.1: [0.1, 0.3, 0.5, 0.5, 0.5, 0.5, 0.5]}
     losses = {0.4: (0.5, 0.5 / drop), 0.3: (0.5, 1e-4), 0.1: (0.5, 1e-2)}
-    analysis = eos.STUDY.analyze(config, pd.DataFrame(), fabricated(config.lrs, ratios, losses), {})
+    analysis = eos.STUDY.analyze(config, fabricated_runs(config.lrs), fabricated(config.lrs, ratios, losses), {})
     assert analysis.verdict == verdict, [c for c in analysis.checks if not c.passed]
     assert len(analysis.checks) == 5
     assert analysis.checks[0].value == pytest.approx(overshoot if overshoot > 1.08 else 0.95)
@@ -100,7 +82,7 @@ def test_never_sharpening_or_crossing_with_the_small_step_fails_and_no_data_is_i
     config = build_config(eos.Config, {}, {"lrs": [0.4, 0.3, 0.1], "steps": 20, "measure_every": 10})
     ratios = {0.4: [0.3, 0.5, 0.7], 0.3: [0.5, 0.95, 1.0], 0.1: [0.5, 0.9, 1.02]}
     losses = {lr: (0.5, 1e-4) for lr in config.lrs}
-    checks = eos.STUDY.analyze(config, pd.DataFrame(), fabricated(config.lrs, ratios, losses), {}).checks
+    checks = eos.STUDY.analyze(config, fabricated_runs(config.lrs), fabricated(config.lrs, ratios, losses), {}).checks
     assert checks[0].passed is False and "never sharpened" in checks[0].detail
     assert checks[2].passed is True and checks[-1].passed is False
     empty = pd.DataFrame(columns=["run_id", "step", "name", "value"])
@@ -122,7 +104,7 @@ def judged(ratios=PASSING, nonconverged=None, drop_run=None, until=None):
         metrics = metrics[metrics["run_id"] != eos.run_label(drop_run)]
     if until is not None:
         metrics = metrics[metrics["step"] <= until]
-    return eos.STUDY.analyze(config, pd.DataFrame(), metrics, {})
+    return eos.STUDY.analyze(config, fabricated_runs(config.lrs), metrics, {})
 
 
 def test_a_nan_measurement_a_missing_run_or_a_cut_run_is_inconclusive():
@@ -142,6 +124,18 @@ def test_a_nan_measurement_a_missing_run_or_a_cut_run_is_inconclusive():
     analysis = judged(until=40)
     assert all(c.passed is None for c in analysis.checks[::2]) and analysis.verdict == "inconclusive"
     assert "not 60" in analysis.checks[0].detail
+
+
+def test_step_sizes_reach_the_analysis_from_the_run_configs_not_the_run_ids():
+    config = build_config(eos.Config, {}, {"lrs": [0.4, 0.3, 0.1], "steps": 60, "measure_every": 10})
+    metrics = fabricated(config.lrs, PASSING, LOSSES)
+    renamed = {eos.run_label(lr): f"run{i}" for i, lr in enumerate(config.lrs)}
+    runs = fabricated_runs(config.lrs).assign(run_id=lambda f: f["run_id"].map(renamed))
+    analysis = eos.STUDY.analyze(config, runs, metrics.assign(run_id=metrics["run_id"].map(renamed)), {})
+    assert analysis.verdict == "pass" and analysis.table["lr"].tolist() == [0.4, 0.3, 0.1]
+    # runs stored without their step size cannot be matched to the plan: inconclusive, not guessed from the ids
+    bare = eos.STUDY.analyze(config, fabricated_runs(config.lrs).assign(config=[{}] * 3), metrics, {})
+    assert bare.verdict == "inconclusive" and "no sharpness was measured" in bare.checks[0].detail
 
 
 def test_a_lanczos_measurement_that_did_not_converge_is_a_lower_bound():
