@@ -122,6 +122,11 @@ def require_eval(template: nn.Module) -> None:
 
 Needs = Literal["params", "init", "data", "loss", "hvp"]
 
+Applicability = Callable[[nn.Module, "tuple[int, ...] | None"], "str | None"]
+"""``applies(model, input_shape)``: None when a measure applies to the plain module ``model`` (in eval
+mode), else the reason it does not, as one sentence. ``input_shape`` is the per-sample input shape
+(None where unknown). A structural check, cheap next to the measure: it runs before training."""
+
 
 @dataclass(frozen=True)
 class MeasureInfo:
@@ -138,6 +143,8 @@ class MeasureInfo:
             norms, their depth-balanced sums, spectral complexity), "margin", "flatness"
             (PAC-Bayes perturbation radii and bounds), "sharpness" (curvature and worst-case
             loss increase), "rank", "count".
+        applies: the models it supports (:data:`Applicability`); None: any model whose forward
+            pass ``torch.func`` can run. Ask through :meth:`refusal`.
     """
 
     name: str
@@ -147,11 +154,29 @@ class MeasureInfo:
     cost: Literal["cheap", "forward", "hvp"]
     summary: str
     family: str
+    applies: Applicability | None = None
 
     @property
     def iterative(self) -> bool:
         """True when the measure reports per-member convergence (``fn`` takes ``with_convergence``)."""
         return "with_convergence" in inspect.signature(self.fn).parameters
+
+    def refusal(self, model: nn.Module, input_shape: tuple[int, ...] | None = None) -> str | None:
+        """Why this measure does not apply to the plain module ``model`` (None when it does).
+
+        The check sees the model as measures see it, in eval mode; every module's ``training``
+        flag is restored afterwards. Where it returns None the measure's structural checks pass;
+        data-dependent failures (labels of the wrong kind) can still occur when it is computed.
+        """
+        if self.applies is None:
+            return None
+        modes = [(module, module.training) for module in model.modules()]
+        model.eval()
+        try:
+            return self.applies(model, None if input_shape is None else tuple(input_shape))
+        finally:
+            for module, training in modes:
+                module.training = training
 
 
 REGISTRY: dict[str, MeasureInfo] = {}
@@ -159,14 +184,15 @@ FAMILIES = ("norm", "norm-product", "margin", "flatness", "sharpness", "rank", "
 
 
 def register(name: str, family: str, needs: tuple[Needs, ...] = ("params",), lower_is_simpler: bool | None = True,
-             cost: Literal["cheap", "forward", "hvp"] = "cheap"):
-    """Decorator adding a measure to :data:`REGISTRY` (its docstring's first line is the summary)."""
+             cost: Literal["cheap", "forward", "hvp"] = "cheap", applies: Applicability | None = None):
+    """Decorator adding a measure to :data:`REGISTRY` (its docstring's first line is the summary);
+    ``applies`` says which models it supports (:data:`Applicability`; None: any)."""
     if family not in FAMILIES:
         raise ValueError(f"measure {name!r}: family must be one of {FAMILIES}, got {family!r}")
 
     def wrap(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        REGISTRY[name] = MeasureInfo(name, fn, needs, lower_is_simpler, cost, summary, family)
+        REGISTRY[name] = MeasureInfo(name, fn, needs, lower_is_simpler, cost, summary, family, applies)
         return fn
 
     return wrap

@@ -92,6 +92,35 @@ def weight_layers(s: Stacked) -> list[WeightLayer]:
     return layers
 
 
+def foreign_weights(model: nn.Module) -> str | None:
+    """Why the weights of ``model`` are not all in ``nn.Linear`` / ``nn.Conv1d`` layers (None when they
+    are): the modules holding a weight of dim ≥ 2 of another type (``nn.Conv2d``, ``nn.Embedding``, …)."""
+    others = [f"{name or '<root>'} ({type(module).__name__})" for name, module in model.named_modules()
+              if not isinstance(module, (nn.Linear, nn.Conv1d))
+              and any(p.dim() >= 2 for p in module.parameters(recurse=False))]
+    if others:
+        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+        return ("it reads the weights of nn.Linear and nn.Conv1d layers only, and the model has weights in "
+                f"{', '.join(others[:3])}{more}")
+    return None
+
+
+def layered_model(model: nn.Module, input_shape=None) -> str | None:
+    """Why the per-layer norm measures do not apply to ``model`` (None when they do): weights outside
+    ``nn.Linear`` / ``nn.Conv1d`` layers, a BatchNorm that cannot be folded, convolutions whose input
+    length is unknown (no ``input_shape``) — the checks the measures themselves make, without their
+    arithmetic (one forward pass on a small input). The registry's ``applies`` of these measures."""
+    reason = foreign_weights(model)
+    if reason is not None:
+        return reason
+    try:
+        s = folded(model, input_shape)
+        conv_input_lengths(s, weight_layers(s), input_shape)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def weight_layer_names(model, input_shape=None) -> list[str]:
     """Names of the weight layers, in the order of the columns of the per-layer measures."""
     return [layer.name for layer in weight_layers(folded(model, input_shape))]
@@ -389,25 +418,25 @@ def _frobenius_measure(model, input_shape, reduce) -> torch.Tensor:
     return s.finish(reduce(layer_frobenius_norms(s)))
 
 
-@register("spectral_product", "norm-product")
+@register("spectral_product", "norm-product", applies=layered_model)
 def spectral_product(model, input_shape=None, with_convergence: bool = False) -> torch.Tensor | Estimate:
     """Π_i ‖W_i‖₂ over weight layers (biases excluded; Conv1d: operator norm; BatchNorm folded)."""
     return _spectral_measure(model, input_shape, with_convergence, "spectral_product", lambda v: v.prod(dim=1))
 
 
-@register("frobenius_product", "norm-product")
+@register("frobenius_product", "norm-product", applies=layered_model)
 def frobenius_product(model, input_shape=None) -> torch.Tensor:
     """Π_i ‖W_i‖_F over weight layers (biases excluded; Conv1d: kernel norm; BatchNorm folded)."""
     return _frobenius_measure(model, input_shape, lambda v: v.prod(dim=1))
 
 
-@register("sum_of_spectral", "norm-product")
+@register("sum_of_spectral", "norm-product", applies=layered_model)
 def sum_of_spectral(model, input_shape=None, with_convergence: bool = False) -> torch.Tensor | Estimate:
     """Σ_i ‖W_i‖₂ over weight layers (biases excluded; Conv1d: operator norm; BatchNorm folded)."""
     return _spectral_measure(model, input_shape, with_convergence, "sum_of_spectral", lambda v: v.sum(dim=1))
 
 
-@register("sum_of_frobenius", "norm-product")
+@register("sum_of_frobenius", "norm-product", applies=layered_model)
 def sum_of_frobenius(model, input_shape=None) -> torch.Tensor:
     """Σ_i ‖W_i‖_F over weight layers (biases excluded; Conv1d: kernel norm; BatchNorm folded)."""
     return _frobenius_measure(model, input_shape, lambda v: v.sum(dim=1))

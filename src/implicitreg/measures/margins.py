@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from implicitreg.measures.core import Estimate, Stacked, register, stacked
-from implicitreg.measures.layers import folded, layer_spectral_estimates, report, weight_layers
+from implicitreg.measures.layers import folded, layer_spectral_estimates, layered_model, report, weight_layers
 
 
 def _unpack(data) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +85,7 @@ def _spectral_complexity(s: Stacked, input_shape) -> Estimate:
     return Estimate(value, sigma.converged)
 
 
-@register("spectral_complexity", "norm-product")
+@register("spectral_complexity", "norm-product", applies=layered_model)
 def spectral_complexity(model, input_shape=None, with_convergence: bool = False) -> torch.Tensor | Estimate:
     """Spectral complexity (Π_i ‖W_i‖_σ)·(Σ_i (‖W_iᵀ‖_{2,1}/‖W_i‖_σ)^{2/3})^{3/2} (Bartlett et al. 2017).
 
@@ -111,7 +111,8 @@ def spectral_complexity(model, input_shape=None, with_convergence: bool = False)
                   "spectral_complexity")
 
 
-@register("normalized_margin", "margin", needs=("params", "data"), lower_is_simpler=False, cost="forward")
+@register("normalized_margin", "margin", needs=("params", "data"), lower_is_simpler=False, cost="forward",
+          applies=layered_model)
 def normalized_margin(model, data, q: float = 0.1, input_shape=None,
                       with_convergence: bool = False) -> torch.Tensor | Estimate:
     """Margin divided by spectral complexity: :func:`margin` / :func:`spectral_complexity`.

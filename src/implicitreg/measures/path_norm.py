@@ -24,13 +24,38 @@ References:
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.func import functional_call, vmap
 
 from implicitreg.measures.core import register, require_eval
-from implicitreg.measures.layers import _require_input_shape, folded, weight_layers
+from implicitreg.measures.layers import _require_input_shape, folded, layered_model, model_input_shape, weight_layers
+
+#: Modules without children that the one-pass formula sums paths through: weight layers, ReLU,
+#: reshapes, eval-mode Dropout (the identity) and BatchNorm (folded into the layer feeding it).
+PATH_MODULES = (nn.Linear, nn.Conv1d, nn.ReLU, nn.Flatten, nn.Unflatten, nn.Identity,
+                nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 
 
-@register("path_norm", "norm")
+def relu_network(model: nn.Module, input_shape=None) -> str | None:
+    """Why :func:`path_norm` does not apply to ``model`` (None when it does): the per-layer checks of
+    :func:`~implicitreg.measures.layers.layered_model`, an unknown input shape, or a module the
+    formula does not cover (pooling, a nonlinearity other than ReLU, a normalization other than
+    BatchNorm), where the pass of |θ|^p on all-ones inputs would compute something else.
+    Nonlinearities applied as functions in ``forward`` (``F.relu``) cannot be seen here."""
+    reason = layered_model(model, input_shape)
+    if reason is not None:
+        return reason
+    other = [f"{name or '<root>'} ({type(module).__name__})" for name, module in model.named_modules()
+             if not any(True for _ in module.children()) and not isinstance(module, PATH_MODULES)]
+    if other:
+        return ("its one-pass formula sums the paths of networks of nn.Linear / nn.Conv1d layers, ReLUs and "
+                f"BatchNorm, and the model also has {', '.join(other[:3])}" + (" …" if len(other) > 3 else ""))
+    if model_input_shape(model, input_shape) is None:
+        return f"it needs the per-sample input shape, which {type(model).__name__} does not store (pass input_shape)"
+    return None
+
+
+@register("path_norm", "norm", applies=relu_network)
 def path_norm(model, p: float = 2, input_shape=None) -> torch.Tensor:
     """ℓp path norm (biases as paths from a constant-1 input; Neyshabur et al. 2015).
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from implicitreg.measures.core import Stacked, register, stacked
-from implicitreg.measures.layers import weight_layers
+from implicitreg.measures.layers import foreign_weights, weight_layers
 
 
 def nuclear_from_svals(svals: torch.Tensor) -> torch.Tensor:
@@ -113,6 +113,20 @@ def _check_linear(s: Stacked, product: torch.Tensor, name: str) -> None:
                          "applied in another order)")
 
 
+def linear_model(model: nn.Module, input_shape=None) -> str | None:
+    """Why the end-to-end rank measures do not apply to ``model`` (None when they do): weights outside
+    ``nn.Linear`` layers, BatchNorm, or a function that is not the product of its layers (checked as
+    :func:`end_to_end_matrix` checks it, on a few random inputs)."""
+    reason = foreign_weights(model)
+    if reason is not None:
+        return reason
+    try:
+        _end_to_end(stacked(model))
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def end_to_end_matrix(model) -> torch.Tensor:
     """The product W_L ⋯ W_1 of a model made only of ``nn.Linear`` layers (biases ignored):
     [out, in] for a module, [P, out, in] for a population.
@@ -126,21 +140,21 @@ def end_to_end_matrix(model) -> torch.Tensor:
     return s.finish(_end_to_end(s))
 
 
-@register("nuclear_norm", "norm")
+@register("nuclear_norm", "norm", applies=linear_model)
 def nuclear_norm(model) -> torch.Tensor:
     """Nuclear norm of the end-to-end matrix W_L⋯W_1 of a linear (factorized) model."""
     s = stacked(model)
     return s.finish(nuclear_from_svals(torch.linalg.svdvals(_end_to_end(s))))
 
 
-@register("effective_rank", "rank")
+@register("effective_rank", "rank", applies=linear_model)
 def effective_rank(model) -> torch.Tensor:
     """Effective rank (Roy & Vetterli 2007) of the end-to-end matrix of a linear (factorized) model."""
     s = stacked(model)
     return s.finish(effective_rank_from_svals(torch.linalg.svdvals(_end_to_end(s))))
 
 
-@register("stable_rank", "rank")
+@register("stable_rank", "rank", applies=linear_model)
 def stable_rank(model) -> torch.Tensor:
     """Stable rank ‖W‖_F²/‖W‖₂² of the end-to-end matrix of a linear (factorized) model."""
     s = stacked(model)
