@@ -335,6 +335,27 @@ class Store:
                     (r.status, r.final_step, r.target_step, ended, r.run_id),
                 )
 
+    def record(self, run_id: str, rows: Iterable[tuple[int, str, float]]) -> None:
+        """Add metrics ``(step, name, value)`` of a run that is still ``running`` (a tracked training
+        loop stores each measurement as it is taken, so that a killed loop keeps them), in one
+        transaction; the run's ``final_step`` becomes its last recorded step."""
+        rows = [(run_id, int(step), name, value) for step, name, value in rows]
+        with self.conn:
+            self.conn.executemany("INSERT OR REPLACE INTO metrics (run_id, step, name, value) VALUES (?, ?, ?, ?)",
+                                  rows)
+            self.conn.execute("UPDATE runs SET final_step = (SELECT max(step) FROM metrics WHERE run_id = ?)"
+                              " WHERE run_id = ?", (run_id, run_id))
+
+    def reopen(self, run_id: str, from_step: int | None = None) -> None:
+        """Mark a stored run ``running`` again to continue it, keeping its metrics — except those at
+        ``from_step`` and after, when given (a loop restarted from an earlier checkpoint replaces them)."""
+        with self.conn:
+            if from_step is not None:
+                self.conn.execute("DELETE FROM metrics WHERE run_id = ? AND step >= ?", (run_id, int(from_step)))
+            self.conn.execute("UPDATE runs SET status = 'running', error = NULL, ended_at = NULL,"
+                              " final_step = (SELECT max(step) FROM metrics WHERE run_id = ?) WHERE run_id = ?",
+                              (run_id, run_id))
+
     def fail(self, run_ids: Iterable[str], error: str) -> None:
         with self.conn:
             self.conn.executemany(

@@ -61,8 +61,12 @@ def summarize(directory: Path) -> tuple[dict[str, Any], Study, Any, Analysis, pd
 def run_counts(study: Study, config: Any, runs: pd.DataFrame, meta: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """``{planned, done, diverged, failed, missing}`` and the ids of the planned runs that did not
     finish (failed, interrupted or never started). A solved study plans the runs its solve stored;
-    before its solve finished, its runs are all missing (``planned`` counts the populations' alone)."""
-    planned = [m.run_id for group in study.plan(config) for m in group.members]
+    before its solve finished, its runs are all missing (``planned`` counts the populations' alone).
+    A study whose runs come from outside the plan (a tracked training loop) says which it planned
+    with an optional hook ``planned_runs(config, runs)`` → run ids."""
+    hook = getattr(study, "planned_runs", None)
+    planned = (list(hook(config, runs)) if callable(hook)
+               else [m.run_id for group in study.plan(config) for m in group.members])
     if is_solved(study):
         solved = [] if not meta.get("solved") else [r for r in runs["run_id"] if r not in set(planned)]
         planned = solved + planned
@@ -83,8 +87,9 @@ def judge(study: Study, analysis: Analysis, counts: dict[str, int], missing: lis
     of a study whose claim needs the full size is a smoke test; an open experiment (``claim`` None)
     has no verdict, and only says which planned runs did not finish."""
     if study.claim is None:
+        hint = getattr(study, "resume_hint", "Continue them with --resume.")  # a tracked loop resumes elsewhere
         return None, (f"{len(missing)} of {counts['planned']} planned runs did not finish ({counts['failed']} failed): "
-                      f"{_shown(missing)}. Continue them with --resume." if missing else "")
+                      f"{_shown(missing)}. {hint}" if missing else "")
     caveat = getattr(study, "quick_caveat", None)
     if quick and caveat:
         return "smoke", f"verdict smoke: --quick cannot show this claim ({caveat}); run without --quick to judge it."
