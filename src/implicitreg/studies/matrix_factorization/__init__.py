@@ -30,6 +30,10 @@ a Gaussian 50×50 factor with entry standard deviation 1.4e-3. Step: the smaller
 followed, not jumped). A run stops at ‖P_Ω(W − M)‖²/‖P_Ω(M)‖² ≤ ``loss_tol`` or at ``max_steps``.
 The data are divided by the root mean square of the observed entries before training (and the
 solutions multiplied back), so the initialization scale and steps mean the same for any user file.
+
+Pieces: the solver is :mod:`implicitreg.dynamics.factorization`, the min-nuclear-norm reference
+:mod:`implicitreg.references.matrix_completion`; ``problem`` (the problems and recorded metrics),
+``analysis`` (table, checks, notes) and ``figures`` are this study's.
 """
 
 from __future__ import annotations
