@@ -98,11 +98,13 @@ app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True,
              "their package; one that cannot be loaded is listed with its error. See docs/writing-a-study.md."))
 def list_studies() -> None:
     """The studies, with their claim and paper; plugins' studies marked with their package."""
+    # one study a line, never wrapped by rich (the terminal folds long lines; grep sees whole ones)
     for name, study in STUDIES.items():
-        out_console.print(_study_line(name, study))
+        out_console.print(_study_line(name, study), soft_wrap=True)
     for plugin in plugins():
         if plugin.study is not None and plugin.name not in STUDIES:
-            out_console.print(f"{_study_line(plugin.name, plugin.study)} [cyan]({plain(plugin.origin)})[/]")
+            out_console.print(f"{_study_line(plugin.name, plugin.study)} [cyan]({plain(plugin.origin)})[/]",
+                              soft_wrap=True)
         else:
             out_console.print(f"[red]{plain(plugin.problem_line())}[/]", soft_wrap=True)
 
