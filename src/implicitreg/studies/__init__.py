@@ -31,10 +31,15 @@ from implicitreg.studies.max_margin import STUDY as MAX_MARGIN
 from implicitreg.studies.measure_ranking import STUDY as MEASURE_RANKING
 from implicitreg.studies.min_norm import STUDY as MIN_NORM
 from implicitreg.studies.random_labels import STUDY as RANDOM_LABELS
+from implicitreg.studies.tracked import STUDY as TRACKED
 from implicitreg.studies.width import STUDY as WIDTH
 
 STUDIES: dict[str, Study] = {study.name: study for study in (BATCH_SIZE, DIAGONAL_NET, DOUBLE_DESCENT, EDGE_OF_STABILITY, EXPLICIT_VS_IMPLICIT, IGR, INDUCTIVE_BIAS, MATRIX_FACTORIZATION, MAX_MARGIN, MEASURE_RANKING, MIN_NORM, RANDOM_LABELS, WIDTH)}
 """The built-in studies, by name."""
+
+OPEN: dict[str, Study] = {TRACKED.name: TRACKED}
+"""Open experiments whose runs come from elsewhere (``implicitreg.Tracker``): ``show`` and ``report`` read
+their directories through :func:`get_study`; ``list`` and ``run all`` leave them out."""
 
 ENTRY_POINT_GROUP = "implicitreg.studies"
 # `run all` is the command's own word; a study name becomes a directory name (runs/NAME-TIME)
@@ -127,7 +132,7 @@ def check_study(study: Any, name: str) -> str:
 def _load(entry_point: Any, taken: dict[str, Plugin]) -> Plugin:
     """Load and check one entry point; every failure becomes the plugin's one-line error."""
     name, package = entry_point.name, _package(entry_point)
-    if name in STUDIES:
+    if name in STUDIES or name in OPEN:
         return Plugin(name, package, error=f"name clash: a built-in study is called {name!r}; rename the entry point")
     if name in taken:
         return Plugin(name, package, error=f"name clash: {taken[name].package} also declares a study {name!r}")
@@ -180,8 +185,8 @@ def all_studies() -> dict[str, Study]:
 def get_study(name: str) -> Study:
     """The study called ``name``, built-in or plugin; :class:`ConfigError` otherwise: the plugin's
     one-line error if it is broken, else the names known."""
-    if name in STUDIES:
-        return STUDIES[name]
+    if name in STUDIES or name in OPEN:
+        return STUDIES.get(name) or OPEN[name]
     plugin = _plugin(name)
     if plugin is None:
         raise ConfigError(f"unknown study {name!r}; expected one of: {', '.join(sorted(all_studies()))}")
@@ -190,5 +195,5 @@ def get_study(name: str) -> Study:
     return plugin.study
 
 
-__all__ = ["Analysis", "Check", "ENTRY_POINT_GROUP", "Plugin", "STUDIES", "Study", "all_studies", "check_study",
+__all__ = ["Analysis", "Check", "ENTRY_POINT_GROUP", "OPEN", "Plugin", "STUDIES", "Study", "all_studies", "check_study",
            "get_study", "plugins"]
