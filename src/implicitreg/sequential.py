@@ -9,6 +9,9 @@ divergence (:func:`implicitreg.train.checkpoint`).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,8 +53,19 @@ def make_torch_optimizer(model: nn.Module, group: Group, member: Member) -> torc
 
 
 def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks, classification: bool) -> torch.Tensor:
-    out = model(x, masks)
+    out = model(x) if masks is None else model(x, masks)  # a user's own module takes x alone
     return F.cross_entropy(out, y) if classification else F.mse_loss(out.squeeze(-1), y)
+
+
+@contextmanager
+def _measuring(model: nn.Module) -> Iterator[None]:
+    """Evaluation and tracked measures see the function the model computes at test time (eval
+    mode: BatchNorm's running statistics, no dropout); training steps run in train mode."""
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train()
 
 
 @torch.no_grad()
@@ -87,7 +101,8 @@ def train_member(group: Group, member: Member, module: nn.Module, data: DeviceDa
                           {k: p.detach().clone().unsqueeze(0) for k, p in model.named_parameters()})
     n = data.x_train.shape[0]
     order = BatchOrder(member.seed, n, n if cfg.optimizer == "gd" else cfg.batch_size)
-    dropout = DropoutMasks(member.seed, member.dropout, model.hidden_shapes())
+    shapes = model.hidden_shapes() if hasattr(model, "hidden_shapes") else []  # a user's module has no masks
+    dropout = DropoutMasks(member.seed, member.dropout, shapes)
     optimizer = make_torch_optimizer(model, group, member)
     schedule = schedule_fn(cfg.schedule, cfg.max_steps)
     evals = eval_steps(cfg.max_steps, cfg.eval_every)
@@ -103,7 +118,8 @@ def train_member(group: Group, member: Member, module: nn.Module, data: DeviceDa
         loss = _loss(model, data.x_train[idx], labels[idx], masks, classification)
         context.step = step
         if not torch.isfinite(loss):  # frozen at its last finite weights: nothing more to measure
-            checkpoint(cfg, (), False, model, context, _evaluate, torch.tensor([step]), results, [0])
+            with _measuring(model):
+                checkpoint(cfg, (), False, model, context, _evaluate, torch.tensor([step]), results, [0])
             break
         loss.backward()
         if decoupled_sgd:
@@ -115,9 +131,12 @@ def train_member(group: Group, member: Member, module: nn.Module, data: DeviceDa
         optimizer.step()
         if progress is not None:
             progress(step, cfg.max_steps)
-        if due(step, evals, hooks) and bool(checkpoint(cfg, hooks, step in evals, model, context, _evaluate,
-                                                       torch.zeros(1, dtype=torch.int64), results, [0])[0]):
-            break
+        if due(step, evals, hooks):
+            with _measuring(model):
+                stopped = bool(checkpoint(cfg, hooks, step in evals, model, context, _evaluate,
+                                          torch.zeros(1, dtype=torch.int64), results, [0])[0])
+            if stopped:
+                break
     finish(results, [0], cfg.max_steps)
     return results[0]
 

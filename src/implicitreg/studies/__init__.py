@@ -31,13 +31,14 @@ from implicitreg.studies.max_margin import STUDY as MAX_MARGIN
 from implicitreg.studies.measure_ranking import STUDY as MEASURE_RANKING
 from implicitreg.studies.min_norm import STUDY as MIN_NORM
 from implicitreg.studies.random_labels import STUDY as RANDOM_LABELS
+from implicitreg.studies.sweep import STUDY as SWEEP
 from implicitreg.studies.tracked import STUDY as TRACKED
 from implicitreg.studies.width import STUDY as WIDTH
 
 STUDIES: dict[str, Study] = {study.name: study for study in (BATCH_SIZE, DIAGONAL_NET, DOUBLE_DESCENT, EDGE_OF_STABILITY, EXPLICIT_VS_IMPLICIT, IGR, INDUCTIVE_BIAS, MATRIX_FACTORIZATION, MAX_MARGIN, MEASURE_RANKING, MIN_NORM, RANDOM_LABELS, WIDTH)}
 """The built-in studies, by name."""
 
-OPEN: dict[str, Study] = {TRACKED.name: TRACKED}
+OPEN: dict[str, Study] = {TRACKED.name: TRACKED, SWEEP.name: SWEEP}
 """Open experiments whose runs come from elsewhere (``implicitreg.Tracker``): ``show`` and ``report`` read
 their directories through :func:`get_study`; ``list`` and ``run all`` leave them out."""
 

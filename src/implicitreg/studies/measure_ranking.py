@@ -143,13 +143,7 @@ class MeasureRanking:
             "lr": c["member"]["lr"], "weight_decay": c["member"]["weight_decay"], "dropout": c["member"]["dropout"]})
         frame = pd.concat([final.reset_index(drop=True), pd.DataFrame(list(settings))], axis=1)
         frame["reached"] = frame["target_step"].notna() & (frame["status"] == "done")
-        frame = frame.reindex(columns=[*frame.columns, *[m for m in config.measures if m not in frame]])
-        for name in config.measures:
-            # an iterative estimate that did not converge is no value: it leaves the ranking
-            flag = frame.get(f"{name}{CONVERGED}")
-            frame[f"{name}{UNCONVERGED}"] = (flag == 0.0) if flag is not None else False
-            frame.loc[frame[f"{name}{UNCONVERGED}"], name] = math.nan
-        return frame
+        return mark_unconverged(frame, config.measures)
 
     def analyze(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame) -> Analysis:
         models = self.models(config, runs, metrics)
@@ -182,7 +176,7 @@ class MeasureRanking:
     def figures(self, config: Config, runs: pd.DataFrame, metrics: pd.DataFrame, directory: Path) -> list[Path]:
         models = self.models(config, runs, metrics)
         table = ranking(config, models[models["reached"]])
-        return [_ranking_figure(table, directory / "ranking.png"),
+        return [ranking_figure(table, directory / "ranking.png"),
                 _scatter_figure(table, models[models["reached"]], directory / "measure_vs_gap.png")]
 
 
@@ -191,12 +185,31 @@ def varied_in(reached: pd.DataFrame) -> list[str]:
     return [h for h in HYPERPARAMETERS if reached[h].nunique() > 1] if len(reached) else []
 
 
+def mark_unconverged(frame: pd.DataFrame, measures: list[str]) -> pd.DataFrame:
+    """``frame`` (one row per model, final values) with a column per measure (NaN where absent) and
+    ``NAME.unconverged``: True where the tracked ``NAME.converged`` flag is 0. An iterative estimate
+    that did not converge is no value: it is set to NaN and leaves the ranking."""
+    frame = frame.reindex(columns=[*frame.columns, *[m for m in measures if m not in frame]])
+    for name in measures:
+        flag = frame.get(f"{name}{CONVERGED}")
+        frame[f"{name}{UNCONVERGED}"] = (flag == 0.0) if flag is not None else False
+        frame.loc[frame[f"{name}{UNCONVERGED}"], name] = math.nan
+    return frame
+
+
 def ranking(config: Config, reached: pd.DataFrame) -> pd.DataFrame:
     """One row per measure: sign, models with a finite value, τ, Ψ and ψ per varied hyperparameter,
     ranked by Ψ (then τ)."""
-    varied = varied_in(reached)
+    return rank_measures(reached, config.measures, varied_in(reached))
+
+
+def rank_measures(reached: pd.DataFrame, measures: list[str], varied: list[str]) -> pd.DataFrame:
+    """The ranking of ``measures`` against the generalization gap over the models of ``reached`` (one
+    row each: the measures, ``gap``, the ``varied`` hyperparameters' columns and the columns of
+    :func:`mark_unconverged`). One row per measure: sign, models with a finite value, τ, Ψ and ψ per
+    varied hyperparameter (Ψ is NaN when none varies), ranked by Ψ (then τ)."""
     rows = []
-    for name in config.measures:
+    for name in measures:
         oriented = sign(name) * reached[name].astype(float)
         usable = reached.assign(oriented=oriented)[np.isfinite(oriented)]
         tau = kendall_tau(usable["oriented"], usable["gap"]) if len(usable) > 1 else math.nan
@@ -275,7 +288,7 @@ def family_difference(config: Config, reached: pd.DataFrame, resamples: int = RE
     return FamilyDifference(flat, products, models, difference(None), float(low), float(high), resamples, len(draws))
 
 
-def _ranking_figure(table: pd.DataFrame, path: Path) -> Path:
+def ranking_figure(table: pd.DataFrame, path: Path) -> Path:
     """Horizontal bars of Ψ and τ per measure, best at the top."""
     order = table.iloc[::-1]
     fig, ax = subplots(figsize=(7.5, 0.32 * len(order) + 1.5))
