@@ -59,7 +59,8 @@ def with_plugin(args: list[str], target: Path, cwd: Path | None = None) -> subpr
 
 def test_the_installed_example_is_listed_runs_and_resumes(installed, tmp_path):
     # importing the package loads no plugin: discovery waits for the first use
-    probe = with_plugin(["-c", "import sys, implicitreg, implicitreg.cli; registry = sys.modules['implicitreg.studies']; "
+    probe = with_plugin(["-c", "import sys, implicitreg, implicitreg.cli; "
+                               "registry = sys.modules['implicitreg.studies']; "
                                "print(registry._PLUGINS is None, 'gd_min_norm' in sys.modules)"], installed)
     assert probe.stdout.split() == ["True", "False"], probe.stderr
 
@@ -254,3 +255,21 @@ def test_run_all_runs_the_built_in_studies_only(fake_plugins, tmp_path):
     prepared = prepare_all(RunOptions("all", quick=True, out=tmp_path / "all"))
     assert sorted(p.study.name for p in prepared) == sorted(STUDIES)
     assert "built-in" in invoke_cli(["run", "--help"]).stdout
+
+
+def test_the_guide_quotes_the_example_as_it_is():
+    """Every code block of docs/writing-a-study.md that names an example file on its first line
+    holds lines of that file only (``# ...`` marks what it leaves out)."""
+    guide = EXAMPLE.parents[1] / "docs" / "writing-a-study.md"
+    blocks = [block.split("\n", 1) for block in guide.read_text(encoding="utf-8").split("```")[1::2]]
+    quoted = 0
+    for header, body in blocks:
+        first, *lines = body.splitlines()
+        if not first.startswith("# examples/plugin/"):
+            continue
+        source = EXAMPLE.parents[1] / first.removeprefix("# ")
+        have = {line.strip() for line in source.read_text(encoding="utf-8").splitlines()}
+        missing = [line for line in lines if line.strip() not in ("", "# ...") and line.strip() not in have]
+        assert not missing, f"{source.name}: not in the file: {missing}"
+        quoted += 1
+    assert quoted >= 6

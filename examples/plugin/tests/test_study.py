@@ -16,7 +16,8 @@ def frames(solved):
                           "status": r.status, "final_step": r.final_step, "target_step": r.target_step}
                          for r in solved.runs])
     metrics = pd.DataFrame([{"run_id": r.run_id, "step": s, "name": name, "value": v}
-                            for r in solved.runs for s, name, v in r.metrics], columns=["run_id", "step", "name", "value"])
+                            for r in solved.runs for s, name, v in r.metrics],
+                           columns=["run_id", "step", "name", "value"])
     return runs, metrics
 
 
