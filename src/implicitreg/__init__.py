@@ -5,6 +5,11 @@ Flat public API::
     import implicitreg
     result = implicitreg.run("explicit-vs-implicit", quick=True, **{"train.lr": 0.02})
     result.verdict, result.summary, result.runs(), result.metrics()
+
+    with implicitreg.Tracker("runs/mine", ["l2_norm"], every=100, train_data=(x, y), model=model) as tracker:
+        for step in range(steps):
+            ...                              # your own training step
+            tracker.step(model, step)        # our measures inside your loop, into the same store
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from implicitreg.config import ConfigError, parse_sets
 from implicitreg.population import Population
 from implicitreg.runner import RunOptions, StudyResult, execute, prepare
 from implicitreg.studies import STUDIES as studies
+from implicitreg.tracker import Tracker
 from implicitreg.train import train_population as train
 
 __version__ = "0.1.0"
@@ -52,4 +58,4 @@ def run(study: str, quick: bool = False, *, seeds: int | None = None, device: st
         return execute(prepared, **hooks)
 
 
-__all__ = ["ConfigError", "Population", "StudyResult", "measures", "parse_sets", "run", "studies", "train"]
+__all__ = ["ConfigError", "Population", "StudyResult", "Tracker", "measures", "parse_sets", "run", "studies", "train"]

@@ -364,6 +364,12 @@ class Store:
             )
 
     # -- reading ---------------------------------------------------------------------------------
+    def step_range(self, run_id: str) -> tuple[int | None, int | None]:
+        """The first and last step with metrics of run ``run_id`` ((None, None): none stored)."""
+        with closing(self.conn.execute("SELECT min(step), max(step) FROM metrics WHERE run_id = ?", (run_id,))) as cur:
+            first, last = cur.fetchone()
+        return first, last
+
     def runs(self) -> pd.DataFrame:
         """One row per run; ``config`` and ``provenance`` parsed from JSON."""
         frame = pd.read_sql_query("SELECT * FROM runs ORDER BY rowid", self.conn)
