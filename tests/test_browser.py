@@ -74,3 +74,44 @@ def test_index_links_to_the_report_and_shows_the_verdict(browser, run_all_dir):
     link.click()
     assert Path(browser.current_url.removeprefix("file://")).name == "report.html"
     assert browser.save_screenshot(str(run_all_dir / "index.png"))
+
+
+@pytest.fixture(scope="module")
+def tracker_dir(tmp_path_factory):
+    """Two Trackers (SGD, Adam) on a small Conv2d + BatchNorm net on the digits, in a plain loop."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+    from torch import nn
+
+    data = load_digits()
+    x, y = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16, torch.tensor(data.target)
+    out = tmp_path_factory.mktemp("tracked") / "compare"
+    for name in ("sgd", "adam"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.Flatten(), nn.Linear(64, 10))
+        opt = (torch.optim.SGD if name == "sgd" else torch.optim.Adam)(model.parameters(), lr=0.05 if name == "sgd"
+                                                                         else 0.01)
+        with implicitreg.Tracker(out, ["l2_norm", "top_hessian_eigenvalue"], every=10, train_data=(x[:200], y[:200]),
+                                 test_data=(x[1500:], y[1500:]), name=name, config={"optimizer": name},
+                                 model=model) as tracker:
+            for step in range(21):
+                model.train()
+                loss = F.cross_entropy(model(x[step * 32:(step + 1) * 32]), y[step * 32:(step + 1) * 32])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                tracker.step(model, step)
+    return out
+
+
+def test_tracker_report_shows_its_figures(browser, tracker_dir):
+    browser.get((tracker_dir / "report.html").as_uri())
+    total, loaded = figures_loaded(browser)
+    assert total == len(list((tracker_dir / "figures").glob("*.png"))) == 4  # accuracy, loss, two measures
+    assert loaded == total
+    text = browser.find_element("tag name", "body").text
+    assert "open experiment" in text and "top_hessian_eigenvalue" in text and "adam" in text
+    shot = tracker_dir / "report.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
