@@ -1,4 +1,4 @@
-"""The ``implicitreg`` command: list, config, run, show, report, measures. It only wires stages together.
+"""The ``implicitreg`` command: list, config, run, sweep, show, report, measures. It only wires stages together.
 
 Exit codes: 0 a command that did its work (a finished study, whatever its verdict; with
 ``--strict``, 1 on *fail* and 3 on *inconclusive*); 2 a user mistake (unknown study, option or
@@ -338,6 +338,59 @@ def _execute_with_progress(prepared):
         err_console.print(plain(f"interrupted: finished populations are stored in {prepared.out}; "
                                 f"continue with --resume --out {prepared.out}"), highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
+
+
+@app.command("sweep", epilog=examples(
+        "implicitreg sweep examples/sweep-tiny.toml --quick --out runs/tiny",
+        "implicitreg sweep examples/width-and-lr.toml --out runs/wl --threads 2",
+        "implicitreg sweep examples/width-and-lr.toml --resume --out runs/wl",
+        note="A sweep file is TOML: name, description, seeds, the base data, model, train and member tables, and "
+             "a grid table of dotted config paths, each a list of values; every combination x seed is a run. "
+             "implicitreg config sweep lists every key."))
+def sweep_command(
+    file: Path = typer.Argument(..., help="the sweep file (TOML)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output directory (default runs/<name>-<time>)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the runs in --out that did not finish"),
+    quick: bool = typer.Option(False, "--quick", help="a tenth of the steps and one seed: a smoke test of the file"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all available)"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    engine: str = typer.Option("population", "--engine", help="population (vectorized) | sequential (reference)"),
+    as_json: bool = typer.Option(False, "--json", help="print summary.json to stdout"),
+    strict: bool = typer.Option(False, "--strict", help="as for run; a sweep makes no claim, so it exits 0 once "
+                                                        "every run finished"),
+) -> None:
+    """Run your own grid from a sweep file: every grid point x seed, stored, summarized and reported."""
+    from implicitreg.sweep import SweepOptions, prepare_sweep
+
+    try:
+        prepared, notices = prepare_sweep(SweepOptions(file, out, resume, quick, threads, device, engine))
+    except SettingError as err:
+        fail(f"{err} (see implicitreg config sweep for every key, its type and allowed values)")
+    except ConfigError as err:
+        fail(str(err))
+    try:
+        with execution_progress(err_console, prepared.study.name) as hooks:
+            result = execute(prepared, **announced(hooks, "\n".join(notices)))
+    except KeyboardInterrupt:
+        err_console.print(plain(f"interrupted: finished populations are stored in {prepared.out}; continue with "
+                                f"implicitreg sweep {file} --resume --out {prepared.out}"), highlight=False,
+                          soft_wrap=True)
+        raise typer.Exit(130) from None
+    except ConfigError as err:
+        fail(str(err))
+    except StorageFault as err:
+        fail(str(err), code=1)
+    if as_json:
+        print(json.dumps(result.summary, indent=2))
+    else:
+        print_summary(out_console, result.summary, str(prepared.out))
+    if result.failures:
+        err_console.print(f"[bold red]{len(result.failures)} population(s) failed[/]; first error:\n"
+                          f"{plain(result.failures[0])}\nrerun with --resume --out {plain(prepared.out)} to retry "
+                          "them", highlight=False)
+        raise typer.Exit(1)
+    if strict:
+        raise typer.Exit(STRICT_EXIT.get(result.verdict, 3))
 
 
 def _stored(action, directory: Path):

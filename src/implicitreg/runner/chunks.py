@@ -1,4 +1,5 @@
-"""How many members of a population train as one chunk: its memory, against the host's or GPU's."""
+"""How a group of runs trains: on which engine (:func:`engine_for`), and how many members of a
+population train as one chunk (its memory, against the host's or GPU's)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,46 @@ import torch
 
 from implicitreg.backends.local import cached_dataset
 from implicitreg.models import build_model
+from implicitreg.models.factory import population_refusal
 from implicitreg.plan import Group
+
+BUILT_IN = ("mlp", "cnn")  # architectures the population engine always takes
+
+
+def engine_for(group: Group, engine: str) -> tuple[str, str]:
+    """The engine that trains ``group`` and, when it is not the one asked for, why (else "").
+
+    The population engine stacks the members' parameters and vmaps one forward pass: a user's own
+    module with buffers (BatchNorm's running statistics) or random layers (Dropout) trains on the
+    sequential engine instead, one model at a time.
+    """
+    if engine != "population" or group.arch in BUILT_IN:
+        return engine, ""
+    data = cached_dataset(group.data)
+    reason = population_refusal(build_model(group.arch, group.model, data.input_dim, data.n_classes or 1))
+    return ("sequential", reason) if reason else (engine, "")
+
+
+def activation_size(model: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Numbers one example produces in a forward pass: ``model.hidden_shapes()`` where the model
+    declares them (the MLP and CNN), else the outputs of its leaf modules, counted on one zero input
+    in eval mode (a user's own module)."""
+    if hasattr(model, "hidden_shapes"):
+        return sum(math.prod(shape) for shape in model.hidden_shapes())
+    sizes: list[int] = []
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() if torch.is_tensor(out) else 0))
+               for m in leaves]
+    training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape), dtype=torch.float64))
+    finally:
+        model.train(training)
+        for handle in handles:
+            handle.remove()
+    return sum(sizes)
 
 
 def member_bytes(group: Group, n_eval: int = 2048) -> int:
@@ -19,7 +59,7 @@ def member_bytes(group: Group, n_eval: int = 2048) -> int:
     data = cached_dataset(group.data)
     model = build_model(group.arch, group.model, data.input_dim, data.n_classes or 1)
     params = sum(p.numel() for p in model.parameters())
-    activations = sum(math.prod(shape) for shape in model.hidden_shapes())
+    activations = activation_size(model, tuple(data.x_train.shape[1:]))
     itemsize = 8 if group.train.dtype == "float64" else 4
     return itemsize * (8 * params + activations * (4 * group.train.batch_size + n_eval))
 

@@ -16,7 +16,7 @@ from implicitreg import provenance
 from implicitreg.backends import Backend, LocalBackend, Task
 from implicitreg.config import ConfigError
 from implicitreg.plan import Group
-from implicitreg.runner.chunks import max_members
+from implicitreg.runner.chunks import engine_for, max_members
 from implicitreg.runner.faults import make_directories, remove_created, write_fault
 from implicitreg.runner.outputs import StudyResult, write_outputs
 from implicitreg.runner.paths import store_state
@@ -111,14 +111,17 @@ def execute(prepared: Prepared, backend: Backend | None = None,
                 clock()
             finished = store.finished_ids()
             tasks = []
+            records: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (engine, why not the one asked) → runs
             for group in study.plan(config):
-                size = (len(group.members) if prepared.options.engine == "sequential"
-                        else max_members(group, prepared.device))
+                engine, reason = engine_for(group, prepared.options.engine)
+                size = len(group.members) if engine == "sequential" else max_members(group, prepared.device)
                 for chunk in group.chunks(size):
                     if all(m.run_id in finished for m in chunk.members):
                         continue  # chunks are fixed by the plan, so a resumed chunk reruns exactly as before
-                    tasks.append(Task(chunk, prepared.options.engine, str(prepared.device), prepared.threads))
-            store.start([run_record(study, t.group, m) for t in tasks for m in t.group.members], prov)
+                    tasks.append(Task(chunk, engine, str(prepared.device), prepared.threads))
+                    records.setdefault((engine, reason), []).extend(run_record(study, chunk, m) for m in chunk.members)
+            for (engine, reason), started_runs in (records or {(prepared.options.engine, ""): []}).items():
+                store.start(started_runs, {**prov, "engine": engine, **({"engine_reason": reason} if reason else {})})
             failures = []
             for outcome in (backend or LocalBackend()).run(tasks, progress):
                 ids = [m.run_id for m in outcome.task.group.members]

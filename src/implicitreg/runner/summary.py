@@ -42,6 +42,9 @@ def summarize(directory: Path) -> tuple[dict[str, Any], Study, Any, Analysis, pd
     counts, missing = run_counts(study, config, runs, meta)
     verdict, why = judge(study, analysis, counts, missing, bool(meta.get("quick")))
     first_provenance = runs["provenance"].iloc[0] if len(runs) else {}
+    quick_note = getattr(study, "quick_note", QUICK_NOTE)  # what --quick changes, where a study says it
+    # entries an analysis adds to the summary (a sweep's name and description, its measure ranking)
+    extra = dict(getattr(analysis, "summary_fields", None) or {})
     summary = _clean({
         "study": study.name,
         "claim": study.claim,
@@ -49,7 +52,8 @@ def summarize(directory: Path) -> tuple[dict[str, Any], Study, Any, Analysis, pd
         "verdict": verdict,
         "checks": [c.as_dict() for c in analysis.checks],
         "table": analysis.table.to_dict("records"),
-        "notes": ([why] if why else []) + analysis.notes + ([QUICK_NOTE] if meta.get("quick") else []),
+        **extra,
+        "notes": ([why] if why else []) + analysis.notes + ([quick_note] if meta.get("quick") else []),
         "runs": counts,
         "config": meta["config"],
         "provenance": {**first_provenance, "engine": meta.get("engine"), "quick": meta.get("quick"),

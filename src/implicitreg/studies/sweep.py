@@ -339,9 +339,9 @@ def _grid_note(config: Config, grid: list[Point], groups: list[Group]) -> str:
     split = [k for k in config.grid if k not in PER_MEMBER]
     how = []
     if shared:
-        how.append(f"{', '.join(shared)} vary inside a population")
+        how.append(f"{', '.join(shared)} {'vary' if len(shared) > 1 else 'varies'} inside a population")
     if split:
-        how.append(f"{', '.join(split)} make separate populations")
+        how.append(f"{', '.join(split)} {'make' if len(split) > 1 else 'makes'} separate populations")
     runs = len(grid) * config.seeds
     return (f"grid: {len(grid)} point(s) over {axes}, × {config.seeds} seed(s) = {runs} run(s) in "
             f"{len(groups)} population(s)" + (f"; {'; '.join(how)}." if how else "."))
@@ -427,7 +427,12 @@ def _versus_axis(config: Config, grid: list[Point], finished: pd.DataFrame, key:
         lines = [(", ".join(f"{names[k]}={c}" for k, c in zip(others, combo)) or None,
                   frame[np.logical_and.reduce([frame[k] == c for k, c in zip(others, combo)])] if others else frame)
                  for combo in combos]
-    figure, axes = fig.panels(len(shown), width=4.2, height=3.4)
+    columns = min(4, len(shown))
+    figure, grid_axes = fig.subplots(math.ceil(len(shown) / columns), columns, figsize=(4.2 * columns,
+                                     3.4 * math.ceil(len(shown) / columns)), squeeze=False)
+    axes = list(grid_axes.flat)
+    for ax in axes[len(shown):]:
+        ax.set_visible(False)
     positive = numeric and all(v > 0 for v in values)
     log_x = positive and max(values) / min(values) >= 10
     for ax, metric in zip(axes, shown):
