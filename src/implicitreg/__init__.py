@@ -10,6 +10,9 @@ Flat public API::
         for step in range(steps):
             ...                              # your own training step
             tracker.step(model, step)        # our measures inside your loop, into the same store
+
+    result = implicitreg.sweep("examples/sweep-tiny.toml", out="runs/tiny")   # your own grid
+    result.summary["table"], result.summary["ranking"]
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+# the sweep-file driver, loaded before the function `sweep` below takes its name in this namespace
+# (a submodule imported later would replace the function with itself)
+import implicitreg.sweep as _sweep_files
 from implicitreg import measures
 from implicitreg.config import ConfigError, parse_sets
 from implicitreg.population import Population
@@ -58,4 +64,31 @@ def run(study: str, quick: bool = False, *, seeds: int | None = None, device: st
         return execute(prepared, **hooks)
 
 
-__all__ = ["ConfigError", "Population", "StudyResult", "Tracker", "measures", "parse_sets", "run", "studies", "train"]
+def sweep(source: str | Path | dict[str, Any], out: str | Path | None = None, *, quick: bool = False,
+          resume: bool = False, threads: int | None = None, device: str = "auto", engine: str = "population",
+          progress: bool = True) -> StudyResult:
+    """Run a sweep file (a path to its TOML, or a dict of the same shape) as ``implicitreg sweep`` does.
+
+    Returns the :class:`StudyResult` of the sweep study: ``verdict`` None (a sweep makes no claim),
+    ``summary["table"]`` one row per grid point, ``summary["ranking"]`` the measure-vs-gap ranking
+    (None with fewer than two points or no tracked measure). ``progress`` as for :func:`run`; with
+    it, a model trained on the sequential engine instead of the population engine is said on stderr.
+    """
+    options = _sweep_files.SweepOptions(source, Path(out) if out is not None else None, resume, quick, threads,
+                                        device, engine)
+    prepared, notices = _sweep_files.prepare_sweep(options)
+    if not progress:
+        return execute(prepared)
+    from rich.console import Console
+
+    from implicitreg.display import execution_progress
+
+    console = Console(stderr=True)
+    for line in notices:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    with execution_progress(console, prepared.study.name) as hooks:
+        return execute(prepared, **hooks)
+
+
+__all__ = ["ConfigError", "Population", "StudyResult", "Tracker", "measures", "parse_sets", "run", "studies", "sweep",
+           "train"]
