@@ -252,7 +252,7 @@ def test_report_rebuilds_the_same_summary_from_the_store(root, phase1):
     (root / "tiny" / "report.html").unlink()
     result = invoke_cli(["report", root / "tiny"])
     assert result.returncode == 0, result
-    assert f"verdict: {before["verdict"].upper()}" in result.stdout
+    assert f"verdict: {before['verdict'].upper()}" in result.stdout
     assert json.loads((root / "tiny" / "summary.json").read_text()) == before
     assert "data:image/png;base64," in (root / "tiny" / "report.html").read_text(encoding="utf-8")
 
