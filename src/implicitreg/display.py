@@ -85,7 +85,8 @@ def results_table(summary: dict[str, Any]) -> Table:
     """Columns ``X_mean``/``X_std`` of the summary table are shown as ``mean±std``."""
     rows = summary["table"]
     paired = [c[: -len("_mean")] for c in rows[0] if c.endswith("_mean")] if rows else []
-    title = plain(summary["study"]) + (" — mean±std over seeds; accuracies and gap in %" if paired else "")
+    named = f"{summary['study']}: {summary['name']}" if summary.get("name") else summary["study"]  # a sweep's name
+    title = plain(named) + (" — mean±std over seeds; accuracies and gap in %" if paired else "")
     table = Table(title=title,
                   title_justify="left", box=box.SIMPLE_HEAD,
                   padding=0, show_edge=False, pad_edge=False)
@@ -129,9 +130,26 @@ def runs_line(runs: dict[str, Any]) -> tuple[str, int]:
     return f"{total} {label}" + (f": {', '.join(parts)}" if parts else ""), int(unfinished or 0)
 
 
+def ranking_table(rows: list[dict[str, Any]]) -> Table:
+    """A sweep's measure ranking: rank, measure, family, models, Kendall τ and granulated τ (Ψ)."""
+    table = Table(title="measures ranked by how they order the runs' generalization gap (Ψ, then τ)",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("rank", "measure", "family", "runs", "τ", "Ψ"):
+        table.add_column(column, justify="right" if column in ("runs", "τ", "Ψ") else "left")
+    for row in rows:
+        table.add_row(*map(plain, (row.get("rank"), row.get("measure"), row.get("family"), row.get("models"),
+                                   _fmt(row.get("tau"), 2), _fmt(row.get("psi"), 2))))
+    return table
+
+
 def print_summary(console: Console, summary: dict[str, Any], out: str) -> None:
     console.print(results_table(summary))
-    console.print(checks_table(summary))
+    if summary.get("description"):
+        console.print(plain(summary["description"]))
+    if summary.get("ranking"):
+        console.print(ranking_table(summary["ranking"]))
+    if summary["checks"] or summary["verdict"] is not None:  # an open experiment has none to show
+        console.print(checks_table(summary))
     for note in summary.get("notes", []):
         console.print(f"[dim]{plain(note)}[/]")
     verdict = summary["verdict"]

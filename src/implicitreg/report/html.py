@@ -273,12 +273,16 @@ def write_report(summary: dict[str, Any], table: pd.DataFrame, figures: list[Pat
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{_esc(summary['study'])}</title>",
         f"<style>{STYLE}</style></head><body>",
-        f"<h1>{_esc(summary['study'])}</h1>",
+        f"<h1>{_esc(summary['study'])}{_esc(': ' + str(summary['name'])) if summary.get('name') else ''}</h1>",
         f"<p><em>{_esc(summary.get('paper', ''))}</em></p>",
+        *([f"<p>{_esc(summary['description'])}</p>"] if summary.get("description") else []),
         *(_judged(summary, passed, checks, runs) if verdict is not None else
           [f"<p><strong>An open experiment</strong>: it makes no claim and has no verdict{_esc(runs)}.</p>"]),
         *[f"<p>{_esc(note)}</p>" for note in summary.get("notes", [])],
         "<h2>Results (mean ± std over seeds; accuracies and gap in %)</h2>", _results_table(table),
+        *(["<h2>Measure ranking</h2><p>Kendall τ between each measure (sign-flipped where higher means simpler) "
+           "and the generalization gap over the runs, and the granulated τ (Ψ) over the grid's axes; ranked by Ψ, "
+           "then τ.</p>", _table(summary["ranking"])] if summary.get("ranking") else []),
         "<h2>Figures</h2>", *[_image(p) for p in figures if p.exists()],
         "<h2>How to read this report</h2>", HOW_TO_READ,
         "<h2>Configuration</h2>",
