@@ -10,7 +10,10 @@
 - :mod:`~implicitreg.dynamics.flat`: small models on one flat parameter vector, GD and the all-orders
   SGD epoch on their squared loss (igr, against :mod:`~implicitreg.references.modified_flows`);
 - :mod:`~implicitreg.dynamics.network`: a seeded float64 MLP, ½·MSE, its Lanczos sharpness, and full-batch
-  descent on it with any update rule and a measurement every k steps (edge-of-stability).
+  descent on it with any update rule and a measurement every k steps (edge-of-stability);
+- :mod:`~implicitreg.dynamics.adaptive`: heavy-ball momentum and Adam as update rules for that loop (as
+  torch.optim steps them), their stability thresholds, and Lanczos on the preconditioned Hessian P⁻¹H
+  (adaptive-eos).
 
 This package imports nothing above its layer (no study, runner or report).
 """
