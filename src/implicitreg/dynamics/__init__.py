@@ -13,7 +13,10 @@
   descent on it with any update rule and a measurement every k steps (edge-of-stability);
 - :mod:`~implicitreg.dynamics.adaptive`: heavy-ball momentum and Adam as update rules for that loop (as
   torch.optim steps them), their stability thresholds, and Lanczos on the preconditioned Hessian P⁻¹H
-  (adaptive-eos).
+  (adaptive-eos);
+- :mod:`~implicitreg.dynamics.two_layer`: wide two-layer networks in the NTK parametrization (linear or ReLU),
+  a population trained by full-batch GD at once with its NTK's top eigenvalue, and bisection on η·λ₀ for
+  the largest stable rate (catapult).
 
 This package imports nothing above its layer (no study, runner or report).
 """
