@@ -18,6 +18,15 @@ budget reports ``converged=False`` for the Ritz values that did not get there. F
 an eigenvalue lies within the residual of each θ_i, so a converged flag is a guarantee, not a
 heuristic (unlike a stop on a small change of the estimate).
 
+The recurrence (the basis, T, its eigenpairs and the residual bounds) runs in float64 whatever the
+operator's dtype; only the products are made in ``v0``'s dtype (a float32 model's HVPs stay in
+float32): a float32 recurrence rounds T and the basis at ~1e-7, so its Ritz values could be further
+off than the tolerance it reported as met, while the products' own rounding costs far less. What a float64 recurrence cannot see
+is the rounding of the products themselves: for an operator of lower precision its unit roundoff
+times ‖T‖ is added to every residual bound (a model of a product's rounding error, ε‖H‖, not a
+proof), so that ``converged`` means the reported bound holds for the operator as computed, and a
+tolerance below the products' precision is never reported as met.
+
 Full reorthogonalization (``reorthogonalize=True``, the default) keeps the basis orthonormal, so no
 spurious copies ("ghosts") of converged eigenvalues appear and repeated eigenvalues are found by
 restarting after a breakdown; it costs the basis in memory (P × m × n). Without it the plain
@@ -55,13 +64,15 @@ class LanczosResult:
             down before it had k Ritz values.
         converged: [P, k] bool: ``residuals < tol`` when the member stopped.
         residuals: [P, k] relative residual bounds |β_m s_i[m]| / |θ_i| when the member stopped
-            (exact in exact arithmetic; no extra product). Zero once the Krylov space is the whole
+            (exact in exact arithmetic; no extra product), plus ε‖T‖ / |θ_i| for an operator of
+            lower precision than the recurrence (ε its unit roundoff). Zero once the Krylov space is the whole
             space (m = n with reorthogonalization) or invariant.
         n_matvec: int64 [P]: products each member used until it stopped (*not* the batched total:
             the loop runs as long as the slowest member, ``n_matvec.max()`` steps).
         vectors: [P, k, n] unit Ritz vectors y_i = V_m s_i (``return_vectors=True``), else None.
         alpha: [P, m] the diagonal of each member's T (m = ``n_matvec.max()``); zero past a
-            member's own ``n_matvec``.
+            member's own ``n_matvec``. In the recurrence's dtype (:func:`recurrence_dtype`: float64
+            for a float32 operator), like ``beta``; the other fields are in the operator's dtype.
         beta: [P, m − 1] the off-diagonal of T as it enters T (zero after a restart, and past a
             member's own ``n_matvec``). Zero padding adds decoupled zero rows to T, which carry no
             quadrature weight and do not change its other eigenvalues.
@@ -149,8 +160,8 @@ def lanczos(matvec: MatVec, v0: torch.Tensor, k: int = 1, tol: float = 1e-6, max
         record: called at every check as ``record(m, theta [P, min(k, m)], rel_res [P, min(k, m)])``
             with the current Ritz values and relative residual bounds of all members.
 
-    Memory: with reorthogonalization, the basis of P × m × n floats after m products (a
-    1M-parameter model at m = 50 holds 200 MB per member in float32); it grows by doubling.
+    Memory: with reorthogonalization, the basis of P × m × n float64 numbers after m products (a
+    1M-parameter model at m = 50 holds 400 MB per member, float32 model or not); it grows by doubling.
 
     Returns:
         :class:`LanczosResult`: values, converged, residuals [P, k]; n_matvec [P]; vectors
@@ -176,7 +187,16 @@ def lanczos(matvec: MatVec, v0: torch.Tensor, k: int = 1, tol: float = 1e-6, max
         raise ValueError(f"check_ratio: expected a number ≥ 0, got {check_ratio}")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     dtype, device = v0.dtype, v0.device
-    eps, tiny = torch.finfo(dtype).eps, torch.finfo(dtype).tiny
+    work = recurrence_dtype(dtype)
+    # breakdown is judged at the products' precision: what is left of w after an invariant Krylov
+    # space is their rounding, not the recurrence's
+    eps, tiny = torch.finfo(dtype).eps, torch.finfo(work).tiny
+    # the operator's own rounding, which residuals computed in the recurrence cannot see (module docstring)
+    floor = eps if work != dtype else 0.0
+    v0 = v0.to(work)
+    if work != dtype:
+        operator = matvec
+        matvec = lambda v: operator(v.to(dtype)).to(work)  # noqa: E731
     steps = min(max_iter, n)
     keep = reorthogonalize or return_vectors
     # the basis grows by doubling: memory is P × (products actually used) × n, not P × max_iter × n
@@ -207,12 +227,16 @@ def lanczos(matvec: MatVec, v0: torch.Tensor, k: int = 1, tol: float = 1e-6, max
         broke = beta <= _BREAKDOWN * eps * alpha[:, :m].abs().amax(1).clamp_min(tiny)
         if m >= next_check or m == steps or bool((broke & ~done).any()):
             next_check = m + max(1, int(m * check_ratio))
-            theta, S = torch.linalg.eigh(_tridiagonal(alpha[:, :m], coupling[:, : m - 1]))  # ascending
+            theta_all, S = torch.linalg.eigh(_tridiagonal(alpha[:, :m], coupling[:, : m - 1]))  # ascending
+            theta = theta_all
             top = min(k, m)
             if which == "largest":
                 theta, S = theta.flip(-1), S.flip(-1)
             theta, S = theta[:, :top], S[:, :, :top]
-            rel = relative_residual((beta[:, None] * S[:, -1, :]).abs(), theta)
+            bound = (beta[:, None] * S[:, -1, :]).abs()
+            if floor:
+                bound = bound + floor * theta_all.abs().amax(1, keepdim=True)
+            rel = relative_residual(bound, theta)
             if record is not None:
                 record(m, theta, rel)
             ok = rel < tol
@@ -250,7 +274,18 @@ def lanczos(matvec: MatVec, v0: torch.Tensor, k: int = 1, tol: float = 1e-6, max
     alpha = torch.where(position < n_matvec[:, None], alpha[:, :width], torch.zeros_like(alpha[:, :width]))
     beta_used = torch.where(position[:-1] < n_matvec[:, None] - 1, coupling[:, : width - 1],
                             torch.zeros_like(coupling[:, : width - 1]))
+    if work != dtype:  # results in the operator's dtype; T stays in float64 (for quadrature)
+        values, residuals = values.to(dtype), residuals.to(dtype)
+        vectors = vectors.to(dtype) if vectors is not None else None
     return LanczosResult(values, converged, residuals, n_matvec, vectors, alpha, beta_used)
+
+
+def recurrence_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype Lanczos runs its recurrence in for an operator of ``dtype``: float64 for any real
+    floating dtype of lower precision (float32, float16, bfloat16), ``dtype`` itself otherwise."""
+    if dtype.is_floating_point and not dtype.is_complex and torch.finfo(dtype).bits < 64:
+        return torch.float64
+    return dtype
 
 
 def _tridiagonal(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -261,4 +296,5 @@ def _tridiagonal(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     return T
 
 
-__all__ = ["LanczosResult", "MatVec", "Record", "lanczos", "orthogonalize", "relative_residual", "start_vector"]
+__all__ = ["LanczosResult", "MatVec", "Record", "lanczos", "orthogonalize", "recurrence_dtype", "relative_residual",
+           "start_vector"]
