@@ -37,11 +37,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch.func import functional_call, grad, jvp, vmap
 
 from implicitreg.measures.core import Estimate, Stacked, register, require_eval, stacked
 from implicitreg.measures.lanczos import MatVec, Record, lanczos, orthogonalize, relative_residual, start_vector
+from implicitreg.measures.trace_estimators import MIN_MATVECS, METHODS, MatMat, Method, TraceResult, estimate_trace
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -73,39 +75,29 @@ class EigResult:
     residuals: torch.Tensor
 
 
-@dataclass(frozen=True)
-class TraceResult:
-    """A Hutchinson estimate of tr(H).
-
-    Attributes:
-        value: the sample mean of zᵀHz: 0-d for a module, [P] for a population.
-        stderr: its standard error, sample std / √n_samples, same shape.
-        n_hvp: HVPs per member (= n_samples).
-    """
-
-    value: torch.Tensor
-    stderr: torch.Tensor
-    n_hvp: int
-
-
 # --------------------------------------------------------------------------------------------
 # Hessian-vector products
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class HessianOperator:
-    """The Hessians of P members' mean training loss as one batched linear operator.
+class CurvatureOperator:
+    """P members' curvature matrices (Hessian, GGN, Fisher) as one batched linear operator.
 
     Attributes:
         stacked: the model or population seen as stacked parameters.
         flat: every member's parameters flattened in ``stacked.params`` order: [P, n].
-        matvec: v [P, n] → H_p v_p for every member p, [P, n] (one vmapped HVP).
+        matvec: v [P, n] → A_p v_p for every member p, [P, n] (one vmapped product).
+        probes: V [P, S, n] → A_p V_p for S vectors per member in one vmapped pass, or None
+            (then :meth:`matmat` loops over ``matvec``).
+        kind: what A is: "hessian", "ggn", "empirical_fisher" or "mc_fisher".
     """
 
     stacked: Stacked
     flat: torch.Tensor
     matvec: MatVec
+    probes: MatMat | None = None
+    kind: str = "hessian"
 
     @property
     def size(self) -> int:
@@ -115,20 +107,92 @@ class HessianOperator:
     def dim(self) -> int:
         return self.flat.shape[1]
 
+    def matmat(self, V: torch.Tensor, block: int | None = None) -> torch.Tensor:
+        """A_p V_p for S vectors per member: V [P, S, n] → [P, S, n].
 
-def hessian_operator(model, loss_fn: LossFn, data) -> HessianOperator:
-    """Build the batched HVP operator of a module (P = 1) or population on full-batch ``data``.
+        ``block`` bounds how many vectors go through one vmapped pass (memory grows with it:
+        each carries its own forward and backward through the data); None: all at once.
+        """
+        if V.dim() != 3 or V.shape[0] != self.size or V.shape[2] != self.dim:
+            raise ValueError(f"V: expected shape [{self.size}, S, {self.dim}] (members, vectors, parameters), "
+                             f"got {tuple(V.shape)}")
+        if block is not None and block < 1:
+            raise ValueError(f"block: expected a positive number of vectors per pass or None, got {block}")
+        V = V.to(self.flat)
+        if self.probes is None:
+            return torch.stack([self.matvec(V[:, i]) for i in range(V.shape[1])], dim=1)
+        step = V.shape[1] if block is None else block
+        return torch.cat([self.probes(V[:, i : i + step]) for i in range(0, V.shape[1], step)], dim=1)
 
-    Args:
-        model: an ``nn.Module`` whose ``forward(x)`` returns outputs, or a Population.
-        loss_fn: ``loss_fn(outputs, y)`` → the mean loss (0-d), e.g. ``F.cross_entropy``.
-        data: ``(x, y)``: x [N, ...] shared by all members; y [N, ...] shared, or — on a
-            population — [P, N, ...] per member (e.g. members with corrupted labels).
+    def as_linear_operator(self, member: int | None = None):
+        """One member's operator as a ``scipy.sparse.linalg.LinearOperator`` [n, n] on numpy vectors.
 
-    Returns:
-        a :class:`HessianOperator`; its ``matvec`` differentiates ``loss_fn`` twice with
-        ``torch.func`` (forward-over-reverse) and ``vmap``s over members.
+        For scipy's solvers (``eigsh``, ``cg``, ``lobpcg``): products run in the model's dtype and
+        device (float64 numpy out). ``member`` picks a population's member (required when P > 1).
+        """
+        from scipy.sparse.linalg import LinearOperator
+
+        if member is None:
+            if self.size != 1:
+                raise ValueError(f"member: a population of {self.size} members needs member=0..{self.size - 1}")
+            member = 0
+        if isinstance(member, bool) or not isinstance(member, int) or not 0 <= member < self.size:
+            raise ValueError(f"member: expected an integer in 0..{self.size - 1}, got {member!r}")
+        n, flat = self.dim, self.flat
+
+        def columns(X) -> np.ndarray:  # X [n, S] (numpy) → A X [n, S]
+            X = np.asarray(X, dtype=np.float64).reshape(n, -1)
+            V = torch.zeros(self.size, X.shape[1], n, dtype=flat.dtype, device=flat.device)
+            V[member] = torch.from_numpy(X.T.copy()).to(V)
+            with torch.no_grad():
+                out = self.matmat(V)[member]
+            return out.T.to(device="cpu", dtype=torch.float64).numpy()
+
+        return LinearOperator((n, n), matvec=lambda x: columns(x)[:, 0], matmat=columns,
+                              rmatvec=lambda x: columns(x)[:, 0], dtype=np.float64)
+
+
+#: The Hessian's operator (the name this module has always used; the same class as the GGN's and the Fishers').
+HessianOperator = CurvatureOperator
+
+
+@dataclass(frozen=True)
+class FlatModel:
+    """A model or population as a function of flat parameters, with its data moved beside it.
+
+    Attributes:
+        stacked: the stacked view; flat: parameters [P, n] (``stacked.params`` order).
+        x: inputs [N, ...]; y: targets [N, ...] shared, or [P, N, ...] per member.
+        per_member_y: whether y has a leading member axis.
+        forward: (θ [n], x) → one member's outputs [N, ...] (``functional_call`` of the template).
     """
+
+    stacked: Stacked
+    flat: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    per_member_y: bool
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def operator(self, member_product: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                 aux: torch.Tensor, aux_per_member: bool, kind: str) -> CurvatureOperator:
+        """The batched operator of ``member_product(θ [n], v [n], aux_p) → A v [n]``, vmapped over
+        members (and over probes for :meth:`CurvatureOperator.matmat`)."""
+        axis = 0 if aux_per_member else None
+        one = vmap(member_product, in_dims=(0, 0, axis))
+        many = vmap(vmap(member_product, in_dims=(None, 0, None)), in_dims=(0, 0, axis))
+        flat = self.flat
+
+        def matvec(v: torch.Tensor) -> torch.Tensor:
+            if v.shape != flat.shape:
+                raise ValueError(f"v: expected shape {tuple(flat.shape)} (members, parameters), got {tuple(v.shape)}")
+            return one(flat, v.to(flat), aux)
+
+        return CurvatureOperator(self.stacked, flat, matvec, lambda V: many(flat, V, aux), kind)
+
+
+def flat_model(model, data) -> FlatModel:
+    """View ``model`` (a module or population) as a function of flat parameters on full-batch ``data``."""
     s = stacked(model)
     require_eval(s.template)
     x, y = _check_data(data, s)
@@ -141,28 +205,44 @@ def hessian_operator(model, loss_fn: LossFn, data) -> HessianOperator:
     per_member_y = (not s.single) and y.dim() >= 2 and y.shape[0] == s.size and y.shape[1] == x.shape[0]
     template = s.template
 
-    def member_loss(theta: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    def forward(theta: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         params = {name: chunk.view(shape) for name, chunk, shape in zip(names, theta.split(numels), shapes)}
-        return loss_fn(functional_call(template, params, (xs,)), ys)
+        return functional_call(template, params, (xs,))
+
+    return FlatModel(s, flat, x, y, per_member_y, forward)
+
+
+def hessian_operator(model, loss_fn: LossFn, data) -> HessianOperator:
+    """Build the batched HVP operator of a module (P = 1) or population on full-batch ``data``.
+
+    Args:
+        model: an ``nn.Module`` whose ``forward(x)`` returns outputs, or a Population.
+        loss_fn: ``loss_fn(outputs, y)`` → the mean loss (0-d), e.g. ``F.cross_entropy``.
+        data: ``(x, y)``: x [N, ...] shared by all members; y [N, ...] shared, or — on a
+            population — [P, N, ...] per member (e.g. members with corrupted labels).
+
+    Returns:
+        a :class:`CurvatureOperator` (kind "hessian"); its ``matvec`` differentiates ``loss_fn``
+        twice with ``torch.func`` (forward-over-reverse) and ``vmap``s over members, its
+        ``matmat`` over members and probes.
+    """
+    fm = flat_model(model, data)
+    x, forward = fm.x, fm.forward
+
+    def member_loss(theta: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        return loss_fn(forward(theta, x), ys)
 
     gradient = grad(member_loss)
 
     def member_hvp(theta: torch.Tensor, v: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         if not ys.is_floating_point():
-            return jvp(lambda t: gradient(t, x, ys), (theta,), (v,))[1]
+            return jvp(lambda t: gradient(t, ys), (theta,), (v,))[1]
         # A float target gets an explicit zero tangent: left implicit it is a ZeroTensor, which the
         # forward-mode formula of mse_loss's backward divides in place ("ZeroTensors are immutable",
         # pytorch/pytorch#123996). The product is unchanged: the target is constant.
-        return jvp(lambda t, yt: gradient(t, x, yt), (theta, ys), (v, torch.zeros_like(ys)))[1]
+        return jvp(gradient, (theta, ys), (v, torch.zeros_like(ys)))[1]
 
-    batched = vmap(member_hvp, in_dims=(0, 0, 0 if per_member_y else None))
-
-    def matvec(v: torch.Tensor) -> torch.Tensor:
-        if v.shape != flat.shape:
-            raise ValueError(f"v: expected shape {tuple(flat.shape)} (members, parameters), got {tuple(v.shape)}")
-        return batched(flat, v.to(flat), y)
-
-    return HessianOperator(s, flat, matvec)
+    return fm.operator(member_hvp, fm.y, fm.per_member_y, "hessian")
 
 
 def hessian_vector_product(model, loss_fn: LossFn, data, v: torch.Tensor) -> torch.Tensor:
@@ -289,11 +369,17 @@ def hessian_eigenvalues(model, loss_fn: LossFn, data, k: int = 1,
         :class:`EigResult`: values/converged/residuals [k] and ``n_hvp`` an int for a module;
         [P, k] and ``n_hvp`` [P] (per member) for a population.
     """
+    return operator_eigenvalues(hessian_operator(model, loss_fn, data), k=k, method=method, tol=tol,
+                                max_hvp=max_hvp, seed=seed)
+
+
+def operator_eigenvalues(op: CurvatureOperator, k: int = 1, method: Literal["lanczos", "power"] = "lanczos",
+                         tol: float = 1e-6, max_hvp: int = 200, seed: int = 0) -> EigResult:
+    """Top-k eigenvalues of any :class:`CurvatureOperator` (see :func:`hessian_eigenvalues` for the arguments)."""
     if method not in ("lanczos", "power"):
         raise ValueError(f"method: expected 'lanczos' or 'power', got {method!r}")
     if not tol > 0:
         raise ValueError(f"tol: expected a positive number, got {tol}")
-    op = hessian_operator(model, loss_fn, data)
     if not 1 <= k <= op.dim:
         raise ValueError(f"k: expected 1 ≤ k ≤ {op.dim} (the number of parameters), got {k}")
     if max_hvp < k:
@@ -311,32 +397,59 @@ def hessian_eigenvalues(model, loss_fn: LossFn, data, k: int = 1,
     return result
 
 
-def hessian_trace(model, loss_fn: LossFn, data, n_samples: int = 100, seed: int = 0) -> TraceResult:
-    """Hutchinson's estimate of tr(H) = E[zᵀHz] with Rademacher z (each ±1 with probability ½).
+def hessian_trace(model, loss_fn: LossFn, data, n_samples: int | None = None, seed: int = 0, *,
+                  method: Method = "hutchinson", n_matvecs: int | None = None,
+                  probe_batch: int | None = None) -> TraceResult:
+    """A stochastic estimate of tr(H), by Hutchinson (Rademacher probes), Hutch++ or XTrace.
 
     The same probes are used for every member (drawn from ``seed``), so a population's estimate
-    equals a loop over its members.
+    equals a loop over its members; the products of each estimator's stage run as one vmapped
+    pass over members and probes (:mod:`~implicitreg.measures.trace_estimators`).
 
     Args:
         model, loss_fn, data: as :func:`hessian_eigenvalues`.
-        n_samples: probes (HVPs) per member, at least 2 (for the standard error).
+        n_samples: Hutchinson's probes (the name this function has always had); the same as
+            ``n_matvecs``, give one or the other.
         seed: seed of the probes.
+        method: "hutchinson" (the mean of zᵀHz), "hutchpp" (Meyer et al. 2021: exact on the top
+            ~n_matvecs/3 directions, Hutchinson on the rest) or "xtrace" (Epperly, Tropp & Webber 2024).
+        n_matvecs: HVPs per member (default 100): at least 2 for Hutchinson, 4 for the others.
+        probe_batch: most probes per vmapped pass (memory); None: a stage's probes at once.
 
     Returns:
-        :class:`TraceResult`: value and stderr (sample std / √n_samples) 0-d for a module,
-        [P] for a population.
+        :class:`TraceResult`: value and stderr 0-d for a module, [P] for a population; ``n_hvp``.
+        Hutchinson's stderr is sample std / √n_samples; Hutch++'s that of its Hutchinson part
+        (conditional on the sketch); XTrace's the paper's (std of its leave-one-out estimates / √s).
     """
-    if n_samples < 2:
-        raise ValueError(f"n_samples: expected at least 2 (the standard error needs them), got {n_samples}")
-    op = hessian_operator(model, loss_fn, data)
+    return operator_trace(hessian_operator(model, loss_fn, data), method, trace_budget(n_samples, n_matvecs, method),
+                          seed, probe_batch)
+
+
+def operator_trace(op: CurvatureOperator, method: Method = "hutchinson", n_matvecs: int = 100, seed: int = 0,
+                   probe_batch: int | None = None) -> TraceResult:
+    """tr(A) of any :class:`CurvatureOperator` by ``method`` (see :func:`hessian_trace`)."""
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
+    if probe_batch is not None and (isinstance(probe_batch, bool) or not isinstance(probe_batch, int) or probe_batch < 1):
+        raise ValueError(f"probe_batch: expected a positive integer or None, got {probe_batch!r}")
     generator = torch.Generator().manual_seed(seed)
-    samples = []
-    for _ in range(n_samples):
-        z = (torch.randint(0, 2, (op.dim,), generator=generator) * 2 - 1).to(op.flat).expand(op.size, -1)
-        samples.append((z * op.matvec(z)).sum(1))
-    draws = torch.stack(samples, dim=1)  # [P, n_samples]
-    value, stderr = draws.mean(1), draws.std(1) / math.sqrt(n_samples)
-    return TraceResult(op.stacked.finish(value), op.stacked.finish(stderr), n_samples)
+    result = estimate_trace(lambda V: op.matmat(V, block=probe_batch), op.flat, n_matvecs, method, generator)
+    return TraceResult(op.stacked.finish(result.value), op.stacked.finish(result.stderr), result.n_hvp)
+
+
+def trace_budget(n_samples: int | None, n_matvecs: int | None, method: str) -> int:
+    """The products a trace estimate may use: ``n_matvecs``, or Hutchinson's ``n_samples``, default 100."""
+    if n_samples is not None and n_matvecs is not None and n_samples != n_matvecs:
+        raise ValueError(f"n_samples: the same as n_matvecs, give one of them (got n_samples={n_samples}, "
+                         f"n_matvecs={n_matvecs})")
+    budget = n_matvecs if n_matvecs is not None else (n_samples if n_samples is not None else 100)
+    least = MIN_MATVECS.get(method, 2)
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < least:
+        name = "n_matvecs" if n_matvecs is not None or n_samples is None else "n_samples"
+        raise ValueError(f"{name}: {method} needs an integer of at least {least} products"
+                         + (" (the standard error needs them)" if method == "hutchinson" else "")
+                         + f", got {budget!r}")
+    return budget
 
 
 @register("top_hessian_eigenvalue", "sharpness", needs=("params", "data", "loss", "hvp"), lower_is_simpler=True, cost="hvp")
@@ -367,6 +480,17 @@ def hessian_trace_value(model, loss_fn: LossFn, data, n_samples: int = 100, seed
     return hessian_trace(model, loss_fn, data, n_samples=n_samples, seed=seed).value
 
 
-__all__ = ["EigResult", "HessianOperator", "TraceResult", "hessian_eigenvalues", "hessian_operator",
-           "hessian_trace", "hessian_trace_value", "hessian_vector_product", "power_iteration",
-           "top_hessian_eigenvalue"]
+@register("hessian_trace_hutchpp", "sharpness", needs=("params", "data", "loss", "hvp"), lower_is_simpler=True,
+          cost="hvp")
+def hessian_trace_hutchpp(model, loss_fn: LossFn, data, n_matvecs: int = 99, seed: int = 0) -> torch.Tensor:
+    """Trace of the training-loss Hessian by Hutch++ (99 HVPs: exact on the top 33 directions): 0-d or [P].
+
+    The value of ``hessian_trace(..., method="hutchpp")``, whose result also carries the standard error.
+    """
+    return hessian_trace(model, loss_fn, data, seed=seed, method="hutchpp", n_matvecs=n_matvecs).value
+
+
+__all__ = ["CurvatureOperator", "EigResult", "FlatModel", "HessianOperator", "TraceResult", "flat_model",
+           "hessian_eigenvalues", "hessian_operator", "hessian_trace", "hessian_trace_hutchpp", "hessian_trace_value",
+           "hessian_vector_product", "operator_eigenvalues", "operator_trace", "power_iteration",
+           "top_hessian_eigenvalue", "trace_budget"]
