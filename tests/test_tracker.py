@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import sqlite3
+import warnings
 
 import pytest
 import torch
@@ -233,8 +234,13 @@ def test_a_reopened_run_continues_after_its_last_step(tmp_path, digits):
     with Tracker(out, MEASURES, model=model, **settings) as tracker:
         train(model, pool, tracker, steps=range(0, 21))
     checkpoint = copy.deepcopy(model)
-    # the loop resumes (from its checkpoint, in a new process say): θ₀ is the stored one, not this model's
-    with Tracker(out, MEASURES, model=model, **settings) as tracker:
+    # the loop resumes (from its checkpoint, in a new process say): θ₀ is the stored one, with or without
+    # model= (so no warning that θ₀ would be taken at the first step)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tracker = Tracker(out, MEASURES, **settings)
+    assert not [w for w in caught if "θ₀" in str(w.message)]
+    with tracker:
         with pytest.raises(ValueError, match="steps up to 20 stored"):
             tracker.step(model, 20)
         train(model, pool, tracker, steps=range(21, 41), seed=2)
@@ -354,3 +360,19 @@ def test_store_is_readable_while_a_tracker_writes(tmp_path, digits):
         n, = conn.execute("SELECT count(DISTINCT step) FROM metrics").fetchone()
         conn.close()
         assert (status, n) == ("running", 3)  # each measurement is committed as it is taken
+
+
+def test_the_readme_example_runs(tmp_path, monkeypatch):
+    """The README's "Your own training loop" example as written, with 21 steps in place of 1000."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = text.split("## Your own training loop")[1].split("```python")[1].split("```")[0]
+    assert "range(1000)" in block
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block.replace("range(1000)", "range(21)"), "README.md", "exec"), {})  # noqa: S102 - our own docs
+    runs, values = stored(tmp_path / "runs" / "digits", "adam")
+    assert sorted(runs.index) == ["adam", "sgd"] and set(runs["status"]) == {"done"}
+    assert list(values.index) == [0, 20] and values.loc[20, "top_hessian_eigenvalue"] > 0
+    shown = invoke_cli(["show", tmp_path / "runs" / "digits"])
+    assert shown.returncode == 0 and "adam" in shown.stdout and "sgd" in shown.stdout, shown

@@ -218,10 +218,6 @@ class Tracker:
         self.needs_init = any("init" in REGISTRY[m].needs for m in self.measures)
         if model is not None:
             self._check_applicable(model)
-        elif self.needs_init:
-            warnings.warn(f"{', '.join(m for m in self.measures if 'init' in REGISTRY[m].needs)}: no model= was given, "
-                          "so θ₀ is the model at the first step() (after your first update); pass model= (the model "
-                          "before training) to measure from the initialization", UserWarning, stacklevel=2)
         self.settings = RunConfig(measures=self.measures, every=self.every, config=_user_config(config),
                                   loss=_loss_name(self.loss_fn), n_train=len(self._train[0]),
                                   n_test=0 if self._test is None else len(self._test[0]),
@@ -231,6 +227,10 @@ class Tracker:
         self._init = ({k: v.detach().to("cpu", copy=True) for k, v in model.named_parameters()}
                       if model is not None and self.needs_init else None)
         self._stored = self._read_stored()  # (settings, first step, last step) of a stored run; None if new
+        if model is None and self.needs_init and (self._stored is None or self.overwrite):
+            warnings.warn(f"{', '.join(m for m in self.measures if 'init' in REGISTRY[m].needs)}: no model= was given, "
+                          "so θ₀ is the model at the first step() (after your first update); pass model= (the model "
+                          "before training) to measure from the initialization", UserWarning, stacklevel=2)
         self.seconds = 0.0  # spent measuring and storing, this session
         self.result: StudyResult | None = None
         self._store: Store | None = None
