@@ -12,13 +12,18 @@ the metric ``NAME.converged``.
 
 from implicitreg.measures.core import REGISTRY, Estimate, MeasureInfo, PopulationLike, Stacked, register, stacked
 from implicitreg.measures.curvature import (
+    CurvatureOperator,
     EigResult,
+    HessianOperator,
     TraceResult,
     hessian_eigenvalues,
+    hessian_operator,
     hessian_trace,
+    hessian_trace_hutchpp,
     hessian_vector_product,
     top_hessian_eigenvalue,
 )
+from implicitreg.measures.density import DensityResult, hessian_density
 from implicitreg.measures.flatness import (
     FlatnessResult,
     pac_bayes_bound_terms,
@@ -39,6 +44,19 @@ from implicitreg.measures.layers import (
     spectral_product,
     sum_of_frobenius,
     sum_of_spectral,
+)
+from implicitreg.measures.ggn import (
+    OutlierResult,
+    empirical_fisher_trace,
+    fisher_eigenvalues,
+    fisher_operator,
+    fisher_trace,
+    ggn_eigenvalues,
+    ggn_operator,
+    ggn_outliers,
+    ggn_trace,
+    mc_fisher_trace,
+    top_ggn_eigenvalue,
 )
 from implicitreg.measures.margins import margin, normalized_margin, spectral_complexity
 from implicitreg.measures.path_norm import path_norm
@@ -63,4 +81,8 @@ __all__ = ["REGISTRY", "Estimate", "FlatnessResult", "MeasureInfo", "PopulationL
            "spectral_complexity", "path_norm", "effective_rank", "effective_ranks", "end_to_end_matrix",
            "nuclear_norm", "nuclear_norms", "stable_rank", "stable_ranks", "EigResult", "TraceResult",
            "hessian_eigenvalues", "hessian_trace", "hessian_vector_product", "top_hessian_eigenvalue",
+           "CurvatureOperator", "HessianOperator", "hessian_operator", "hessian_trace_hutchpp", "DensityResult",
+           "hessian_density", "OutlierResult", "empirical_fisher_trace", "fisher_eigenvalues", "fisher_operator",
+           "fisher_trace", "ggn_eigenvalues", "ggn_operator", "ggn_outliers", "ggn_trace", "mc_fisher_trace",
+           "top_ggn_eigenvalue",
            "l1_norm", "l2_norm", "param_count", "register", "stacked"]

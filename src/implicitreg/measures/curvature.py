@@ -1,4 +1,5 @@
-"""Curvature (sharpness) measures: top Hessian eigenvalues and the Hessian trace.
+"""Curvature (sharpness) measures: top Hessian eigenvalues and the Hessian trace, and the operator
+every curvature matrix of the package is seen through.
 
 All of them see the Hessian of the mean training loss with respect to *all* parameters only
 through Hessian-vector products (HVPs), computed with ``torch.func`` forward-over-reverse
@@ -7,26 +8,33 @@ through Hessian-vector products (HVPs), computed with ``torch.func`` forward-ove
 recurrences run batched over members as [P, n] tensors: a sweep's sharpness costs about one
 member's worth of Python overhead.
 
+- :class:`CurvatureOperator` (``HessianOperator``): P members' matrices as one batched operator —
+  ``matvec`` [P, n] → [P, n], ``matmat`` [P, S, n] → [P, S, n] (S probes per member in one vmapped
+  pass), ``as_linear_operator(member)`` for scipy. The GGN and Fisher operators
+  (:mod:`~implicitreg.measures.ggn`) are the same class.
 - :func:`hessian_eigenvalues`: top-k (largest algebraic) eigenvalues by Lanczos
   (:func:`implicitreg.measures.lanczos.lanczos`: full reorthogonalization, a residual-based
   stopping rule), or by power iteration with deflation and PyHessian's stopping rule (kept for
   comparison; it stops on a small relative change of the estimate, which is not a bound on the
   error, so its true residuals are reported too).
-- :func:`hessian_trace`: Hutchinson's estimator with Rademacher probes, with its standard error.
+- :func:`hessian_trace`: Hutchinson's estimator with Rademacher probes, Hutch++ or XTrace
+  (:mod:`~implicitreg.measures.trace_estimators`), with a standard error.
 
 Non-convergence is never silent: :class:`EigResult` carries per-eigenvalue ``converged`` flags,
 the HVPs spent and the relative residuals; the registered top eigenvalue warns, or with
-``with_convergence=True`` returns its flags. (Hutchinson's trace has no stopping rule: its
+``with_convergence=True`` returns its flags. (A stochastic trace has no stopping rule: its
 uncertainty is the standard error of :class:`TraceResult`.)
 
 Power iteration is exposed on any batched symmetric operator (:func:`power_iteration`), as Lanczos
-is in :mod:`implicitreg.measures.lanczos`; Ritz vectors, the smallest eigenvalues or a spectral
-density by quadrature come from that module on ``hessian_operator(...).matvec``.
+is in :mod:`implicitreg.measures.lanczos`; Ritz vectors or the smallest eigenvalues come from that
+module on ``hessian_operator(...).matvec``, the spectral density from
+:mod:`~implicitreg.measures.density`.
 
 References:
     Lanczos (1950); Parlett, *The Symmetric Eigenvalue Problem* (1998), ch. 13 (residual bound
     ‖H y − θ y‖ = |β_m s_m|). Yao, Gholami, Keutzer & Mahoney, *PyHessian* (2020) (power iteration
-    and its stopping rule). Hutchinson (1989) (trace estimator).
+    and its stopping rule). Hutchinson (1989); Meyer, Musco, Musco & Woodruff (2021) (Hutch++);
+    Epperly, Tropp & Webber (2024) (XTrace).
 """
 
 from __future__ import annotations
