@@ -240,6 +240,7 @@ class Sweep:
     claim = None  # an open experiment: the grid is the result, there is no verdict
     paper = "your own experiment (a sweep file)"
     quick_note = "--quick: a tenth of the steps (and of the evaluation and tracking cadences), one seed."
+    resume_hint = "Continue them with implicitreg sweep FILE.toml --resume --out DIR (the same file and options)."
     Config = Config
 
     def defaults(self, quick: bool) -> dict[str, Any]:
