@@ -166,8 +166,8 @@ def test_the_verdict_passes_when_every_phase_and_maximal_rate_is_the_papers():
                      "relu: η·λ₀ = 6 is catapult", "relu: η_max·λ₀ by bisection"]
     assert result.checks[3].value == pytest.approx(4.0625) and result.checks[7].value == pytest.approx(10.0625)
     table = result.table
-    assert table.loc[(table["model"] == "linear") & (table["eta_lambda0"] == 3.0), "phases"].item() == "catapult 4"
-    assert table.loc[(table["model"] == "relu") & (table["row"] == "eta_max"), "eta_max_mean"].item() == 10.0625
+    assert table.loc[(table["model"] == "linear") & (table["eta_lambda0"] == "3"), "phases"].item() == "catapult 4"
+    assert table.loc[(table["model"] == "relu") & (table["eta_lambda0"] == "η_max"), "eta_max_mean"].item() == 10.0625
 
 
 def test_a_wrong_phase_in_most_seeds_fails_and_in_one_seed_passes():
