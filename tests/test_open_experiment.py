@@ -38,3 +38,14 @@ def test_report_and_terminal_say_no_claim_instead_of_a_verdict(tmp_path):
     buffer = io.StringIO()
     print_summary(Console(file=buffer, width=120), summary, str(tmp_path))
     assert f"verdict: {NO_CLAIM}" in buffer.getvalue() and "NONE" not in buffer.getvalue()
+
+
+def test_a_report_of_one_row_per_run_does_not_claim_seed_statistics(tmp_path):
+    summary = {"study": "tracker", "claim": None, "paper": "", "verdict": None, "checks": [], "table": [],
+               "notes": [], "runs": {"planned": 1, "done": 1}, "config": {}, "provenance": {}}
+    per_run = write_report(summary, pd.DataFrame({"run": ["sgd"], "test_acc": [0.9]}), [],
+                           tmp_path / "a.html").read_text()
+    per_point = write_report(summary, pd.DataFrame({"lr": [0.1], "test_acc_mean": [0.9], "test_acc_std": [0.01]}),
+                             [], tmp_path / "b.html").read_text()
+    assert "over seeds;" not in per_run and "--set" not in per_run
+    assert "mean ± std over seeds;" in per_point

@@ -252,6 +252,13 @@ HOW_TO_READ = (
     "so late points average over fewer runs.</p>")
 
 
+HOW_TO_READ_OPEN = (
+    "<p>An open experiment (a sweep, a tracked training loop) makes no claim: it has no checks and no verdict, "
+    "and its table and figures are the result. Accuracies and the gap are in percent. Curves over steps show "
+    "each run, or the mean over seeds with a ±1 std band where runs differ only in their seed; runs that "
+    "stopped early leave the band, so late points average over fewer runs.</p>")
+
+
 def _judged(summary: dict[str, Any], passed: int, checks: list[dict[str, Any]], runs: str) -> list[str]:
     """Claim, verdict and checks of a study that makes a claim."""
     verdict = str(summary["verdict"])
@@ -264,6 +271,8 @@ def _judged(summary: dict[str, Any], passed: int, checks: list[dict[str, Any]], 
 def write_report(summary: dict[str, Any], table: pd.DataFrame, figures: list[Path], path: Path) -> Path:
     """Write the report for one study run; returns ``path``."""
     verdict = summary["verdict"]
+    # a tracked loop's table has a row per run; a study's or a sweep's, mean ± std over seeds
+    over_seeds = verdict is not None or any(str(c).endswith("_std") for c in table.columns)
     checks = list(summary.get("checks", []))
     passed = sum(c.get("passed") is True for c in checks)
     provenance = summary.get("provenance", {}) or {}
@@ -279,15 +288,17 @@ def write_report(summary: dict[str, Any], table: pd.DataFrame, figures: list[Pat
         *(_judged(summary, passed, checks, runs) if verdict is not None else
           [f"<p><strong>An open experiment</strong>: it makes no claim and has no verdict{_esc(runs)}.</p>"]),
         *[f"<p>{_esc(note)}</p>" for note in summary.get("notes", [])],
-        "<h2>Results (mean ± std over seeds; accuracies and gap in %)</h2>", _results_table(table),
+        f"<h2>Results ({'mean ± std over seeds; ' if over_seeds else ''}"
+        "accuracies and gap in %)</h2>", _results_table(table),
         *(["<h2>Measure ranking</h2><p>Kendall τ between each measure (sign-flipped where higher means simpler) "
            "and the generalization gap over the runs, and the granulated τ (Ψ) over the grid's axes; ranked by Ψ, "
            "then τ.</p>", _table(summary["ranking"])] if summary.get("ranking") else []),
         "<h2>Figures</h2>", *[_image(p) for p in figures if p.exists()],
-        "<h2>How to read this report</h2>", HOW_TO_READ,
+        "<h2>How to read this report</h2>", HOW_TO_READ if verdict is not None else HOW_TO_READ_OPEN,
         "<h2>Configuration</h2>",
-        "<p>The resolved configuration of this run; any key can be changed with "
-        "<code>--set key=value</code>.</p>", _keys(summary.get("config")),
+        "<p>The resolved configuration of this run"
+        + ("; any key can be changed with <code>--set key=value</code>.</p>" if verdict is not None else ".</p>"),
+        _keys(summary.get("config")),
         "<h2>Provenance</h2>", _keys(provenance),
         f"<details><summary>raw JSON (as in summary.json)</summary><pre>{_esc(raw)}</pre></details>",
         "</body></html>",
