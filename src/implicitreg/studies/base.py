@@ -175,13 +175,19 @@ class Study(Protocol):
     """The interface every study implements (see :mod:`implicitreg.studies.explicit_vs_implicit`)."""
 
     name: ClassVar[str]
-    claim: ClassVar[str]
+    # None for an open experiment (a sweep, a tracked training loop): it makes no claim, has no
+    # checks, and its verdict is None ("no claim") whatever ran.
+    claim: ClassVar[str | None]
     paper: ClassVar[str]
     Config: ClassVar[type[BaseModel]]
     # Optional: why a --quick run cannot show the claim (its verdict then reads "smoke"), and the
     # minutes a (quick, full) run takes on 2 CPU cores, printed before training starts.
     # quick_caveat: ClassVar[str]
     # minutes: ClassVar[tuple[float, float]]
+    # An open experiment whose runs do not come from plan() (a tracked loop) may also say which
+    # runs it planned and how unfinished ones continue:
+    # def planned_runs(self, config, runs: pd.DataFrame) -> list[str]: ...
+    # resume_hint: ClassVar[str]
 
     def defaults(self, quick: bool) -> dict[str, Any]: ...
 
