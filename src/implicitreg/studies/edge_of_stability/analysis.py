@@ -4,7 +4,10 @@ A run's step size η is read from its stored run config (``lr``); the planned st
 study's :class:`~implicitreg.studies.edge_of_stability.Config`, so a planned η without a run leaves its
 checks inconclusive. The pieces a study of another stability threshold reuses — a run's
 :class:`Trace`, :func:`after_sharpening`, :func:`band_check`, :func:`loss_check` — take the metric of
-sharpness / threshold (here ``sharpness_x_lr_over_2`` = sharpness·η/2) and the check's name.
+sharpness / threshold (here ``sharpness_x_lr_over_2`` = sharpness·η/2) and the check's name; the band
+check also takes the statistic it judges (every measurement here, or their median), how the
+after-sharpening window starts (here at the first measurement ≥ 0.9; or at the first crossing from
+below, for a ratio that starts above the level) and how the ratio is named in its details.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ BAND = (0.9, 1.1)  # sharpness·η/2 after sharpening (the issue's band)
 SHARPENED = 0.9  # "after sharpening": from the first measurement with sharpness·η/2 ≥ this on
 LOSS_DROP = 100.0  # initial / final training loss, for the large step sizes
 RATIO = "sharpness_x_lr_over_2"
+LABEL = "sharpness·η/2"  # how band_check names the ratio in its details
+STATISTICS = ("every", "median")  # what band_check holds to the band
 
 
 def series(part: pd.DataFrame, name: str) -> pd.Series:
@@ -33,7 +38,11 @@ def series(part: pd.DataFrame, name: str) -> pd.Series:
 @dataclass(frozen=True)
 class Trace:
     """One run's measurements: ``ratio`` (sharpness / stability threshold), ``sharpness``, ``converged``
-    (Lanczos, 1/0), ``loss``, and the last-step ``increases`` and ``diverged`` (1/0) records."""
+    (Lanczos, 1/0), ``loss``, and the last-step ``increases`` and ``diverged`` (1/0) records.
+
+    :meth:`of` reads them from metrics named ``ratio``, ``sharpness`` and ``converged`` (defaults: this
+    study's ``sharpness_x_lr_over_2``, ``sharpness``, ``lanczos_converged``), ``loss``, ``loss_increases``
+    and ``diverged``."""
 
     ratio: pd.Series
     sharpness: pd.Series
@@ -43,9 +52,9 @@ class Trace:
     diverged_flag: pd.Series
 
     @classmethod
-    def of(cls, part: pd.DataFrame, ratio: str = RATIO) -> Trace:
-        return cls(*(series(part, n) for n in (ratio, "sharpness", "lanczos_converged", "loss", "loss_increases",
-                                                "diverged")))
+    def of(cls, part: pd.DataFrame, ratio: str = RATIO, sharpness: str = "sharpness",
+           converged: str = "lanczos_converged") -> Trace:
+        return cls(*(series(part, n) for n in (ratio, sharpness, converged, "loss", "loss_increases", "diverged")))
 
     @property
     def diverged(self) -> bool:
@@ -81,6 +90,14 @@ def after_sharpening(ratio: pd.Series, level: float = SHARPENED) -> pd.Series:
     """The measurements from the first with ratio ≥ ``level`` on (empty if none crossed)."""
     crossed = ratio[ratio >= level]
     return ratio[ratio.index >= crossed.index[0]] if len(crossed) else ratio.iloc[0:0]
+
+
+def from_first_dip(ratio: pd.Series, level: float = SHARPENED) -> pd.Series:
+    """The measurements from the first with ratio < ``level`` on (all of them if none is below): a ratio
+    that starts above the level — Adam's preconditioned sharpness at step 0, whose bias-corrected
+    preconditioner is 1 − β₁ of its later size — sharpens only after it has first fallen below it."""
+    below = ratio[ratio < level]
+    return ratio[ratio.index >= below.index[0]] if len(below) else ratio
 
 
 def loss_drop(loss: pd.Series) -> float:
@@ -144,20 +161,33 @@ def checks(config: Any, runs: pd.DataFrame, metrics: pd.DataFrame) -> list[Check
     return out
 
 
-def band_check(name: str, trace: Trace, steps: int, short: str) -> Check:
-    """Every measurement from sharpening on (:func:`after_sharpening`) has its ratio within :data:`BAND`."""
-    ratio, converged = trace.ratio, trace.converged
+def band_check(name: str, trace: Trace, steps: int, short: str, *, statistic: str = "every", label: str = LABEL,
+               from_below: bool = False, min_window: int = 1) -> Check:
+    """The ratio after sharpening lies within :data:`BAND`: every measurement of the window
+    (``statistic="every"``) or their median (``"median"``).
+
+    The window runs from the first measurement with ratio ≥ :data:`SHARPENED` (:func:`after_sharpening`)
+    to the last; with ``from_below``, from the first such measurement after one below it
+    (:func:`from_first_dip`). A window of fewer than ``min_window`` measurements leaves the check
+    inconclusive (sharpened too late to tell where the ratio settles); ``label`` names the ratio in the
+    details; ``short`` is why the run cannot be judged ('' if it can: :meth:`Trace.unfinished`).
+    """
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic: expected one of {STATISTICS}, got {statistic!r}")
+    ratio, converged = (from_first_dip(trace.ratio) if from_below else trace.ratio), trace.converged
     after = after_sharpening(ratio)
     if not len(after):
         # never sharpened: the peak lies below the band, so the claim fails (or is unknown if a measurement
         # is NaN or a lower bound)
         doubtful = uncertain(ratio, converged)
         peak = float(ratio.max(skipna=False)) if len(ratio) else None
-        return Check.within(name, peak, *BAND, of="every measurement",
-                            detail=(f"never sharpened: sharpness·η/2 peaked at {peak:.3f} < {SHARPENED} in "
+        return Check.within(name, peak, *BAND, of="every measurement" if statistic == "every" else "peak",
+                            detail=(f"never sharpened: {label} peaked at {peak:.3f} < {SHARPENED} in "
                                     f"{steps} steps" if peak is not None and math.isfinite(peak) else ""),
                             unreliable=short or (f"{int(doubtful.sum())} measurement(s) NaN or not converged"
                                                  if doubtful.any() else ""))
+    if statistic == "median":
+        return _median_check(name, after, converged, short, min_window)
     doubtful = uncertain(after, converged)
     certain = after[~doubtful]
     # a lower bound above the band is out of it whatever the true value
@@ -171,6 +201,27 @@ def band_check(name: str, trace: Trace, steps: int, short: str) -> Check:
                                 f"[{finite.min():.3f}, {finite.max():.3f}]; final {after.iloc[-1]:.3f}"
                                 if len(finite) else f"sharpened at step {int(after.index[0])}"),
                         unreliable="" if outside else doubt)
+
+
+def _median_check(name: str, after: pd.Series, converged: pd.Series, short: str, min_window: int) -> Check:
+    """The median of the window ``after`` within :data:`BAND` (see :func:`band_check`)."""
+    doubtful = uncertain(after, converged)
+    finite = after.dropna()
+    median = float(finite.median()) if len(finite) else None
+    # a measurement that did not converge is a lower bound, so the true median is at least the median of the
+    # values: above the band, it is out of it whatever the true values (a NaN could be anything)
+    outside = median is not None and median > BAND[1] and not after.isna().any()
+    doubt = short or (f"{int(doubtful.sum())} of the {len(after)} measurements after sharpening are NaN or did not "
+                      "converge (a lower bound of the top eigenvalue)" if doubtful.any() else "")
+    few = (f"only {len(after)} measurement(s) after sharpening, fewer than {min_window}: sharpened too late to "
+           "tell where it settles" if len(after) < min_window else "")
+    inside = int(((finite >= BAND[0]) & (finite <= BAND[1])).sum())
+    return Check.within(name, median, *BAND, of="median after sharpening",
+                        detail=(f"sharpened at step {int(after.index[0])}; {len(after)} measurements after: median "
+                                f"{median:.3f}, {inside} in [{BAND[0]}, {BAND[1]}], range [{finite.min():.3f}, "
+                                f"{finite.max():.3f}]; final {after.iloc[-1]:.3f}"
+                                if len(finite) else f"sharpened at step {int(after.index[0])}"),
+                        unreliable=few or ("" if outside else doubt))
 
 
 def loss_check(name: str, trace: Trace, steps: int) -> Check:
