@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from implicitreg.config import ConfigError, build_config
 from implicitreg.studies.base import Analysis, Check, Study
+from implicitreg.studies.adaptive_eos import STUDY as ADAPTIVE_EOS
 from implicitreg.studies.batch_size import STUDY as BATCH_SIZE
 from implicitreg.studies.catapult import STUDY as CATAPULT
 from implicitreg.studies.diagonal_net import STUDY as DIAGONAL_NET
@@ -36,7 +37,7 @@ from implicitreg.studies.sweep import STUDY as SWEEP
 from implicitreg.studies.tracked import STUDY as TRACKED
 from implicitreg.studies.width import STUDY as WIDTH
 
-STUDIES: dict[str, Study] = {study.name: study for study in (BATCH_SIZE, CATAPULT, DIAGONAL_NET, DOUBLE_DESCENT, EDGE_OF_STABILITY, EXPLICIT_VS_IMPLICIT, IGR, INDUCTIVE_BIAS, MATRIX_FACTORIZATION, MAX_MARGIN, MEASURE_RANKING, MIN_NORM, RANDOM_LABELS, WIDTH)}
+STUDIES: dict[str, Study] = {study.name: study for study in (ADAPTIVE_EOS, BATCH_SIZE, CATAPULT, DIAGONAL_NET, DOUBLE_DESCENT, EDGE_OF_STABILITY, EXPLICIT_VS_IMPLICIT, IGR, INDUCTIVE_BIAS, MATRIX_FACTORIZATION, MAX_MARGIN, MEASURE_RANKING, MIN_NORM, RANDOM_LABELS, WIDTH)}
 """The built-in studies, by name."""
 
 OPEN: dict[str, Study] = {TRACKED.name: TRACKED, SWEEP.name: SWEEP}
