@@ -92,7 +92,8 @@ def hessian_density(model, loss_fn: LossFn, data, n_probes: int = 10, n_iter: in
         grid_size: points of the density's grid.
         reorthogonalize: full reorthogonalization (memory: P·n_probes·m·n float64 numbers); False
             runs the plain recurrence (two vectors per probe), whose outliers may repeat.
-        probe_batch: most probes per vmapped HVP pass (memory); None: all at once.
+        probe_batch: most probes per vmapped HVP pass (memory); None:
+            :meth:`~implicitreg.measures.curvature.CurvatureOperator.matmat`'s default.
 
     Returns:
         :class:`DensityResult`.
