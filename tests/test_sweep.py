@@ -390,3 +390,9 @@ def test_a_missing_file_and_a_dict_are_named_in_the_error(tmp_path):
     with pytest.raises(implicitreg.ConfigError, match=r"^sweep: grid: 'train.lrs' is not a config path"):
         implicitreg.sweep({"grid": {"train.lrs": [0.1]}}, out=out)
     assert not out.exists()
+
+
+def test_the_readme_shows_the_tiny_example_as_it_is():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Your own sweep")[1].split("```toml")[1].split("```")[0]
+    assert tomllib.loads(block) == tomllib.loads(TINY.read_text())
