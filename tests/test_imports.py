@@ -1,7 +1,7 @@
 """Importing the package has no side effects a notebook user would notice: the matplotlib backend
 stays as the user set it, pyplot's global state is untouched, and cvxpy and scipy's optimize,
 stats and integrate (about 1 s of start-up together, measured) are only imported by the code that
-uses them."""
+uses them, and Ray (an optional extra) only by the Ray backend."""
 
 import subprocess
 import sys
@@ -11,7 +11,7 @@ import sys, matplotlib
 matplotlib.use("svg")
 import implicitreg, implicitreg.runner, implicitreg.studies, implicitreg.cli
 from implicitreg.studies import STUDIES
-lazy = ("cvxpy", "scipy.optimize", "scipy.stats", "scipy.integrate")
+lazy = ("cvxpy", "scipy.optimize", "scipy.stats", "scipy.integrate", "ray")
 print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules, any(m in sys.modules for m in lazy), len(STUDIES))
 """
 

@@ -209,10 +209,11 @@ def run_until_killed(prepared, step: int) -> int:
     import sys
 
     from implicitreg import provenance, runner
-    from implicitreg.runner import faults, paths
+    from implicitreg.runner import executing, faults, paths
     from implicitreg.store import DirectoryLock, Store
 
-    creation = {runner.execute.__code__, faults.make_directories.__code__, paths.store_state.__code__,
+    creation = {runner.execute.__code__, executing.execute_all.__code__, executing.open_session.__code__,
+                faults.make_directories.__code__, paths.store_state.__code__,
                 Store.create.__func__.__code__, DirectoryLock.acquire.__code__, Store.inspect.__func__.__code__}
     pid = os.fork()
     if pid == 0:  # the child: no pytest, no clean-up, only os._exit

@@ -37,12 +37,18 @@ __version__ = "0.1.0"
 def run(study: str, quick: bool = False, *, seeds: int | None = None, device: str = "auto",
         engine: str = "population", out: str | Path | None = None, resume: bool = False,
         threads: int | None = None, data: str | Path | None = None, progress: bool = True,
+        backend: str = "local", ray_address: str | None = None, retries: int = 2,
         **overrides: Any) -> StudyResult:
     """Run a study as ``implicitreg run`` does; overrides use dotted keys (``**{"train.lr": 0.01}``)
     or nested dicts (``train={"lr": 0.01}``); ``data`` is a user's ``.npz`` problem (``--data``).
 
     ``progress``: a bar per population in a notebook or terminal, one line per population
     elsewhere (on stderr); ``False`` prints nothing.
+
+    ``backend="ray"``: every population chunk and solve is a Ray task (``--backend ray``), on the
+    cluster at ``ray_address`` (``--ray-address``; where this process already called ``ray.init``,
+    that connection), else a local Ray instance; ``retries``: how often a task whose worker died is
+    tried again. Needs ``pip install -e ".[ray]"``.
     """
     nested: dict[str, Any] = {}
     for key, value in overrides.items():
@@ -52,7 +58,7 @@ def run(study: str, quick: bool = False, *, seeds: int | None = None, device: st
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     options = RunOptions(study, quick, nested, seeds, device, engine, Path(out) if out else None, resume, threads,
-                         Path(data) if data is not None else None)
+                         Path(data) if data is not None else None, backend, ray_address, retries)
     prepared = prepare(options)
     if not progress:
         return execute(prepared)
@@ -66,16 +72,18 @@ def run(study: str, quick: bool = False, *, seeds: int | None = None, device: st
 
 def sweep(source: str | Path | dict[str, Any], out: str | Path | None = None, *, quick: bool = False,
           resume: bool = False, threads: int | None = None, device: str = "auto", engine: str = "population",
-          progress: bool = True) -> StudyResult:
+          progress: bool = True, backend: str = "local", ray_address: str | None = None,
+          retries: int = 2) -> StudyResult:
     """Run a sweep file (a path to its TOML, or a dict of the same shape) as ``implicitreg sweep`` does.
 
     Returns the :class:`StudyResult` of the sweep study: ``verdict`` None (a sweep makes no claim),
     ``summary["table"]`` one row per grid point, ``summary["ranking"]`` the measure-vs-gap ranking
     (None with fewer than two points or no tracked measure). ``progress`` as for :func:`run`; with
     it, a model trained on the sequential engine instead of the population engine is said on stderr.
+    ``backend``, ``ray_address``, ``retries`` as for :func:`run`.
     """
     options = _sweep_files.SweepOptions(source, Path(out) if out is not None else None, resume, quick, threads,
-                                        device, engine)
+                                        device, engine, backend, ray_address, retries)
     prepared, notices = _sweep_files.prepare_sweep(options)
     if not progress:
         return execute(prepared)

@@ -24,9 +24,9 @@ from typer.core import TyperGroup
 
 from implicitreg.config import ConfigError, SettingError, build_config, describe_fields, format_validation_error, \
     parse_sets, setting_text
-from implicitreg.display import execution_progress, plain, print_summary, verdict_markup
+from implicitreg.display import execution_progress, plain, print_summary, studies_progress, verdict_markup
 from implicitreg.report.index import write_index
-from implicitreg.runner import ALL, RunOptions, execute, prepare, prepare_all, summarize, write_outputs
+from implicitreg.runner import ALL, RunOptions, execute, execute_all, prepare, prepare_all, summarize, write_outputs
 from implicitreg.store import StorageFault, classify_write_error, describe_write_error
 from implicitreg.studies import STUDIES, all_studies, get_study, plugins
 
@@ -218,12 +218,20 @@ def list_measures() -> None:
     out_console.print(several)
 
 
+THREADS_HELP = "CPU threads (default: all available); with --backend ray, each task's (default 1)"
+BACKEND_HELP = "local (this process) | ray (Ray tasks: a cluster, or a local Ray instance)"
+RAY_ADDRESS_HELP = ("with --backend ray: the cluster (HOST:PORT, auto, ray://HOST:10001); default: RAY_ADDRESS, "
+                    "else a new local Ray instance")
+RETRIES_HELP = "with --backend ray: how often a task whose worker died is tried again before it is recorded failed"
+
+
 @app.command(epilog=examples(
         "implicitreg run explicit-vs-implicit --quick --out runs/evi",
         "implicitreg run explicit-vs-implicit --set train.lr=0.02 --set seeds=3 --threads 2",
         "implicitreg run explicit-vs-implicit --resume --out runs/evi",
         "implicitreg run min-norm --data problem.npz",
         "implicitreg run all --quick --out runs/all",
+        "implicitreg run width --backend ray --ray-address 10.0.0.5:6379 --threads 2",
         note="implicitreg config STUDY lists every key --set takes. `all` runs the built-in studies; a study "
              "from an installed package (a plugin, see implicitreg list) runs by its name."))
 def run(
@@ -235,28 +243,35 @@ def run(
     engine: str = typer.Option("population", "--engine", help="population (vectorized) | sequential (reference)"),
     out: Optional[Path] = typer.Option(None, "--out", help="output directory (default runs/<study>-<time>)"),
     resume: bool = typer.Option(False, "--resume", help="continue the runs in --out that did not finish"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all available)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
     as_json: bool = typer.Option(False, "--json", help="print summary.json to stdout"),
     data: Optional[Path] = typer.Option(None, "--data", help="your own problem as FILE.npz (theory studies)"),
     strict: bool = typer.Option(False, "--strict",
                                 help="exit 1 if the verdict is fail, 3 if inconclusive (for scripts and CI)"),
+    backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+    retries: int = typer.Option(2, "--retries", help=RETRIES_HELP),
 ) -> None:
     """Run a study (or `all` built-in ones): train, store, analyze, report."""
     try:
-        options = RunOptions(study, quick, parse_sets(set_), seeds, device, engine, out, resume, threads, data)
+        options = RunOptions(study, quick, parse_sets(set_), seeds, device, engine, out, resume, threads, data,
+                             backend, ray_address, retries)
         prepared_runs = prepare_all(options) if study == ALL else [prepare(options)]
     except SettingError as err:
         fail(f"{err} {settings_hint(study)}")
     except ConfigError as err:
         fail(str(err))
     results = []
-    for prepared in prepared_runs:
-        try:
-            results.append(_execute_with_progress(prepared))
-        except ConfigError as err:
-            fail(str(err))
-        except StorageFault as err:
-            fail(str(err), code=1)
+    try:
+        if backend == "local":
+            for prepared in prepared_runs:
+                results.append(_execute_with_progress(prepared))
+        else:  # every study's tasks on the cluster at once
+            results = _execute_all_with_progress(prepared_runs, study)
+    except ConfigError as err:
+        fail(str(err))
+    except StorageFault as err:
+        fail(str(err), code=1)
     if study == ALL:
         try:
             index = write_index(prepared_runs[0].out.parent,
@@ -340,10 +355,23 @@ def _execute_with_progress(prepared):
         raise typer.Exit(130) from None
 
 
+def _execute_all_with_progress(prepared_runs, study: str):
+    """Execute prepared studies together on one backend (a Ray cluster), one progress display for all."""
+    out = prepared_runs[0].out.parent if study == ALL else prepared_runs[0].out
+    try:
+        with studies_progress(err_console) as hooks_for:
+            return execute_all(prepared_runs, hooks=[hooks_for(p.study.name) for p in prepared_runs])
+    except KeyboardInterrupt:
+        err_console.print(plain(f"interrupted: finished populations are stored in {out}; "
+                                f"continue with --resume --out {out}"), highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+
+
 @app.command("sweep", epilog=examples(
         "implicitreg sweep examples/sweep-tiny.toml --quick --out runs/tiny",
         "implicitreg sweep examples/width-and-lr.toml --out runs/wl --threads 2",
         "implicitreg sweep examples/width-and-lr.toml --resume --out runs/wl",
+        "implicitreg sweep examples/width-and-lr.toml --backend ray --ray-address auto --out runs/wl",
         note="A sweep file is TOML: name, description, seeds, the base data, model, train and member tables, and "
              "a grid table of dotted config paths, each a list of values; every combination x seed is a run. "
              "implicitreg config sweep lists every key."))
@@ -352,18 +380,22 @@ def sweep_command(
     out: Optional[Path] = typer.Option(None, "--out", help="output directory (default runs/<name>-<time>)"),
     resume: bool = typer.Option(False, "--resume", help="continue the runs in --out that did not finish"),
     quick: bool = typer.Option(False, "--quick", help="a tenth of the steps and one seed: a smoke test of the file"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all available)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_HELP),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     engine: str = typer.Option("population", "--engine", help="population (vectorized) | sequential (reference)"),
     as_json: bool = typer.Option(False, "--json", help="print summary.json to stdout"),
     strict: bool = typer.Option(False, "--strict", help="as for run; a sweep makes no claim, so it exits 0 once "
                                                         "every run finished"),
+    backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+    retries: int = typer.Option(2, "--retries", help=RETRIES_HELP),
 ) -> None:
     """Run your own grid from a sweep file: every grid point x seed, stored, summarized and reported."""
     from implicitreg.sweep import SweepOptions, prepare_sweep
 
     try:
-        prepared, notices = prepare_sweep(SweepOptions(file, out, resume, quick, threads, device, engine))
+        prepared, notices = prepare_sweep(SweepOptions(file, out, resume, quick, threads, device, engine, backend,
+                                                       ray_address, retries))
     except SettingError as err:
         fail(f"{err} (see implicitreg config sweep for every key, its type and allowed values)")
     except ConfigError as err:

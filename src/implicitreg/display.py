@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from rich import box
 from rich.console import Console
@@ -188,38 +188,54 @@ def execution_progress(console: Console, study: str, live: bool | None = None) -
     population; elsewhere (a log file, CI) one plain line when a population starts and one when it
     ends, printed as it happens.
     """
+    with studies_progress(console, live) as hooks_for:
+        yield hooks_for(study)
+
+
+@contextmanager
+def studies_progress(console: Console, live: bool | None = None) -> Iterator[Callable[[str], dict[str, Any]]]:
+    """One progress display for several studies that run at once (``run all`` on a cluster):
+    ``hooks_for(study)`` gives each study's hooks, as :func:`execution_progress` does for one.
+    Tasks of a cluster run side by side: each bar ends when its own task ends."""
     if live is None:
         live = console.is_terminal or console.is_jupyter
     if not live:
-        yield _line_hooks(console, study)
+        yield lambda study: _line_hooks(console, study)
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        def progress_for(task):
-            group = task.group
-            total = group.train.max_steps * (len(group.members) if task.engine == "sequential" else 1)
-            handle = progress.add_task(plain(_group_label(study, task)), total=total)
-            count = {"done": 0}
-
-            def advance(step: int, max_steps: int) -> None:
-                count["done"] += 1
-                progress.update(handle, completed=count["done"])
-            return advance
-
-        def finished(outcome) -> None:
-            # members that reach their target stop early: the bar ends where the work ended
-            for task_id in progress.task_ids:
-                progress.update(task_id, total=progress.tasks[task_id].completed)
-
-        def solve_bar(label: str, total: int):
-            handle = progress.add_task(plain(f"{study}: {label}"), total=total)
-            return lambda done: progress.update(handle, completed=done)
-
         try:
-            yield {"progress": progress_for, "on_outcome": finished, "solve_progress": solve_bar}
+            yield lambda study: _live_hooks(progress, study)
         finally:
             progress.stop()
+
+
+def _live_hooks(progress: Progress, study: str) -> dict[str, Any]:
+    handles: dict[int, Any] = {}
+
+    def progress_for(task):
+        group = task.group
+        total = group.train.max_steps * (len(group.members) if task.engine == "sequential" else 1)
+        handle = handles[id(task)] = progress.add_task(plain(_group_label(study, task)), total=total)
+        count = {"done": 0}
+
+        def advance(step: int, max_steps: int) -> None:
+            count["done"] += 1
+            progress.update(handle, completed=count["done"])
+        return advance
+
+    def finished(outcome) -> None:
+        # members that reach their target stop early: the bar ends where the work ended
+        handle = handles.pop(id(outcome.task), None)
+        if handle is not None:
+            progress.update(handle, total=progress.tasks[handle].completed)
+
+    def solve_bar(label: str, total: int):
+        handle = progress.add_task(plain(f"{study}: {label}"), total=total)
+        return lambda done: progress.update(handle, completed=done)
+
+    return {"progress": progress_for, "on_outcome": finished, "solve_progress": solve_bar}
 
 
 def _line_hooks(console: Console, study: str) -> dict[str, Any]:

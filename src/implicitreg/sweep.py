@@ -63,6 +63,9 @@ class SweepOptions:
     threads: int | None = None
     device: str = "auto"
     engine: str = "population"
+    backend: str = "local"
+    ray_address: str | None = None
+    retries: int = 2
 
 
 def read_sweep(source: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -194,8 +197,12 @@ def prepare_sweep(options: SweepOptions) -> tuple[Prepared, list[str]]:
     out = options.out
     if out is None:  # runs/<name>-<time>, named after the sweep where its name can be a file name
         out = default_out(config.name if config.name and SLUG.fullmatch(config.name) else STUDY.name)
+    # a user's module beside the sweep file: remote workers import it from there too (where they see
+    # the driver's disk: a local Ray instance, a shared file system; elsewhere it must be installed)
     run = RunOptions(STUDY.name, options.quick, raw, None, options.device, options.engine, Path(out),
-                     options.resume, options.threads)
+                     options.resume, options.threads, backend=options.backend, ray_address=options.ray_address,
+                     retries=options.retries,
+                     import_paths=(str(directory.resolve()),) if directory is not None else ())
     with _importable_beside(directory):
         for factory in dict.fromkeys(p.settings.model.factory for p in points(config) if p.settings.model.factory):
             try:

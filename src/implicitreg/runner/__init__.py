@@ -6,8 +6,9 @@ One concept per module; this package re-exports what other code uses:
   everything a user can get wrong is checked there, before any file is written, with
   :mod:`~implicitreg.runner.paths` (``--out`` and the store already there) and
   :mod:`~implicitreg.runner.plan_size` (at most :data:`MAX_RUNS` runs).
-- :mod:`~implicitreg.runner.executing` — :func:`execute`: solve, train the unfinished chunks
-  (:mod:`~implicitreg.runner.chunks`) on a backend, store each outcome; storage failures through
+- :mod:`~implicitreg.runner.executing` — :func:`execute` (one study), :func:`execute_all` (several on
+  one backend at once): solve, train the unfinished chunks (:mod:`~implicitreg.runner.chunks`) on a
+  backend (:func:`make_backend`: local or Ray), store each outcome; storage failures through
   :mod:`~implicitreg.runner.faults`.
 - :mod:`~implicitreg.runner.summary` — :func:`summarize`, :func:`run_counts`, :func:`judge`;
   :mod:`~implicitreg.runner.outputs` — :func:`write_outputs` and :class:`StudyResult`;
@@ -16,8 +17,8 @@ One concept per module; this package re-exports what other code uses:
 
 from __future__ import annotations
 
-from implicitreg.runner.chunks import max_members, member_bytes
-from implicitreg.runner.executing import execute, run_record, solve
+from implicitreg.runner.chunks import chunk_size, max_members, member_bytes
+from implicitreg.runner.executing import execute, execute_all, run_record, solve
 from implicitreg.runner.outputs import StudyResult, write_outputs
 from implicitreg.runner.paths import check_out_path, default_out
 from implicitreg.runner.plan_size import MAX_RUNS, check_plan_size
@@ -28,6 +29,7 @@ from implicitreg.runner.preparing import (
     Prepared,
     RunOptions,
     available_threads,
+    make_backend,
     prepare,
     prepare_all,
     resolve_device,
@@ -36,6 +38,7 @@ from implicitreg.runner.solutions import SOLUTIONS, read_solutions, write_soluti
 from implicitreg.runner.summary import QUICK_NOTE, judge, run_counts, summarize
 
 __all__ = ["ALL", "DEVICES", "ENGINES", "MAX_RUNS", "QUICK_NOTE", "SOLUTIONS", "Prepared", "RunOptions",
-           "StudyResult", "available_threads", "check_out_path", "check_plan_size", "default_out", "execute",
-           "judge", "max_members", "member_bytes", "prepare", "prepare_all", "read_solutions", "resolve_device",
-           "run_counts", "run_record", "solve", "summarize", "write_outputs", "write_solutions"]
+           "StudyResult", "available_threads", "check_out_path", "check_plan_size", "chunk_size", "default_out",
+           "execute", "execute_all", "judge", "make_backend", "max_members", "member_bytes", "prepare",
+           "prepare_all", "read_solutions", "resolve_device", "run_counts", "run_record", "solve", "summarize",
+           "write_outputs", "write_solutions"]

@@ -64,12 +64,23 @@ def member_bytes(group: Group, n_eval: int = 2048) -> int:
     return itemsize * (8 * params + activations * (4 * group.train.batch_size + n_eval))
 
 
-def max_members(group: Group, device: torch.device) -> int:
+def max_members(group: Group, device: torch.device, sharing: int = 1) -> int:
     """Members per population chunk: a chunk takes at most a quarter of host memory (and at
-    most 8 GiB), or half of the GPU's free memory."""
+    most 8 GiB), or half of the GPU's free memory; ``sharing`` tasks that run at once on the host
+    (a Ray node) share the host's quarter."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         budget = free // 2
     else:
-        budget = min(8 << 30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4)
+        budget = min(8 << 30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4) // max(1, sharing)
     return max(1, int(budget // member_bytes(group)))
+
+
+def chunk_size(group: Group, engine: str, device: torch.device | None) -> int:
+    """Members per task: the whole group on the sequential engine (it trains one model at a time);
+    on the population engine as many as ``device``'s memory takes (:func:`max_members`). ``device``
+    None: a remote worker's GPU, whose memory the driver cannot see — the whole group, which the
+    worker splits only if its memory needs it (:mod:`implicitreg.backends.ray`)."""
+    if engine == "sequential" or device is None:
+        return len(group.members)
+    return max_members(group, device)

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from implicitreg.backends import BACKENDS, Backend, LocalBackend, ray_backend
 from implicitreg.backends.local import cached_dataset
 from implicitreg.config import ConfigError, build_config
 from implicitreg.runner.paths import check_out_path, default_out, store_state
@@ -38,16 +39,25 @@ class RunOptions:
     resume: bool = False
     threads: int | None = None
     data: Path | None = None
+    backend: str = "local"
+    ray_address: str | None = None
+    retries: int = 2
+    import_paths: tuple[str, ...] = ()  # directories a remote worker also imports from (a sweep file's own)
 
 
 @dataclass
 class Prepared:
     """A validated run: the study, its resolved config, device, threads, output directory and,
-    for a solved study, its loaded problem."""
+    for a solved study, its loaded problem.
+
+    ``device`` is None on the Ray backend until the run starts: a cluster's devices decide it
+    (:meth:`~implicitreg.backends.ray.RayBackend.device`), not the driver's. ``threads`` are each
+    task's (a Ray task asks for as many CPUs).
+    """
 
     study: Study
     config: Any
-    device: torch.device
+    device: torch.device | None
     threads: int
     out: Path
     options: RunOptions
@@ -59,6 +69,24 @@ def available_threads() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def make_backend(options: RunOptions) -> Backend:
+    """The backend ``options`` ask for, not yet connected; :class:`ConfigError` for a bad choice
+    (and for ``--backend ray`` where Ray is not installed: how to install it)."""
+    if options.backend not in BACKENDS:
+        raise ConfigError(f"--backend: expected one of {', '.join(BACKENDS)}, got {options.backend!r}")
+    if options.retries < 0:
+        raise ConfigError(f"--retries: expected an integer >= 0, got {options.retries}")
+    if options.backend == "local":
+        if options.ray_address is not None:
+            raise ConfigError(f"--ray-address: applies to --backend ray, got it with --backend {options.backend}")
+        return LocalBackend()
+    if options.ray_address is not None and not options.ray_address.strip():
+        raise ConfigError("--ray-address: expected HOST:PORT, auto or ray://HOST:PORT, got an empty address")
+    # a local Ray instance takes every core this process may use: its tasks take --threads each
+    return ray_backend(options.ray_address, options.retries, cpus=available_threads(),
+                       import_paths=options.import_paths)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -105,6 +133,7 @@ def prepare(options: RunOptions, parent_may_be_missing: bool = False) -> Prepare
         raise ConfigError(f"--seeds: expected an integer >= 1, got {options.seeds}")
     if options.threads is not None and options.threads < 1:
         raise ConfigError(f"--threads: expected an integer >= 1, got {options.threads}")
+    make_backend(options)
     overrides = dict(options.overrides)
     if options.seeds is not None:
         if "seeds" in overrides:
@@ -128,7 +157,12 @@ def prepare(options: RunOptions, parent_may_be_missing: bool = False) -> Prepare
         if options.seeds is not None and str(err).startswith("seeds:"):
             raise ConfigError(f"--{err}") from None
         raise
-    device = resolve_device(options.device)
+    if options.backend == "local":
+        device = resolve_device(options.device)
+    elif options.device not in DEVICES:
+        raise ConfigError(f"--device: expected one of {', '.join(DEVICES)}, got {options.device!r}")
+    else:
+        device = None  # the cluster's devices decide (RayBackend.device), when the run starts
     out = Path(options.out) if options.out is not None else default_out(study.name)
     if options.out is not None and not parent_may_be_missing:
         check_out_path(out, parent_must_exist=True)
@@ -153,4 +187,6 @@ def prepare(options: RunOptions, parent_may_be_missing: bool = False) -> Prepare
             raise ConfigError(str(err)) from None
         except OSError as err:  # a --data path the system cannot read (a name too long, no permission)
             raise ConfigError(f"--data: {describe_write_error(err)}") from None
-    return Prepared(study, config, device, options.threads or available_threads(), out, options, problem)
+    # a Ray task asks for --threads CPUs: by default one, so that a cluster runs a task per core
+    threads = options.threads or (available_threads() if options.backend == "local" else 1)
+    return Prepared(study, config, device, threads, out, options, problem)
