@@ -78,7 +78,8 @@ def _admits_bool(annotation: Any) -> bool:
     return False
 
 
-DatasetName = Literal["mnist1d", "digits", "regression", "separable", "teacher-student", "mnist", "cifar10"]
+DatasetName = Literal["mnist1d", "digits", "regression", "separable", "teacher-student", "mnist", "cifar10",
+                      "modular"]
 
 
 class DataConfig(Strict):
@@ -87,7 +88,7 @@ class DataConfig(Strict):
     name: DatasetName = "mnist1d"
     n_train: int | None = Field(None, ge=2, description="train points; None = the data set's default")
     n_test: int | None = Field(None, ge=1, description="test points; None = the data set's default")
-    dim: int = Field(20, ge=1, description="input dimension of the synthetic generators")
+    dim: int = Field(20, ge=1, description="input dimension of the synthetic generators; the modulus p of modular")
     noise: float = Field(0.0, ge=0.0, description="label/target noise of the synthetic generators")
     seed: int | None = Field(None, ge=0, description="seed of data generation (not of training); None = the data "
                              "set's default: 42 for mnist1d (the paper's set), 0 otherwise")

@@ -1,4 +1,4 @@
-"""Data: MNIST-1D (offline), scikit-learn digits, synthetic generators, label noise."""
+"""Data: MNIST-1D (offline), scikit-learn digits, synthetic generators, modular addition, label noise."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from implicitreg.data.digits import load_digits
 from implicitreg.data.inputs import INPUT_MODES, transform_inputs
 from implicitreg.data.label_noise import corrupt_labels
 from implicitreg.data.mnist1d import CANONICAL_SEED, load_mnist1d
+from implicitreg.data.modular import modular
 from implicitreg.data.synthetic import regression, separable, teacher_student
 from implicitreg.data.vision import load_cifar10, load_mnist
 
@@ -26,6 +27,8 @@ def load_dataset(config: DataConfig) -> Dataset:
         dataset = load_mnist1d(**sizes)
     elif config.name == "digits":
         dataset = load_digits(**sizes)
+    elif config.name == "modular":  # data.dim is the modulus p, data.n_train the number of train pairs
+        dataset = modular(p=config.dim, **sizes)
     elif config.name in ("mnist", "cifar10"):
         dataset = (load_mnist if config.name == "mnist" else load_cifar10)(config.root, **sizes)
     else:
@@ -44,6 +47,7 @@ __all__ = [
     "load_cifar10",
     "load_mnist",
     "load_mnist1d",
+    "modular",
     "regression",
     "separable",
     "teacher_student",
