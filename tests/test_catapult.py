@@ -181,10 +181,16 @@ def test_a_wrong_phase_in_most_seeds_fails_and_in_one_seed_passes():
     assert judged(edit=lazy_catapult({0})).verdict == "pass"  # 3 of 4
 
 
-def test_an_eta_max_outside_the_band_fails():
-    result = judged(brackets={"linear": (4.0, 4.125), "relu": (22.0, 22.125)})
+def test_an_eta_max_outside_the_band_fails_and_says_so_in_the_notes():
+    assert not any("does not reproduce" in note for note in judged().notes)
+    result = judged(brackets={"linear": (4.0, 4.125), "relu": (22.0, 22.125)},
+                    edit=lambda model, rate, seed, values: {**values, "active_units": 0.5} if model == "relu" and rate
+                    else values)
     assert result.verdict == "fail" and [c.name for c in result.checks if c.passed is False] == \
         ["relu: η_max·λ₀ by bisection"]
+    note = result.notes[0]
+    assert note.startswith("relu: the claim does not reproduce here — η_max·λ₀ = 22.1")
+    assert "0.50 at η·λ₀ = 6" in note
 
 
 def test_missing_or_nan_runs_make_their_checks_inconclusive():

@@ -59,13 +59,14 @@ def final_curvature(config: Any, runs: pd.DataFrame, metrics: pd.DataFrame, path
                 xs += [rate] * len(values)
                 ys += values.tolist()
         panel.curves.append(kinds.Curve(xs, ys, "seeds (not diverged)", {"marker": "o", "linestyle": "none"}))
-        top = max([*config.rates, PAPER_ETA_MAX[model]]) * 1.1
+        finite = eta_max_estimates(bisection_part(frame, model)).estimates.dropna()
+        top = max([*config.rates, PAPER_ETA_MAX[model], *finite]) * 1.1
         panel.curves.append(kinds.Curve([0, top], [0, top], "λ_T = λ₀", {"color": "grey", "linewidth": 0.8}))
         panel.lines.append(kinds.Line(2.0, "λ_T = 2/η"))
-        finite = eta_max_estimates(bisection_part(frame, model)).estimates.dropna()
-        if len(finite):
-            panel.spans.append(kinds.Span(float(finite.min()), float(finite.max()) + 1e-9,
-                                          f"η_max·λ₀ by bisection ({float(finite.mean()):.3g})",
+        if len(finite):  # the union of the seeds' final brackets (each midpoint ± half the bracket's width)
+            half = (config.bisection_high - config.bisection_low) / 2 ** config.bisection_iterations / 2
+            panel.spans.append(kinds.Span(float(finite.min()) - half, float(finite.max()) + half,
+                                          f"η_max·λ₀ by bisection (mean {float(finite.mean()):.3g})",
                                           style={"color": "tab:red", "alpha": 0.2}))
         panel.lines.append(kinds.Line(PAPER_ETA_MAX[model], f"paper's η_max·λ₀ ≈ {PAPER_ETA_MAX[model]:g}",
                                       {"color": "tab:red", "linestyle": ":"}, axis="x"))
