@@ -160,3 +160,13 @@ def test_tiny_sweep_end_to_end(tmp_path):
     assert all(row["tau"] is None or -1 <= row["tau"] <= 1 for row in summary["table"])
     assert not math.isnan(summary["checks"][0]["value"])
     assert (out / "figures" / "ranking.png").is_file() and (out / "figures" / "measure_vs_gap.png").is_file()
+
+
+def test_the_default_ranking_is_a_fixed_list_that_new_measures_do_not_change():
+    from implicitreg.measures import REGISTRY
+    from implicitreg.studies.measure_ranking import APPLICABLE, MEASURES, Config
+
+    assert set(MEASURES) <= set(APPLICABLE) <= set(REGISTRY)
+    assert Config().measures == list(MEASURES) and len(MEASURES) == 22
+    assert "top_ggn_eigenvalue" in APPLICABLE and "top_ggn_eigenvalue" not in MEASURES
+    assert Config(measures=["top_ggn_eigenvalue"]).measures == ["top_ggn_eigenvalue"]  # still selectable

@@ -39,7 +39,15 @@ from implicitreg.studies.base import Analysis, Check, Support, final_values, wea
 
 #: Measures of the end-to-end matrix of a linear (factorized) model: undefined for a ReLU MLP.
 LINEAR_ONLY = ("effective_rank", "nuclear_norm", "stable_rank")
-MEASURES = tuple(sorted(name for name in REGISTRY if name not in LINEAR_ONLY))
+#: What --set measures=[…] may name: every registered measure defined for a ReLU MLP.
+APPLICABLE = tuple(sorted(name for name in REGISTRY if name not in LINEAR_ONLY))
+#: The default ranking: the norm, margin, flatness and sharpness measures of Jiang et al. (2020), a
+#: fixed list so that the study's result does not change when a measure is added to the registry.
+MEASURES = ("distance_from_init", "epsilon_sharpness", "frobenius_product", "hessian_trace", "l1_norm", "l2_norm",
+            "margin", "normalized_margin", "pac_bayes_flatness", "pac_bayes_init", "pac_bayes_mag_flatness",
+            "pac_bayes_mag_init", "pac_bayes_mag_orig", "pac_bayes_orig", "pac_bayes_sigma", "param_count",
+            "path_norm", "spectral_complexity", "spectral_product", "sum_of_frobenius", "sum_of_spectral",
+            "top_hessian_eigenvalue")
 HYPERPARAMETERS = ("width", "depth", "lr", "batch_size", "weight_decay", "dropout")
 
 #: The two sides of the claim, by registry family (Jiang et al.'s Table 1/2 and Section 6: the
@@ -77,9 +85,9 @@ class Config(Strict):
     @field_validator("measures")
     @classmethod
     def _known(cls, names: list[str]) -> list[str]:
-        unknown = [n for n in names if n not in MEASURES]
+        unknown = [n for n in names if n not in APPLICABLE]
         if unknown:
-            raise ValueError(f"unknown or inapplicable measure(s) {unknown}; expected any of {list(MEASURES)}")
+            raise ValueError(f"unknown or inapplicable measure(s) {unknown}; expected any of {list(APPLICABLE)}")
         return names
 
     @field_validator("widths", "depths", "batch_sizes")
