@@ -143,3 +143,10 @@ def test_width_figures_with_a_widest_width_without_value():
     assert measures.axes[0].get_title() == "path norm: ×0.88 from width 128 to 256"
     none_fits = table.assign(train_acc_mean=0.5)
     assert "no threshold" in width._accuracy_vs_width(none_fits).axes[1].get_title()
+
+
+def test_every_registered_measure_has_a_readable_axis_name():
+    from implicitreg.measures import REGISTRY
+    from implicitreg.report.figures import LABELS
+
+    assert sorted(set(REGISTRY) - set(LABELS)) == []

@@ -33,7 +33,10 @@ LABELS = {"train_acc": "train accuracy", "test_acc": "test accuracy", "gap": "ge
           "pac_bayes_flatness": "PAC-Bayes flatness", "pac_bayes_orig": "PAC-Bayes bound (origin)",
           "pac_bayes_init": "PAC-Bayes bound (init)", "pac_bayes_mag_flatness": "PAC-Bayes magnitude flatness",
           "pac_bayes_mag_init": "PAC-Bayes magnitude bound (init)",
-          "pac_bayes_mag_orig": "PAC-Bayes magnitude bound (origin)", "param_count": "parameters"}
+          "pac_bayes_mag_orig": "PAC-Bayes magnitude bound (origin)", "param_count": "parameters",
+          "hessian_trace_hutchpp": "Hessian trace (Hutch++)", "top_ggn_eigenvalue": "top GGN eigenvalue",
+          "ggn_trace": "GGN trace", "empirical_fisher_trace": "empirical Fisher trace",
+          "mc_fisher_trace": "Monte-Carlo Fisher trace"}
 PERCENT = ("train_acc", "test_acc", "gap")  # drawn ×100, in %: the terminal's and the report's unit
 UNITS = {"train_acc": "%", "test_acc": "%", "gap": "% points", "steps": "steps"}
 
