@@ -240,23 +240,53 @@ def test_a_study_on_two_nodes_equals_the_local_backend(cluster, reference, tmp_p
     assert {w["device"] for w in workers} == {"cpu"} and {w["threads"] for w in workers} == {1}
 
 
-@needs_ray
-def test_a_solved_study_on_ray_equals_the_local_backend(cluster, tmp_path):
+@pytest.fixture(scope="module")
+def min_norm_local(tmp_path_factory):
+    """min-norm --quick (a solved study) through the local backend: its store and solutions."""
     from implicitreg.runner import read_solutions
 
-    results = {}
-    for backend in ("local", "ray"):
-        out = tmp_path / backend
-        result = execute(prepare(RunOptions("min-norm", quick=True, threads=1, out=out, backend=backend,
-                                            ray_address=cluster.address if backend == "ray" else None)))
-        assert result.verdict == "pass" and not result.failures
-        results[backend] = (read_store(out), read_solutions(out))
-    (runs_l, metrics_l), arrays_l = results["local"]
-    (runs_r, metrics_r), arrays_r = results["ray"]
+    out = tmp_path_factory.mktemp("local") / "min-norm"
+    result = execute(prepare(RunOptions("min-norm", quick=True, threads=1, out=out)))
+    assert result.verdict == "pass" and not result.failures
+    return read_store(out), read_solutions(out)
+
+
+def assert_like_min_norm(out: Path, min_norm_local) -> None:
+    from implicitreg.runner import read_solutions
+
+    (runs_l, metrics_l), arrays_l = min_norm_local
+    runs_r, metrics_r = read_store(out)
+    arrays_r = read_solutions(out)
     pd.testing.assert_frame_equal(metrics_r, metrics_l, check_exact=True)
     assert list(runs_r["run_id"]) == list(runs_l["run_id"]) and set(runs_r["status"]) == {"done"}
     assert arrays_r.keys() == arrays_l.keys()
     assert all(np.array_equal(arrays_r[k], arrays_l[k]) for k in arrays_l)
+
+
+@needs_ray
+def test_a_solved_study_on_ray_equals_the_local_backend(cluster, min_norm_local, tmp_path):
+    out = tmp_path / "ray"
+    result = execute(prepare(RunOptions("min-norm", quick=True, threads=1, out=out, backend="ray",
+                                        ray_address=cluster.address)))
+    assert result.verdict == "pass" and not result.failures
+    assert_like_min_norm(out, min_norm_local)
+
+
+@needs_ray
+def test_studies_run_together_each_into_its_own_directory(cluster, reference, min_norm_local, tmp_path):
+    """`run all` on a cluster: execute_all submits every study's tasks on one backend; each
+    directory ends as if its study had run alone."""
+    from implicitreg.runner import execute_all
+
+    prepared = [prepare(options(tmp_path / "width", backend="ray", ray_address=cluster.address)),
+                prepare(RunOptions("min-norm", quick=True, threads=1, out=tmp_path / "min-norm", backend="ray",
+                                   ray_address=cluster.address))]
+    results = execute_all(prepared)
+    assert [r.out for r in results] == [tmp_path / "width", tmp_path / "min-norm"]
+    assert not any(r.failures for r in results) and results[1].verdict == "pass"
+    assert_like_reference(tmp_path / "width", reference)
+    assert_like_min_norm(tmp_path / "min-norm", min_norm_local)
+    assert all((tmp_path / name / "report.html").exists() for name in ("width", "min-norm"))
 
 
 @needs_ray
@@ -420,7 +450,7 @@ def test_progress_messages_are_few_a_second_and_the_last_one_arrives():
             self.messages.append((time.monotonic(), item))
 
     queue = Queue()
-    report = _Reporter(queue, key=7)
+    report = _Reporter(queue, key=(1, 7))
     began = time.monotonic()
     for step in range(1, 30001):
         report("", step, 30000)
@@ -430,6 +460,6 @@ def test_progress_messages_are_few_a_second_and_the_last_one_arrives():
     seconds = time.monotonic() - began
     sent = queue.messages
     assert len(sent) <= REPORTS_PER_SECOND * seconds + 2, (len(sent), seconds)
-    assert sent[-1][1] == (7, {"": (30000, 30000)})  # the last value always goes
+    assert sent[-1][1] == ((1, 7), {"": (30000, 30000)})  # the last value always goes
     gaps = np.diff([t for t, _ in sent[:-1]])
     assert (gaps >= 1 / REPORTS_PER_SECOND - 1e-3).all()

@@ -56,7 +56,7 @@ class _Reporter:
     population's steps on channel ""; a solve's bars by label), at most :data:`REPORTS_PER_SECOND`
     messages a second; what is held back goes with the next message or with :meth:`flush`."""
 
-    def __init__(self, queue: Queue, key: int):
+    def __init__(self, queue: Queue, key: tuple[int, int]):
         self.queue, self.key = queue, key
         self.pending: dict[str, tuple[int, int]] = {}
         self.sent_at = -float("inf")
@@ -82,15 +82,22 @@ def _versions() -> dict[str, str | None]:
     return provenance.versions()
 
 
+@lru_cache(maxsize=4)
+def _device_name(device: str) -> str:
+    return provenance.device_name(torch.device(device))
+
+
 def _worker(device: torch.device, threads: int, split: int = 1) -> dict[str, Any]:
     """Where a task ran: host, Ray node, process, device, threads, package versions."""
     return {"host": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
-            "device": str(device), "device_name": provenance.device_name(device), "threads": threads,
+            "device": str(device), "device_name": _device_name(str(device)), "threads": threads,
             "versions": _versions(), "split": split}
 
 
+@lru_cache(maxsize=8)
 def _tasks_per_node(threads: int) -> int:
-    """How many tasks of ``threads`` CPUs this Ray node runs at once: they share its memory."""
+    """How many tasks of ``threads`` CPUs this Ray node runs at once: they share its memory (asked
+    of the cluster once per worker process)."""
     node = ray.get_runtime_context().get_node_id()
     for info in ray.nodes():
         if info.get("NodeID") == node:
@@ -105,7 +112,7 @@ def _importable(paths: tuple[str, ...]) -> None:
             sys.path.append(path)
 
 
-def _train(task: Task, queue: Queue, key: int,
+def _train(task: Task, queue: Queue, key: tuple[int, int],
            import_paths: tuple[str, ...] = ()) -> tuple[list | None, str | None, dict[str, Any]]:
     """A population chunk on this worker: its results, or the error that stopped it, and where it ran.
 
@@ -153,7 +160,7 @@ def _train(task: Task, queue: Queue, key: int,
     return results, None, _worker(device, task.threads, len(chunks))
 
 
-def _solve(task: SolveTask, queue: Queue, key: int, import_paths: tuple[str, ...] = ()) -> tuple[Any, dict[str, Any]]:
+def _solve(task: SolveTask, queue: Queue, key: tuple[int, int], import_paths: tuple[str, ...] = ()) -> tuple[Any, dict[str, Any]]:
     """A solved study's dynamics on this worker: its ``Solved`` and where it ran. An exception of the
     study's ``solve`` reaches the driver, which raises it, as the local backend does."""
     _importable(import_paths)
@@ -178,8 +185,9 @@ class _Views:
     """The driver's side of the tasks' progress: the display's callbacks, fed from the queue."""
 
     def __init__(self, tasks: Sequence[Task | SolveTask], progress: ProgressFactory | None,
-                 solve_progress: SolveProgressFactory | None):
+                 solve_progress: SolveProgressFactory | None, generation: int):
         self.tasks, self.progress, self.solve_progress = tasks, progress, solve_progress
+        self.generation = generation
         self.advance: dict[int, tuple[Callable[[int, int], None] | None, list[int]]] = {}
         self.factories: dict[int, Any] = {}  # a solve's ProgressBar: bars by label
         self.bars: dict[int, dict[str, Callable[[int], None]]] = {}
@@ -218,8 +226,9 @@ class _Views:
             messages = queue.get_nowait_batch(size) if size else []
         except Exception:  # the queue's actor is gone: the bars stop, the results still arrive
             return
-        for key, channels in messages:
-            self.update(key, channels)
+        for (generation, index), channels in messages:
+            if generation == self.generation:  # not a late message of an earlier run's task
+                self.update(index, channels)
 
 
 class RayBackend:
@@ -244,6 +253,8 @@ class RayBackend:
                  import_paths: tuple[str, ...] = ()):
         self.address, self.retries, self.cpus, self.import_paths = address, retries, cpus, tuple(import_paths)
         self._started_here = False
+        self._queue: Queue | None = None  # the progress queue, one actor for every run of this backend
+        self._generation = 0  # which run a progress message belongs to (a cancelled task may report late)
 
     # -- the cluster ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -264,7 +275,13 @@ class RayBackend:
         self._started_here = True
 
     def close(self) -> None:
-        """Disconnect, and stop the local instance if this backend started it."""
+        """Stop the progress queue; disconnect, and stop the local instance, if this backend started it."""
+        if self._queue is not None and ray.is_initialized():
+            try:
+                self._queue.shutdown(force=True)
+            except Exception:  # its actor is already gone
+                pass
+        self._queue = None
         if self._started_here and ray.is_initialized():
             ray.shutdown()
         self._started_here = False
@@ -291,7 +308,7 @@ class RayBackend:
         return "cuda" if requested == "cuda" or (requested == "auto" and gpus >= 1) else "cpu"
 
     # -- the tasks -----------------------------------------------------------------------------
-    def _submit(self, key: int, task: Task | SolveTask, queue: Queue) -> ray.ObjectRef:
+    def _submit(self, key: tuple[int, int], task: Task | SolveTask, queue: Queue) -> ray.ObjectRef:
         common = {"num_cpus": task.threads, "max_retries": self.retries, "retry_exceptions": False}
         if isinstance(task, SolveTask):
             return _solve_remote.options(**common, num_gpus=0, name=f"implicitreg solve {task.study.name}").remote(
@@ -326,21 +343,23 @@ class RayBackend:
         if not tasks:
             return
         self.start()
-        queue = Queue(actor_options={"num_cpus": 0})
-        views = _Views(tasks, progress, solve_progress)
+        if self._queue is None:
+            self._queue = Queue(actor_options={"num_cpus": 0})
+        self._generation += 1
+        views = _Views(tasks, progress, solve_progress, self._generation)
         pending: dict[ray.ObjectRef, int] = {}
         try:
-            for key, task in enumerate(tasks):
-                pending[self._submit(key, task, queue)] = key
+            for index, task in enumerate(tasks):
+                pending[self._submit((self._generation, index), task, self._queue)] = index
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=POLL_SECONDS)
-                views.drain(queue)
+                views.drain(self._queue)
                 for ref in ready:
-                    key = pending.pop(ref)
-                    task = tasks[key]
+                    index = pending.pop(ref)
+                    task = tasks[index]
                     outcome = self._outcome(task, ref)
                     if isinstance(task, Task):
-                        views.started(key)  # a task that failed before it reported: its start, then its end
+                        views.started(index)  # a task that failed before it reported: its start, then its end
                     yield outcome
         finally:
             for ref in pending:
@@ -348,7 +367,3 @@ class RayBackend:
                     ray.cancel(ref, force=True)
                 except Exception:  # already finished, or its worker already gone
                     pass
-            try:
-                queue.shutdown(force=True)
-            except Exception:
-                pass
