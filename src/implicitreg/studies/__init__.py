@@ -26,6 +26,7 @@ from implicitreg.studies.diagonal_net import STUDY as DIAGONAL_NET
 from implicitreg.studies.double_descent import STUDY as DOUBLE_DESCENT
 from implicitreg.studies.edge_of_stability import STUDY as EDGE_OF_STABILITY
 from implicitreg.studies.explicit_vs_implicit import STUDY as EXPLICIT_VS_IMPLICIT
+from implicitreg.studies.grokking import STUDY as GROKKING
 from implicitreg.studies.igr import STUDY as IGR
 from implicitreg.studies.inductive_bias import STUDY as INDUCTIVE_BIAS
 from implicitreg.studies.matrix_factorization import STUDY as MATRIX_FACTORIZATION
@@ -37,7 +38,7 @@ from implicitreg.studies.sweep import STUDY as SWEEP
 from implicitreg.studies.tracked import STUDY as TRACKED
 from implicitreg.studies.width import STUDY as WIDTH
 
-STUDIES: dict[str, Study] = {study.name: study for study in (ADAPTIVE_EOS, BATCH_SIZE, CATAPULT, DIAGONAL_NET, DOUBLE_DESCENT, EDGE_OF_STABILITY, EXPLICIT_VS_IMPLICIT, IGR, INDUCTIVE_BIAS, MATRIX_FACTORIZATION, MAX_MARGIN, MEASURE_RANKING, MIN_NORM, RANDOM_LABELS, WIDTH)}
+STUDIES: dict[str, Study] = {study.name: study for study in (ADAPTIVE_EOS, BATCH_SIZE, CATAPULT, DIAGONAL_NET, DOUBLE_DESCENT, EDGE_OF_STABILITY, EXPLICIT_VS_IMPLICIT, GROKKING, IGR, INDUCTIVE_BIAS, MATRIX_FACTORIZATION, MAX_MARGIN, MEASURE_RANKING, MIN_NORM, RANDOM_LABELS, WIDTH)}
 """The built-in studies, by name."""
 
 OPEN: dict[str, Study] = {TRACKED.name: TRACKED, SWEEP.name: SWEEP}
