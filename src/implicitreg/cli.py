@@ -418,8 +418,8 @@ def sweep_command(
         print_summary(out_console, result.summary, str(prepared.out))
     if result.failures:
         err_console.print(f"[bold red]{len(result.failures)} population(s) failed[/]; first error:\n"
-                          f"{plain(result.failures[0])}\nrerun with --resume --out {plain(prepared.out)} to retry "
-                          "them", highlight=False)
+                          f"{plain(result.failures[0])}\nrerun with implicitreg sweep {plain(file)} --resume --out "
+                          f"{plain(prepared.out)} to retry them", highlight=False)
         raise typer.Exit(1)
     if strict:
         raise typer.Exit(STRICT_EXIT.get(result.verdict, 3))
