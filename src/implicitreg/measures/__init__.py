@@ -70,6 +70,15 @@ from implicitreg.measures.rank import (
     stable_ranks,
 )
 from implicitreg.measures.sharpness import epsilon_sharpness
+from implicitreg.measures.spectra import (
+    WeightSpectrum,
+    alpha_weighted,
+    log_spectral_norm,
+    mean_alpha,
+    n_spikes,
+    weight_spectra,
+    weight_spectrum,
+)
 from implicitreg.measures.size import distance_from_init, l1_norm, l2_norm, param_count
 from implicitreg.measures.tracking import compute
 
@@ -84,5 +93,6 @@ __all__ = ["REGISTRY", "Estimate", "FlatnessResult", "MeasureInfo", "PopulationL
            "CurvatureOperator", "HessianOperator", "hessian_operator", "hessian_trace_hutchpp", "DensityResult",
            "hessian_density", "OutlierResult", "empirical_fisher_trace", "fisher_eigenvalues", "fisher_operator",
            "fisher_trace", "ggn_eigenvalues", "ggn_operator", "ggn_outliers", "ggn_trace", "mc_fisher_trace",
-           "top_ggn_eigenvalue",
+           "top_ggn_eigenvalue", "WeightSpectrum", "alpha_weighted", "log_spectral_norm", "mean_alpha", "n_spikes",
+           "weight_spectra", "weight_spectrum",
            "l1_norm", "l2_norm", "param_count", "register", "stacked"]

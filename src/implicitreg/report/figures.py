@@ -36,7 +36,9 @@ LABELS = {"train_acc": "train accuracy", "test_acc": "test accuracy", "gap": "ge
           "pac_bayes_mag_orig": "PAC-Bayes magnitude bound (origin)", "param_count": "parameters",
           "hessian_trace_hutchpp": "Hessian trace (Hutch++)", "top_ggn_eigenvalue": "top GGN eigenvalue",
           "ggn_trace": "GGN trace", "empirical_fisher_trace": "empirical Fisher trace",
-          "mc_fisher_trace": "Monte-Carlo Fisher trace"}
+          "mc_fisher_trace": "Monte-Carlo Fisher trace",
+          "mean_alpha": "mean power-law α of layer spectra", "alpha_weighted": "α-weighted log λmax (WeightWatcher)",
+          "log_spectral_norm": "mean log₁₀ λmax of layer spectra", "n_spikes": "spectral spikes above the MP edge"}
 PERCENT = ("train_acc", "test_acc", "gap")  # drawn ×100, in %: the terminal's and the report's unit
 UNITS = {"train_acc": "%", "test_acc": "%", "gap": "% points", "steps": "steps"}
 
