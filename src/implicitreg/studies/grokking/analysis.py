@@ -63,7 +63,9 @@ def per_run(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for row in frame.to_dict("records"):
         run = row["run_id"]
-        done = bool(finished[frame["run_id"] == run].iloc[0])
+        # a run is judged when it finished with finite final accuracies; otherwise it counts as missing
+        done = bool(finished[frame["run_id"] == run].iloc[0]) and all(
+            np.isfinite(float(row.get(name, math.nan))) for name in ("train_acc", "test_acc"))
         train_step = first_step(metrics, run, "train_acc", TRAIN_FIT) if done else math.nan
         test_step = first_step(metrics, run, "test_acc", TEST_FIT) if done else math.nan
         row["train_step"], row["test_step"] = train_step, test_step
