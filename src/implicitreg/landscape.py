@@ -552,6 +552,9 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: LossFn, data: A
     if lo > 0 or hi < 1:
         raise ValueError(f"span: expected low ≤ 0 and high ≥ 1 (the segment between the models), got {span!r}")
     t = torch.linspace(lo, hi, _steps(steps, "steps"), dtype=torch.float64)
+    # linspace's rounding puts 2.8e-17 where 0 was meant: snap such points onto the endpoints
+    for end in (0.0, 1.0):
+        t = torch.where((t - end).abs() <= 1e-12 * (hi - lo), torch.full_like(t, end), t)
     t = torch.unique(torch.cat([t, torch.tensor([0.0, 1.0], dtype=torch.float64)]))  # sorted
     a, b = layout.flatten(model_a), layout.flatten(model_b)
     loss, acc = _evaluate(layout, loss_fn, data, len(t), _plane(layout, a, (b - a).unsqueeze(0), t.unsqueeze(1)),
