@@ -36,6 +36,14 @@ from implicitreg.measures.flatness import (
     pac_bayes_sigma,
     pac_bayes_sigma_result,
 )
+from implicitreg.measures.gradients import (
+    GradientStats,
+    gradient_diversity,
+    gradient_noise_scale,
+    gradient_snr,
+    gradient_statistics,
+    per_sample_gradients,
+)
 from implicitreg.measures.layers import (
     fold_batchnorm,
     frobenius_norms,
@@ -94,5 +102,6 @@ __all__ = ["REGISTRY", "Estimate", "FlatnessResult", "MeasureInfo", "PopulationL
            "hessian_density", "OutlierResult", "empirical_fisher_trace", "fisher_eigenvalues", "fisher_operator",
            "fisher_trace", "ggn_eigenvalues", "ggn_operator", "ggn_outliers", "ggn_trace", "mc_fisher_trace",
            "top_ggn_eigenvalue", "WeightSpectrum", "alpha_weighted", "log_spectral_norm", "mean_alpha", "n_spikes",
-           "weight_spectra", "weight_spectrum",
+           "weight_spectra", "weight_spectrum", "GradientStats", "gradient_diversity", "gradient_noise_scale",
+           "gradient_snr", "gradient_statistics", "per_sample_gradients",
            "l1_norm", "l2_norm", "param_count", "register", "stacked"]
