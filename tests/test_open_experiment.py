@@ -49,3 +49,18 @@ def test_a_report_of_one_row_per_run_does_not_claim_seed_statistics(tmp_path):
                              [], tmp_path / "b.html").read_text()
     assert "over seeds;" not in per_run and "--set" not in per_run
     assert "mean ± std over seeds;" in per_point
+
+
+def test_run_refuses_an_open_experiment_with_where_its_runs_come_from(tmp_path):
+    import pytest
+
+    import implicitreg
+    from conftest import invoke_cli
+    from implicitreg.config import ConfigError
+
+    for name, where in (("sweep", "implicitreg sweep FILE.toml"), ("tracker", "implicitreg.Tracker")):
+        result = invoke_cli(["run", name, "--out", tmp_path / name])
+        assert result.returncode == 2 and where in result.stderr and "Traceback" not in result.stderr
+        assert not (tmp_path / name).exists()
+        with pytest.raises(ConfigError, match=where):
+            implicitreg.run(name, out=tmp_path / name)

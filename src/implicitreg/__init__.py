@@ -28,6 +28,7 @@ from implicitreg.config import ConfigError, parse_sets
 from implicitreg.population import Population
 from implicitreg.runner import RunOptions, StudyResult, execute, prepare
 from implicitreg.studies import STUDIES as studies
+from implicitreg.studies import study_to_run
 from implicitreg.tracker import Tracker
 from implicitreg.train import train_population as train
 
@@ -59,6 +60,7 @@ def run(study: str, quick: bool = False, *, seeds: int | None = None, device: st
         node[parts[-1]] = value
     options = RunOptions(study, quick, nested, seeds, device, engine, Path(out) if out else None, resume, threads,
                          Path(data) if data is not None else None, backend, ray_address, retries)
+    study_to_run(study)
     prepared = prepare(options)
     if not progress:
         return execute(prepared)

@@ -26,7 +26,7 @@ from implicitreg.config import ConfigError, SettingError, build_config, describe
     parse_sets, setting_text
 from implicitreg.display import execution_progress, plain, print_summary, studies_progress, verdict_markup
 from implicitreg.report.index import write_index
-from implicitreg.runner import ALL, RunOptions, execute, execute_all, prepare, prepare_all, summarize, write_outputs
+from implicitreg.runner import ALL, RunOptions, execute, execute_all, prepare_study, summarize, write_outputs
 from implicitreg.store import StorageFault, classify_write_error, describe_write_error
 from implicitreg.studies import STUDIES, all_studies, get_study, plugins
 
@@ -256,7 +256,7 @@ def run(
     try:
         options = RunOptions(study, quick, parse_sets(set_), seeds, device, engine, out, resume, threads, data,
                              backend, ray_address, retries)
-        prepared_runs = prepare_all(options) if study == ALL else [prepare(options)]
+        prepared_runs = prepare_study(options)
     except SettingError as err:
         fail(f"{err} {settings_hint(study)}")
     except ConfigError as err:

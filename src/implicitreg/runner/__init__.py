@@ -32,6 +32,7 @@ from implicitreg.runner.preparing import (
     make_backend,
     prepare,
     prepare_all,
+    prepare_study,
     resolve_device,
 )
 from implicitreg.runner.solutions import SOLUTIONS, read_solutions, write_solutions
@@ -40,5 +41,5 @@ from implicitreg.runner.summary import QUICK_NOTE, judge, run_counts, summarize
 __all__ = ["ALL", "DEVICES", "ENGINES", "MAX_RUNS", "QUICK_NOTE", "SOLUTIONS", "Prepared", "RunOptions",
            "StudyResult", "available_threads", "check_out_path", "check_plan_size", "chunk_size", "default_out",
            "execute", "execute_all", "judge", "make_backend", "max_members", "member_bytes", "prepare",
-           "prepare_all", "read_solutions", "resolve_device", "run_counts", "run_record", "solve", "summarize",
-           "write_outputs", "write_solutions"]
+           "prepare_all", "prepare_study", "read_solutions", "resolve_device", "run_counts", "run_record",
+           "solve", "summarize", "write_outputs", "write_solutions"]

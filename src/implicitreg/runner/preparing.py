@@ -16,7 +16,7 @@ from implicitreg.config import ConfigError, build_config
 from implicitreg.runner.paths import check_out_path, default_out, store_state
 from implicitreg.runner.plan_size import check_plan_size, planned_runs
 from implicitreg.store import LOCK_FILENAME, DirectoryLock, Store, describe_write_error
-from implicitreg.studies import STUDIES, get_study
+from implicitreg.studies import STUDIES, get_study, study_to_run
 from implicitreg.studies.base import Study, is_solved
 
 
@@ -122,6 +122,15 @@ def prepare_all(options: RunOptions) -> list[Prepared]:
                               "resume); choose another --out")
     return [prepare(replace(options, study=name, out=base / name), parent_may_be_missing=True)
             for name in sorted(STUDIES)]
+
+
+def prepare_study(options: RunOptions) -> list[Prepared]:
+    """Validate ``implicitreg run STUDY`` (or ``all``): a study the command starts, not an open
+    experiment (a sweep starts from its file, a tracked loop from the user's code). Writes nothing."""
+    if options.study == ALL:
+        return prepare_all(options)
+    study_to_run(options.study)
+    return [prepare(options)]
 
 
 def prepare(options: RunOptions, parent_may_be_missing: bool = False) -> Prepared:

@@ -186,6 +186,15 @@ def all_studies() -> dict[str, Study]:
     return {**STUDIES, **{name: study for name, study in usable.items() if name not in STUDIES}}
 
 
+def study_to_run(name: str) -> Study:
+    """The study ``implicitreg run NAME`` starts: as :func:`get_study`, but an open experiment (a sweep,
+    a tracked loop) is refused with a :class:`ConfigError` that says where its runs come from."""
+    study = get_study(name)
+    if name in OPEN:
+        raise ConfigError(f"{name}: `implicitreg run` does not start it; {study.started_by}")
+    return study
+
+
 def get_study(name: str) -> Study:
     """The study called ``name``, built-in or plugin; :class:`ConfigError` otherwise: the plugin's
     one-line error if it is broken, else the names known."""
@@ -200,4 +209,4 @@ def get_study(name: str) -> Study:
 
 
 __all__ = ["Analysis", "Check", "ENTRY_POINT_GROUP", "OPEN", "Plugin", "STUDIES", "Study", "all_studies", "check_study",
-           "get_study", "plugins"]
+           "get_study", "study_to_run", "plugins"]

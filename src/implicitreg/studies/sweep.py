@@ -239,6 +239,7 @@ class Sweep:
     name = "sweep"
     claim = None  # an open experiment: the grid is the result, there is no verdict
     paper = "your own experiment (a sweep file)"
+    started_by = "a sweep runs from its file: implicitreg sweep FILE.toml (examples/ has two)"
     quick_note = "--quick: a tenth of the steps (and of the evaluation and tracking cadences), one seed."
     resume_hint = "Continue them with implicitreg sweep FILE.toml --resume --out DIR (the same file and options)."
     Config = Config

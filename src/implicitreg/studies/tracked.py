@@ -101,6 +101,7 @@ class Tracked:
     claim = None
     paper = "your own training loop (implicitreg.Tracker)"
     resume_hint = "Reopen their Tracker (same directory and name) to continue them."
+    started_by = "its runs come from your own training loop through implicitreg.Tracker"
     Config = Config
 
     def defaults(self, quick: bool) -> dict[str, Any]:
