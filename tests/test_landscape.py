@@ -432,8 +432,10 @@ def test_readme_loss_landscapes_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
-    line, plane, path = namespace["line"], namespace["plane"], namespace["path"]
-    assert torch.isfinite(line.loss).all() and line.loss.shape == (21,)
+    line, surface, plane, path = (namespace[k] for k in ("line", "surface", "plane", "path"))
+    assert torch.isfinite(line.loss).all() and line.loss.shape == (21,) and surface.loss.shape == (15, 15)
+    # the centre of the slices is the trained model itself
+    assert float(line.loss[10]) == pytest.approx(float(surface.loss[7, 7]), rel=1e-6)
     assert plane.loss.shape == (15, 15) and float(plane.explained_variance_ratio.sum()) <= 1 + 1e-12
     assert path.barrier >= 0
     assert all((tmp_path / name).stat().st_size > 1000 for name in ("slice.png", "plane.png", "path.png"))
