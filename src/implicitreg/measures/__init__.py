@@ -67,6 +67,7 @@ from implicitreg.measures.ggn import (
     top_ggn_eigenvalue,
 )
 from implicitreg.measures.margins import margin, normalized_margin, spectral_complexity
+from implicitreg.measures.ntk import empirical_ntk, kernel_distance, kernel_movement
 from implicitreg.measures.path_norm import path_norm
 from implicitreg.measures.rank import (
     effective_rank,
@@ -103,5 +104,6 @@ __all__ = ["REGISTRY", "Estimate", "FlatnessResult", "MeasureInfo", "PopulationL
            "fisher_trace", "ggn_eigenvalues", "ggn_operator", "ggn_outliers", "ggn_trace", "mc_fisher_trace",
            "top_ggn_eigenvalue", "WeightSpectrum", "alpha_weighted", "log_spectral_norm", "mean_alpha", "n_spikes",
            "weight_spectra", "weight_spectrum", "GradientStats", "gradient_diversity", "gradient_noise_scale",
-           "gradient_snr", "gradient_statistics", "per_sample_gradients",
+           "gradient_snr", "gradient_statistics", "per_sample_gradients", "empirical_ntk", "kernel_distance",
+           "kernel_movement",
            "l1_norm", "l2_norm", "param_count", "register", "stacked"]

@@ -40,7 +40,8 @@ LABELS = {"train_acc": "train accuracy", "test_acc": "test accuracy", "gap": "ge
           "mean_alpha": "mean power-law α of layer spectra", "alpha_weighted": "α-weighted log λmax (WeightWatcher)",
           "log_spectral_norm": "mean log₁₀ λmax of layer spectra", "n_spikes": "spectral spikes above the MP edge",
           "gradient_noise_scale": "gradient noise scale B_simple", "gradient_diversity": "gradient diversity",
-          "gradient_snr": "gradient signal-to-noise ratio"}
+          "gradient_snr": "gradient signal-to-noise ratio",
+          "kernel_movement": "relative NTK movement since init"}
 PERCENT = ("train_acc", "test_acc", "gap")  # drawn ×100, in %: the terminal's and the report's unit
 UNITS = {"train_acc": "%", "test_acc": "%", "gap": "% points", "steps": "steps"}
 
