@@ -13,6 +13,8 @@ Flat public API::
 
     result = implicitreg.sweep("examples/sweep-tiny.toml", out="runs/tiny")   # your own grid
     result.summary["table"], result.summary["ranking"]
+
+    implicitreg.landscape.slice_2d(model, loss_fn, (x, y))          # loss surfaces, paths, trajectory PCA
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 # the sweep-file driver, loaded before the function `sweep` below takes its name in this namespace
 # (a submodule imported later would replace the function with itself)
 import implicitreg.sweep as _sweep_files
-from implicitreg import measures
+from implicitreg import landscape, measures
 from implicitreg.config import ConfigError, parse_sets
 from implicitreg.population import Population
 from implicitreg.runner import RunOptions, StudyResult, execute, prepare
@@ -100,5 +102,5 @@ def sweep(source: str | Path | dict[str, Any], out: str | Path | None = None, *,
         return execute(prepared, **hooks)
 
 
-__all__ = ["ConfigError", "Population", "StudyResult", "Tracker", "measures", "parse_sets", "run", "studies", "sweep",
-           "train"]
+__all__ = ["ConfigError", "Population", "StudyResult", "Tracker", "landscape", "measures", "parse_sets", "run",
+           "studies", "sweep", "train"]
