@@ -130,3 +130,30 @@ def test_one_sample_is_refused():
     model, (x, y) = mlp(0), data(1)
     with pytest.raises(ValueError, match="N ≥ 2"):
         gradient_statistics(model, F.cross_entropy, (x, y))
+
+
+def test_statistics_are_tracked_along_training_with_per_member_labels():
+    """train.track takes them at their cadence; a member with corrupted labels gets its own labels
+    (the hook passes y [P, N]): its statistics differ from its clean twin's (same seed, same init)."""
+    from implicitreg.config import DataConfig, MLPConfig, TrainConfig
+    from implicitreg.data import load_dataset
+    from implicitreg.plan import Group, Member
+    from implicitreg.train import train_population
+
+    data = load_dataset(DataConfig(name="digits", n_train=64, n_test=32)).tensors("cpu", D)
+    names = ["gradient_noise_scale", "gradient_diversity", "gradient_snr"]
+    train = TrainConfig(optimizer="gd", lr=0.2, max_steps=20, eval_every=10, dtype="float64",
+                        target_train_acc=None, track=names, track_every=10)
+    group = Group("mlp", MLPConfig(hidden=[8]), DataConfig(), train,
+                  (Member("clean", 0, 0.2), Member("noisy", 0, 0.2, label_noise=1.0)))
+    series = {}
+    for result in train_population(group, data):
+        for step, name, value in result.metrics:
+            if name in names:
+                series.setdefault(result.run_id, {}).setdefault(name, {})[step] = value
+    for run in ("clean", "noisy"):
+        assert sorted(series[run]) == sorted(names)
+        for name in names:
+            assert sorted(series[run][name]) == [10, 20]
+        assert all(v > 0 for v in series[run]["gradient_diversity"].values())
+    assert series["clean"]["gradient_diversity"][10] != series["noisy"]["gradient_diversity"][10]

@@ -18,23 +18,27 @@ D = torch.float64
 
 @pytest.mark.parametrize("alpha", [2.5, 3.5, 5.0])
 def test_pareto_samples_recover_alpha(alpha):
-    """5000 draws from the Pareto density (α − 1) x^(−α) on x ≥ 1 (inverse CDF): the MLE's standard
-    error is (α − 1)/√5000 ≤ 0.06, so ±0.1 holds at ≥ 1.7 standard errors even for α = 5 — and
-    the KS choice of x_min must not cut the tail much to keep it."""
+    """20000 draws from the Pareto density (α − 1) x^(−α) on x ≥ 1 (inverse CDF). With x_min chosen by
+    KS the fitted α's spread over seeds 0–9 is 0.008 / 0.013 / 0.021 (α = 2.5 / 3.5 / 5; largest
+    error 0.042), so ±0.1 holds at ≥ 4.8 standard deviations. (At 5000 draws α = 5 spreads by 0.074
+    and misses ±0.1 in some seeds: the MLE's own error (α − 1)/√n grows with α.)"""
     rng = np.random.default_rng(0)
-    x = (1 - rng.random(5000)) ** (-1 / (alpha - 1))
+    x = (1 - rng.random(20_000)) ** (-1 / (alpha - 1))
     fit_alpha, xmin, n_tail, ks = power_law_fit(x)
     assert abs(fit_alpha - alpha) <= 0.1
-    assert n_tail >= 2500 and xmin < 1.5
+    assert n_tail >= 5000 and xmin < 1.5
 
 
 def test_a_body_below_the_tail_is_cut_off_by_the_ks_choice_of_xmin():
-    """2000 uniform draws on [0.1, 1] below 4000 Pareto draws (α = 3) above 1: x_min lands near 1."""
+    """2000 uniform draws on [0.1, 1] below 4000 Pareto draws (α = 3) above 1: x_min cuts the body off
+    (x_min ≥ 0.95: a candidate inside the body bends the CDF away from any power law) and α stays
+    within 0.1. Over seeds 0–9, x_min lies in 0.997–1.49 (KS may also cut into the tail, which costs
+    points, not bias) and α within 0.05 of 3."""
     rng = np.random.default_rng(1)
     x = np.concatenate([rng.uniform(0.1, 1.0, 2000), (1 - rng.random(4000)) ** (-1 / 2.0)])
     fit_alpha, xmin, n_tail, _ = power_law_fit(x)
     assert abs(fit_alpha - 3.0) <= 0.1
-    assert 0.9 <= xmin <= 1.3
+    assert xmin >= 0.95
 
 
 def test_alpha_and_ks_distance_match_scipy():
@@ -56,7 +60,7 @@ def test_heavy_tailed_random_matrix_recovers_alpha():
     """W 2000×1000 with iid symmetric Pareto entries, P(|w| > t) = t^(−μ), μ = 1 (Martin & Mahoney's
     "very heavy-tailed" class, μ < 2): the top eigenvalues of WᵀW/N are dominated by single squared
     entries, whose tail index is μ/2, so the ESD's density tail has α = 1 + μ/2 = 1.5. Over seeds
-    0–4 the fits lie in 1.43–1.55 (tail of ~200–370 eigenvalues, standard error ~0.03)."""
+    0–19 every fit lies within 0.075 of 1.5 (tails of ~200–370 eigenvalues, standard error ~0.03)."""
     rng = np.random.default_rng(0)
     w = rng.choice([-1.0, 1.0], size=(2000, 1000)) * (1 - rng.random((2000, 1000))) ** -1.0
     spectrum = weight_spectrum(w)
@@ -68,7 +72,8 @@ def test_heavy_tailed_random_matrix_recovers_alpha():
 @pytest.mark.parametrize("shape", [(1000, 500), (400, 800), (600, 600)])
 def test_gaussian_matrix_has_no_spikes_and_the_mp_edge(shape):
     """iid N(0, σ² = 0.49): the fitted bulk edge is within 2% of σ²(1 + √(M/N))², no eigenvalue lies
-    above the Tracy–Widom margin, and the eigenvalues follow the MP law (KS distance to its CDF
+    above the Tracy–Widom margin (measured false-spike rate of the 99% margin: 14 of 1000 matrices
+    200×100, 2 of 200 at 1000×500, with the fitted σ²), and the eigenvalues follow the MP law (KS distance to its CDF
     below 0.03: the eigenvalues are rigid, their empirical CDF is O(log M / M) from the law)."""
     from scipy.integrate import quad
 
@@ -158,3 +163,44 @@ def test_a_model_of_single_output_columns_is_refused():
     model = nn.Sequential(nn.Linear(5, 1))
     assert "single singular value" in REGISTRY["mean_alpha"].refusal(model, (5,))
     assert REGISTRY["n_spikes"].refusal(model, (5,)) is None
+
+
+def test_summaries_are_tracked_along_training():
+    """train.track takes them at their cadence, finite, on every member of a population, and the
+    spectral norms move with training (their values against references: the tests above)."""
+    from implicitreg.config import DataConfig, MLPConfig, TrainConfig
+    from implicitreg.data import load_dataset
+    from implicitreg.plan import Group, Member
+    from implicitreg.train import train_population
+
+    data = load_dataset(DataConfig(name="digits", n_train=64, n_test=32)).tensors("cpu", D)
+    names = ["mean_alpha", "alpha_weighted", "log_spectral_norm", "n_spikes"]
+    train = TrainConfig(optimizer="gd", lr=0.5, max_steps=20, eval_every=10, dtype="float64",
+                        target_train_acc=None, track=names, track_every=10)
+    group = Group("mlp", MLPConfig(hidden=[16]), DataConfig(), train, (Member("a", 0, 0.5), Member("b", 1, 0.5)))
+    for result in train_population(group, data):
+        tracked = {}
+        for step, name, value in result.metrics:
+            if name in names:
+                tracked.setdefault(name, {})[step] = value
+        assert sorted(tracked) == sorted(names)
+        for name in names:
+            assert sorted(tracked[name]) == [10, 20] and all(math.isfinite(v) for v in tracked[name].values())
+        assert tracked["log_spectral_norm"][20] != tracked["log_spectral_norm"][10]
+
+
+def test_xmin_minimizes_the_ks_distance_over_all_candidates_with_scipy():
+    """The x_min choice against scipy: for every candidate (leaving ≥ 10 samples), scipy's Pareto MLE
+    of the tail and kstest's distance; the chosen x_min attains their minimum."""
+    from scipy import stats
+
+    rng = np.random.default_rng(4)
+    x = np.sort(np.concatenate([rng.uniform(0.2, 1.0, 60), (1 - rng.random(140)) ** (-1 / 1.5)]))
+    distances = []
+    for xmin in x[:-9]:
+        tail = x[x >= xmin]
+        b, _, _ = stats.pareto.fit(tail, floc=0, fscale=xmin)
+        distances.append(stats.kstest(tail, stats.pareto(b, scale=xmin).cdf).statistic)
+    _, xmin, _, ks = power_law_fit(x)
+    assert xmin == x[int(np.argmin(distances))]
+    assert ks == pytest.approx(min(distances), rel=1e-10)
