@@ -45,8 +45,16 @@ POLL_SECONDS = 0.25
 """How often the driver looks for finished tasks and progress while it waits."""
 
 
-def ray_version() -> str:
-    return ray.__version__
+def local_instance_options() -> dict[str, Any]:
+    """``ray.init`` options of a local instance started for a run: its workers at the driver's
+    priority. Ray starts workers at nice 15 (where it has the ``worker_niceness`` setting), so on a
+    machine busy with other work a sweep on a local instance ran 3x slower than the local backend
+    (measured with benchmarks/backends.py); the local backend trains at the user's priority."""
+    from ray._private import ray_constants
+
+    if not hasattr(ray_constants, "RAY_WORKER_NICENESS"):
+        return {}  # an older Ray: no such setting, workers at the driver's priority
+    return {"_system_config": {"worker_niceness": 0}}
 
 
 # -- on the worker ---------------------------------------------------------------------------------
@@ -72,7 +80,13 @@ class _Reporter:
         message, self.pending = (self.key, self.pending), {}
         self.sent_at = time.monotonic()
         try:
-            self.queue.put_nowait(message)
+            # fire and forget (calls of one caller reach the actor in order): Queue.put_nowait waits
+            # for the queue's reply, which on a loaded machine made training up to 2x slower
+            actor = getattr(self.queue, "actor", None)
+            if actor is not None:
+                actor.put_nowait.remote(message)
+            else:
+                self.queue.put_nowait(message)
         except Exception:  # progress is a courtesy: a lost message must not fail the task
             pass
 
@@ -264,8 +278,10 @@ class RayBackend:
         address = self.address if self.address is not None else os.environ.get("RAY_ADDRESS") or "local"
         options: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": False,
                                    "logging_level": "ERROR"}
-        if address == "local" and self.cpus is not None:
-            options["num_cpus"] = self.cpus
+        if address == "local":
+            if self.cpus is not None:
+                options["num_cpus"] = self.cpus
+            options.update(local_instance_options())
         try:
             ray.init(**options)
         except (ConnectionError, ValueError, RuntimeError, TimeoutError) as err:
