@@ -5,11 +5,15 @@ study's analysis on fabricated runs (pass, fail, inconclusive, NaN and missing r
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from implicitreg.config import build_config
 from implicitreg.dynamics.descent import descend, gd_update
 from implicitreg.dynamics.label_noise import diagonal_net, label_noise_descent, relu_net
+from implicitreg.studies import label_noise as ln
+from implicitreg.studies.base import no_progress
 
 
 def diag_point(members=2, n=6, d=4, seed=0):
@@ -134,3 +138,115 @@ def test_bad_inputs_name_the_field():
         label_noise_descent(model, theta, x, y, 0.1, 0.0, 1, batch=7)
     with pytest.raises(ValueError, match="noise"):
         label_noise_descent(model, theta, x, y, 0.1, -1.0, 1)
+
+
+# --- the study: analysis on fabricated runs, the contract, a tiny solve ---------------------------------------
+
+def fabricated(values, seeds=3, status=None, problems=("sparse", "relu")):
+    """runs/metrics frames as the store returns them: values[(problem, arm)] = dict of final metrics (the same for
+    every seed unless a per-seed list is given); an earlier recording precedes each final one."""
+    runs, rows = [], []
+    for problem in problems:
+        for arm in ln.ARMS:
+            for seed in range(seeds):
+                finals = {k: (v[seed] if isinstance(v, list) else v) for k, v in values[(problem, arm)].items()}
+                run_id = ln.run_id(problem, arm, seed)
+                runs.append({"run_id": run_id, "study": ln.STUDY.name, "arm": arm, "seed": seed,
+                             "config": {"problem": problem, "arm": arm, "lambda0": 1.0, "lr": 1.0},
+                             "provenance": {}, "status": (status or {}).get(run_id, "done"), "final_step": 100,
+                             "target_step": 100, "error": None, "started_at": "", "ended_at": ""})
+                for name, value in finals.items():
+                    rows += [{"run_id": run_id, "step": 10, "name": name, "value": 123.0},
+                             {"run_id": run_id, "step": 100, "name": name, "value": value}]
+    return pd.DataFrame(runs), pd.DataFrame(rows)
+
+
+def good():
+    return {("sparse", "label_noise"): {"relative_loss": 1e-7, "hessian_trace": 9.0, "test_error": 1e-3},
+            ("sparse", "gd"): {"relative_loss": 1e-20, "hessian_trace": 800.0, "test_error": 0.55},
+            ("relu", "label_noise"): {"relative_loss": 1e-7, "hessian_trace": 4.0, "test_error": 0.2},
+            ("relu", "gd"): {"relative_loss": 1e-20, "hessian_trace": 12.0, "test_error": 0.2}}
+
+
+def verdict(values, config=None, **kwargs):
+    config = config or ln.Config(seeds=3)
+    result = ln.STUDY.analyze(config, *fabricated(values, **kwargs))
+    return result, {c.name: c for c in result.checks}
+
+
+def test_analysis_passes_with_every_ratio_below_its_threshold():
+    result, checks = verdict(good())
+    assert result.verdict == "pass"
+    trace = checks["sparse (diagonal net): Hessian trace ratio at the end"]
+    assert trace.value == pytest.approx(9.0 / 800.0)
+    assert checks["sparse (diagonal net): test error ratio ‖β − β*‖²"].value == pytest.approx(1e-3 / 0.55)
+    assert checks["relu (two-layer): Hessian trace ratio at the end"].value == pytest.approx(4.0 / 12.0)
+    assert len(result.table) == 4
+
+
+def test_analysis_fails_on_the_worst_seed_and_says_so_in_the_notes():
+    values = good()
+    values[("relu", "label_noise")]["hessian_trace"] = [4.0, 4.0, 7.0]  # seed 2: 7/12 > 0.5
+    values[("sparse", "label_noise")]["test_error"] = [1e-3, 0.2, 1e-3]  # seed 1: 0.2/0.55 > 0.1
+    result, checks = verdict(values)
+    assert result.verdict == "fail"
+    assert checks["relu (two-layer): Hessian trace ratio at the end"].value == pytest.approx(7.0 / 12.0)
+    assert checks["relu (two-layer): Hessian trace ratio at the end"].passed is False
+    assert checks["sparse (diagonal net): test error ratio ‖β − β*‖²"].passed is False
+    assert checks["sparse (diagonal net): Hessian trace ratio at the end"].passed is True
+    assert any("does not reproduce" in note and "relu" in note for note in result.notes)
+
+
+def test_a_seed_above_the_loss_tolerance_or_with_nan_is_not_judged():
+    values = good()
+    values[("relu", "label_noise")]["relative_loss"] = [1e-3, 1e-7, 1e-7]  # seed 0 not at equal train loss
+    values[("relu", "gd")]["hessian_trace"] = [12.0, math.nan, 12.0]  # seed 1: NaN
+    result, checks = verdict(values)
+    relu = checks["relu (two-layer): Hessian trace ratio at the end"]
+    assert relu.passed is None and "1 of 3" in relu.detail  # one judged seed of three: inconclusive
+    assert "seed 0: relative train loss" in relu.detail and "seed 1: a value is missing" in relu.detail
+    assert result.verdict == "inconclusive"
+
+
+def test_missing_and_unfinished_runs_count_against_the_support():
+    values = good()
+    runs, metrics = fabricated(values, status={"sparse/gd/seed0": "failed"})
+    runs = runs[runs["run_id"] != "sparse/label_noise/seed1"]
+    metrics = metrics[metrics["run_id"] != "sparse/label_noise/seed1"]
+    result = ln.STUDY.analyze(ln.Config(seeds=3), runs, metrics)
+    sparse = {c.name: c for c in result.checks}["sparse (diagonal net): Hessian trace ratio at the end"]
+    assert sparse.passed is None  # 1 of 3 seeds judged
+    assert "seed 1: no label_noise run" in sparse.detail and "seed 0: a value is missing" in sparse.detail
+    empty = ln.STUDY.analyze(ln.Config(seeds=3), runs.iloc[0:0], metrics.iloc[0:0])
+    assert empty.verdict == "inconclusive" and all(c.value is None for c in empty.checks)
+
+
+def test_config_refuses_a_noise_phase_without_annealing_and_a_large_batch():
+    with pytest.raises(ValueError, match="relu_noise_steps"):
+        ln.Config(relu_steps=10, relu_noise_steps=10)
+    with pytest.raises(ValueError, match="batch"):
+        ln.Config(batch=30)
+
+
+def test_a_tiny_solve_stores_both_arms_of_every_seed_with_their_settings(tmp_path):
+    config = build_config(ln.Config, {"seeds": 1, "n": 8, "d": 16, "k": 2, "sparse_steps": 300,
+                                      "sparse_noise_steps": 200, "relu_n": 6, "relu_d": 2, "width": 4,
+                                      "relu_steps": 300, "relu_noise_steps": 200, "test_points": 10}, {})
+    solved = ln.STUDY.solve(config, None, no_progress)
+    assert sorted(r.run_id for r in solved.runs) == sorted(ln.run_id(p, a, 0) for p in ("sparse", "relu")
+                                                           for a in ln.ARMS)
+    for run in solved.runs:
+        names = {name for _, name, _ in run.metrics}
+        assert {"relative_loss", "hessian_trace", "test_error"} <= names
+        assert run.config["noise"] == (1.0 if run.arm == "label_noise" else 0.0)
+    # both arms of a seed share η and λ₀ (same initialization)
+    lrs = {(r.config["problem"], r.arm): r.config["lr"] for r in solved.runs}
+    assert lrs[("sparse", "label_noise")] == lrs[("sparse", "gd")]
+    assert "truth_seed0" in solved.arrays and "sparse_gd_seed0" in solved.arrays
+    runs = pd.DataFrame([{"run_id": r.run_id, "arm": r.arm, "seed": r.seed, "config": r.config, "provenance": {},
+                          "status": r.status, "final_step": r.final_step, "target_step": r.target_step}
+                         for r in solved.runs])
+    metrics = pd.DataFrame([{"run_id": r.run_id, "step": s, "name": n, "value": v} for r in solved.runs
+                            for s, n, v in r.metrics])
+    assert len(ln.STUDY.analyze(config, runs, metrics).checks) == 3
+    assert len(ln.STUDY.figures(config, runs, metrics, solved.arrays, tmp_path)) == 3
