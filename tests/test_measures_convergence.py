@@ -24,7 +24,7 @@ from implicitreg.train import LoopContext, train_population
 
 ITERATIVE = {"top_hessian_eigenvalue", "pac_bayes_sigma", "pac_bayes_flatness", "pac_bayes_orig", "pac_bayes_init",
              "pac_bayes_mag_flatness", "pac_bayes_mag_init", "pac_bayes_mag_orig", "spectral_product",
-             "sum_of_spectral", "spectral_complexity", "normalized_margin"}
+             "sum_of_spectral", "spectral_complexity", "normalized_margin", "top_ggn_eigenvalue"}
 
 
 def test_the_iterative_measures_are_the_ones_that_report_convergence():

@@ -142,7 +142,9 @@ class MeasureInfo:
             group them: "norm" (sizes of the parameters), "norm-product" (products of per-layer
             norms, their depth-balanced sums, spectral complexity), "margin", "flatness"
             (PAC-Bayes perturbation radii and bounds), "sharpness" (curvature and worst-case
-            loss increase), "rank", "count".
+            loss increase), "rank", "count"; beyond their table, "spectrum" (the shape of the layers'
+            singular-value spectra: heavy-tail exponents, spikes) and "optimization" (statistics of
+            the per-sample gradients: noise scale, diversity, signal-to-noise).
         applies: the models it supports (:data:`Applicability`); None: any model whose forward
             pass ``torch.func`` can run. Ask through :meth:`refusal`.
     """
@@ -180,7 +182,7 @@ class MeasureInfo:
 
 
 REGISTRY: dict[str, MeasureInfo] = {}
-FAMILIES = ("norm", "norm-product", "margin", "flatness", "sharpness", "rank", "count")
+FAMILIES = ("norm", "norm-product", "margin", "flatness", "sharpness", "rank", "count", "spectrum", "optimization")
 
 
 def register(name: str, family: str, needs: tuple[Needs, ...] = ("params",), lower_is_simpler: bool | None = True,

@@ -154,19 +154,19 @@ def gradient_statistics(model, loss_fn: LossFn, data, chunk_size: int | None = N
 _NEEDS = ("params", "data", "loss")
 
 
-@register("gradient_noise_scale", "sharpness", needs=_NEEDS, lower_is_simpler=None, cost="forward")
+@register("gradient_noise_scale", "optimization", needs=_NEEDS, lower_is_simpler=None, cost="forward")
 def gradient_noise_scale(model, loss_fn: LossFn, data, chunk_size: int | None = None) -> torch.Tensor:
     """Gradient noise scale B_simple = tr Σ / |G|² (McCandlish et al. 2018), unbiased per-sample estimates."""
     return gradient_statistics(model, loss_fn, data, chunk_size).noise_scale
 
 
-@register("gradient_diversity", "sharpness", needs=_NEEDS, lower_is_simpler=None, cost="forward")
+@register("gradient_diversity", "optimization", needs=_NEEDS, lower_is_simpler=None, cost="forward")
 def gradient_diversity(model, loss_fn: LossFn, data, chunk_size: int | None = None) -> torch.Tensor:
     """Gradient diversity Σ‖g_i‖² / ‖Σ g_i‖² of the per-sample gradients (Yin et al. 2018)."""
     return gradient_statistics(model, loss_fn, data, chunk_size).diversity
 
 
-@register("gradient_snr", "sharpness", needs=_NEEDS, lower_is_simpler=None, cost="forward")
+@register("gradient_snr", "optimization", needs=_NEEDS, lower_is_simpler=None, cost="forward")
 def gradient_snr(model, loss_fn: LossFn, data, chunk_size: int | None = None) -> torch.Tensor:
     """Mean over parameters of the gradient signal-to-noise ratio ḡ_j² / s_j² (Liu et al. 2020)."""
     return gradient_statistics(model, loss_fn, data, chunk_size).snr

@@ -260,7 +260,7 @@ def spectral_model(model, input_shape=None) -> str | None:
     return None
 
 
-@register("mean_alpha", "rank", lower_is_simpler=True, applies=spectral_model)
+@register("mean_alpha", "spectrum", lower_is_simpler=True, applies=spectral_model)
 def mean_alpha(model, input_shape=None) -> torch.Tensor:
     """Mean over weight layers of the power-law exponent α of the ESD tail (Martin & Mahoney 2021)."""
     return _summary(model, input_shape, lambda layers: _mean([sp.alpha for sp in layers]))
@@ -279,7 +279,7 @@ def log_spectral_norm(model, input_shape=None) -> torch.Tensor:
     return _summary(model, input_shape, lambda layers: _mean([_log10(sp.lambda_max) for sp in layers]))
 
 
-@register("n_spikes", "count", lower_is_simpler=None, applies=layered_model)
+@register("n_spikes", "spectrum", lower_is_simpler=None, applies=layered_model)
 def n_spikes(model, input_shape=None) -> torch.Tensor:
     """Eigenvalues above the Marchenko–Pastur bulk edge (Tracy–Widom margin), summed over weight layers."""
     return _summary(model, input_shape, lambda layers: float(sum(sp.n_spikes for sp in layers)))
