@@ -44,12 +44,14 @@ def coefficients(solutions: dict[str, np.ndarray], path: Path) -> Path | None:
         return None
     panel = kinds.Panel(title="sparse, seed 0: final β", xlabel="coordinate j", ylabel="β_j")
     index = np.arange(len(truth))
+    # β* first, as large open circles, so that the arms' dots stay visible on top of it
+    panel.curves.append(kinds.Curve(index, truth, "β*", {"color": "black", "marker": "o", "markerfacecolor": "none",
+                                                         "markersize": 9, "linestyle": "none"}))
     for arm in ARMS:
         beta = solutions.get(f"sparse_{arm}_seed0")
         if beta is not None:
             panel.curves.append(kinds.Curve(index, beta, LABEL[arm], {**STYLE[arm], "marker": "o", "linestyle": "none",
                                                                       "markersize": 3}))
-    panel.curves.append(kinds.Curve(index, truth, "β*", {"color": "black", "marker": "x", "linestyle": "none"}))
     return kinds.draw([panel], path, size=(7.0, 3.6))
 
 
