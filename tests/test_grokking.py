@@ -109,14 +109,15 @@ def tiny_config(**changes):
     return build_config(grokking.Config, settings, {})
 
 
-def test_the_population_matches_torch_adamw_member_by_member():
+@pytest.mark.parametrize("activation", ["quadratic", "relu"])
+def test_the_population_matches_torch_adamw_member_by_member(activation):
     import torch
     from implicitreg.studies.base import no_progress
     from implicitreg.studies.grokking.fourier import frequency_power, top_fraction
     from implicitreg.studies.grokking.training import TOP_NAME, group, power_name, train_arms
     from implicitreg.train import build_members
 
-    config = tiny_config()
+    config = tiny_config(activation=activation)
     data = load_dataset(config.data())
     runs = {r.run_id: r for r in train_arms(config, data, no_progress)}
     plan = group(config)
@@ -277,3 +278,18 @@ def test_no_runs_at_all_is_inconclusive():
                                    {})
     assert empty.verdict == "inconclusive" and all(c.passed is None for c in empty.checks)
     assert list(empty.table["arm"]) == ["decay", "no-decay", "small-init"]
+
+
+def test_gromovs_network_squares_the_sum_of_two_embedding_columns():
+    import torch
+    from implicitreg.studies.grokking import model
+
+    net = getattr(model, "quadratic_w5")(2 * 7, 7).double()
+    assert [tuple(p.shape) for p in net.parameters()] == [(5, 14), (7, 5)]  # no biases
+    x = torch.tensor(modular(7, seed=0).x_train[:4])
+    u, w = net.layers[0].weight, net.layers[1].weight
+    a, b = (torch.as_tensor(v) for v in pairs(x.numpy(), 7))
+    expected = ((u[:, a] + u[:, 7 + b]) ** 2).T @ w.T  # W₂ (u_a + v_b)², written out
+    torch.testing.assert_close(net(x), expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(AttributeError):
+        getattr(model, "quadratic_w0")

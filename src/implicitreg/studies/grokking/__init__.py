@@ -42,7 +42,7 @@ figures :mod:`.figures`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -63,7 +63,9 @@ class Config(Strict):
     p: int = Field(97, ge=17, description="the modulus (Power et al. and Gromov: 97; at least 17, so that the top 6 of its ⌊p/2⌋ frequencies leave some out)")
     train_fraction: float = Field(0.3, gt=0.0, lt=1.0, description="share of the p² pairs used for training")
     data_seed: int = Field(0, ge=0, description="seed of the train/test split")
-    width: int = Field(128, ge=1, description="hidden units of the two-layer ReLU MLP")
+    activation: Literal["quadratic", "relu"] = Field(
+        "quadratic", description="quadratic: Gromov's W₂(W₁x)², no biases; relu: the engine's MLP (with biases)")
+    width: int = Field(128, ge=1, description="hidden units of the two-layer MLP")
     seeds: int = Field(3, ge=1, description="initializations per arm")
     lr: float = Field(3e-3, gt=0.0, description="AdamW learning rate")
     betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas (Power et al.: β₂ = 0.98)")

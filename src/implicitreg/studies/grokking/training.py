@@ -12,12 +12,14 @@ from typing import Any
 import torch
 
 from implicitreg.config import MLPConfig, TrainConfig
+from implicitreg.models import ModuleConfig
 from implicitreg.data import Dataset
 from implicitreg.hooks import LoopContext, Model
 from implicitreg.plan import Group, Member
 from implicitreg.population import Population
 from implicitreg.studies.base import ProgressBar, SolvedRun
 from implicitreg.studies.grokking.fourier import TOP, frequency_power, top_fraction
+from implicitreg.studies.grokking.model import factory
 from implicitreg.train import train_population
 
 ARMS = ("decay", "no-decay", "small-init")
@@ -78,6 +80,9 @@ def group(config: Any) -> Group:
         for seed in range(config.seeds):
             members.append(Member(run_id(arm, seed), seed=seed, lr=config.lr, weight_decay=decay, init_scale=scale,
                                   arm=arm, tags={"arm": arm}))
+    if config.activation == "quadratic":  # Gromov's network, through the engine's vmap kernel
+        return Group("module", ModuleConfig(factory=factory(config.width), init_scale=config.init_scale), data, train,
+                     tuple(members))
     return Group("mlp", MLPConfig(hidden=[config.width], init_scale=config.init_scale), data, train, tuple(members))
 
 
@@ -93,7 +98,7 @@ def train_arms(config: Any, data: Dataset, progress: ProgressBar) -> list[Solved
     hook = SpectrumHook(config.p, config.eval_every, config.steps)
     results = train_population(plan, data.tensors("cpu", torch.float32), hooks=(hook,),
                                progress=lambda step, total: bar(step))
-    shared = {"p": config.p, "train_fraction": config.train_fraction, "n_train": data.n_train,
+    shared = {"activation": config.activation, "p": config.p, "train_fraction": config.train_fraction, "n_train": data.n_train,
               "n_test": len(data.y_test), "width": config.width, "lr": config.lr, "steps": config.steps,
               "eval_every": config.eval_every}
     runs = []
