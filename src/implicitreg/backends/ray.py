@@ -305,7 +305,11 @@ class RayBackend:
     def describe(self) -> dict[str, Any]:
         """The backend's part of each run's provenance."""
         context = ray.get_runtime_context()
-        return {"backend": "ray", "ray_version": ray.__version__, "ray_address": self.address or "local",
+        # the cluster's GCS address, whichever way it was reached (--ray-address, RAY_ADDRESS, a local
+        # instance, the caller's own ray.init)
+        address = getattr(context, "gcs_address", None) or self.address or "local"
+        return {"backend": "ray", "ray_version": ray.__version__, "ray_address": address,
+                "ray_local_instance": self._started_here and (self.address or os.environ.get("RAY_ADDRESS")) is None,
                 "ray_job_id": context.get_job_id(), "ray_retries": self.retries}
 
     def device(self, requested: str, threads: int) -> str:
