@@ -35,7 +35,7 @@ interpolating manifold is ℓ1 minimization, hence the sparse recovery that labe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,13 +126,14 @@ def relu_net(d: int, width: int) -> Model:
 class LabelNoiseRun:
     """The end of :func:`label_noise_descent`: theta [M, p] after ``steps`` updates; at each recorded step
     (sorted ``steps_recorded`` [T]) the clean loss ½ n⁻¹ Σ(f − y)² [T, M], the Hessian trace of the clean
-    loss [T, M] and θ [T, M, p]."""
+    loss [T, M] and θ [T, M, p]; ``diverged`` [M]: θ stopped being finite (its later values are NaN/inf)."""
 
     theta: np.ndarray
     steps_recorded: np.ndarray
     loss: np.ndarray
     trace: np.ndarray
     thetas: np.ndarray
+    diverged: np.ndarray
 
 
 def _per_member(value: float | np.ndarray, count: int, name: str) -> np.ndarray:
@@ -144,7 +145,7 @@ def _per_member(value: float | np.ndarray, count: int, name: str) -> np.ndarray:
 
 def label_noise_descent(model: Model, theta0: np.ndarray, x: np.ndarray, y: np.ndarray,
                         lr: float | np.ndarray, noise: float | np.ndarray, steps: int, *,
-                        noise_steps: int | None = None, batch: int | None = None, seed: int = 0,
+                        noise_steps: int | None = None, batch: int | None = None, seed: int | Sequence[int] = 0,
                         record: Collection[int] = (), progress: Callable[[int], None] | None = None,
                         every: int = 10_000) -> LabelNoiseRun:
     """``steps`` updates θ ← θ − η J_Bᵀ(f_B − y_B − δ ε_B)/b for M members at once (module docstring).
@@ -157,7 +158,9 @@ def label_noise_descent(model: Model, theta0: np.ndarray, x: np.ndarray, y: np.n
             annealed phase, plain (minibatch) GD on the clean targets.
         batch: b points per step, drawn uniformly without replacement for each member independently
             (None or n: the full batch, no sampling).
-        seed: numpy generator of the noise and the minibatches.
+        seed: seeds the numpy generator of the noise and the minibatches: one int, one generator for all
+            members; a sequence of M ints, one generator per member, so that a member's path does not depend
+            on which other members run beside it (a study's seed 0 is the same in a 3- and a 5-seed run).
         record: steps (points after that many updates) at which loss, trace and θ are kept; the last
             step always is.
         progress: called with the step every ``every`` updates.
@@ -178,28 +181,39 @@ def label_noise_descent(model: Model, theta0: np.ndarray, x: np.ndarray, y: np.n
     noise_steps = steps if noise_steps is None else noise_steps
     full = batch is None or batch == n
     b = n if full else batch
-    rng = np.random.default_rng(seed)
+    if isinstance(seed, (int, np.integer)):
+        rng = np.random.default_rng(seed)
+        uniform = lambda: rng.random((members, n))  # noqa: E731
+        gaussian = lambda: rng.standard_normal((members, b))  # noqa: E731
+    else:
+        if len(seed) != members:
+            raise ValueError(f"seed: expected one int or {members} ints (one per member), got {len(seed)}")
+        rngs = [np.random.default_rng(s) for s in seed]
+        uniform = lambda: np.stack([g.random(n) for g in rngs])  # noqa: E731
+        gaussian = lambda: np.stack([g.standard_normal(b) for g in rngs])  # noqa: E731
     rows = np.arange(members)[:, None]
     wanted = set(record) | {steps}
     recorded, losses, traces, thetas = [], [], [], []
-    for step in range(steps + 1):
-        if step in wanted:
-            residual = model.predict(theta, x) - y
-            recorded.append(step)
-            losses.append(0.5 * np.einsum("mn,mn->m", residual, residual) / n)
-            traces.append(model.hessian_trace(theta, x))
-            thetas.append(theta.copy())
-        if step == steps:
-            break
-        if full:
-            xb, yb = x, y
-        else:
-            pick = np.argsort(rng.random((members, n)), axis=1)[:, :b]
-            xb, yb = x[rows, pick], y[rows, pick]
-        r = model.predict(theta, xb) - yb
-        if step < noise_steps:
-            r = r - delta * rng.standard_normal((members, b))
-        theta -= (eta / b) * model.pullback(theta, xb, r)
-        if progress is not None and step % every == 0:
-            progress(step)
-    return LabelNoiseRun(theta, np.array(recorded), np.array(losses), np.array(traces), np.array(thetas))
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverging member is reported, not warned about
+        for step in range(steps + 1):
+            if step in wanted:
+                residual = model.predict(theta, x) - y
+                recorded.append(step)
+                losses.append(0.5 * np.einsum("mn,mn->m", residual, residual) / n)
+                traces.append(model.hessian_trace(theta, x))
+                thetas.append(theta.copy())
+            if step == steps:
+                break
+            if full:
+                xb, yb = x, y
+            else:
+                pick = np.argsort(uniform(), axis=1)[:, :b]
+                xb, yb = x[rows, pick], y[rows, pick]
+            r = model.predict(theta, xb) - yb
+            if step < noise_steps:
+                r = r - delta * gaussian()
+            theta -= (eta / b) * model.pullback(theta, xb, r)
+            if progress is not None and step % every == 0:
+                progress(step)
+    return LabelNoiseRun(theta, np.array(recorded), np.array(losses), np.array(traces), np.array(thetas),
+                         ~np.isfinite(theta).all(axis=1))

@@ -60,6 +60,7 @@ from implicitreg.studies.label_noise.problem import relu_problem, sparse_problem
 __all__ = ["Config", "LabelNoise", "STUDY", "run_id"]
 
 ARMS = ("label_noise", "gd")
+NOISE_SEED = 20_000  # seed s's label noise comes from numpy's generator seeded 20 000 + s, apart from its data's
 RECORD_POINTS = 60  # evenly spaced recording steps (the regularization acts at a steady rate, not on a log scale)
 
 
@@ -127,9 +128,15 @@ def _descend(config: Config, model: Model, theta0: np.ndarray, x: np.ndarray, y:
     lam = _top_ntk(model, theta, xs)
     noise = np.repeat([config.noise, 0.0], len(theta0))
     run = label_noise_descent(model, theta, xs, ys, config.lr_scale / lam, noise, steps, noise_steps=noise_steps,
-                              batch=config.batch, seed=config.seeds, record=_grid(steps, noise_steps),
+                              batch=config.batch, seed=[NOISE_SEED + s for s in range(len(theta0))] * 2,
+                              record=_grid(steps, noise_steps),
                               progress=bar, every=max(1, steps // 100))
     return run, lam, xs, ys
+
+
+def _at(run, member: int, step: int) -> float:
+    """The Hessian trace of ``member`` recorded at ``step`` (the last step with noise: the anneal starts there)."""
+    return float(run.trace[int(np.flatnonzero(run.steps_recorded == step)[0]), member])
 
 
 def _settings(config: Config, problem: str, arm: str, lam: float, steps: int, noise_steps: int) -> dict[str, Any]:
@@ -162,6 +169,7 @@ def solve_sparse(config: Config, bar) -> Solved:
                          (int(step), "test_error", float(np.sum((beta - p.beta_star) ** 2))),
                          (int(step), "l1_norm", float(np.abs(beta).sum()))]
             beta = run.theta[m, :d] ** 2 - run.theta[m, d:] ** 2
+            rows.append((config.sparse_steps, "hessian_trace_anneal_start", _at(run, m, config.sparse_noise_steps)))
             found = np.abs(beta) >= analysis.SUPPORT_FRACTION * np.abs(p.beta_star[support]).min()
             rows += [(config.sparse_steps, "support_size", float(found.sum())),
                      (config.sparse_steps, "support_match", float(np.array_equal(found, support))),
@@ -170,7 +178,8 @@ def solve_sparse(config: Config, bar) -> Solved:
             label = run_id("sparse", arm, s)
             runs.append(SolvedRun(label, arm, _settings(config, "sparse", arm, float(lam[m]), config.sparse_steps,
                                                         config.sparse_noise_steps), rows, config.sparse_steps,
-                                  seed=s, target_step=config.sparse_steps))
+                                  seed=s, status="diverged" if run.diverged[m] else "done",
+                                  target_step=config.sparse_steps))
             arrays[label.replace("/", "_")] = beta
     return Solved(runs, arrays)
 
@@ -199,12 +208,14 @@ def solve_relu(config: Config, bar) -> Solved:
             theta = run.theta[m]
             w = theta[:config.width * (config.relu_d + 1)].reshape(config.width, -1)
             active = (p.x @ w.T > 0).any(axis=0)
-            rows += [(config.relu_steps, "active_units", float(active.mean())),
+            rows += [(config.relu_steps, "hessian_trace_anneal_start", _at(run, m, config.relu_noise_steps)),
+                     (config.relu_steps, "active_units", float(active.mean())),
                      (config.relu_steps, "param_norm", float(np.linalg.norm(theta)))]
             label = run_id("relu", arm, s)
             runs.append(SolvedRun(label, arm, _settings(config, "relu", arm, float(lam[m]), config.relu_steps,
                                                         config.relu_noise_steps), rows, config.relu_steps,
-                                  seed=s, target_step=config.relu_steps))
+                                  seed=s, status="diverged" if run.diverged[m] else "done",
+                                  target_step=config.relu_steps))
             arrays[label.replace("/", "_")] = theta
     return Solved(runs, arrays)
 
