@@ -227,7 +227,7 @@ class LabelNoise:
              "regime it recovers the sparse truth where GD returns a dense interpolant.")
     paper = "Blanc, Gupta, Valiant & Valiant 2020; HaoChen, Wei, Lee & Ma 2021; Damian, Ma & Lee 2021"
     Config = Config
-    minutes = (0.4, 1.0)  # quick, full: measured with --threads 1 on 2 cores shared with other jobs
+    minutes = (0.8, 1.1)  # quick, full: measured with --threads 1 on 2 cores shared with other jobs
 
     def defaults(self, quick: bool) -> dict[str, Any]:
         # quick: the same problems, settings and checks on 3 seeds and shorter noise phases; the annealed phases
