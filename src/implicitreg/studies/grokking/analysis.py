@@ -159,8 +159,8 @@ def _list(values: pd.Series | None, spec: str = "g") -> str:
 def notes(config: Any, frame: pd.DataFrame) -> list[str]:
     """What ran and how the numbers are read, and where the claim did not reproduce, which part."""
     lines = [
-        f"modular addition mod {config.p}, train fraction {config.train_fraction:g}; two-layer ReLU MLP of width "
-        f"{config.width} on the concatenated one-hot vectors of a and b; full-batch AdamW (lr {config.lr:g}, betas "
+        f"modular addition mod {config.p}, train fraction {config.train_fraction:g}; two-layer network of width "
+        f"{config.width} ({'quadratic activation, no biases' if config.activation == 'quadratic' else 'ReLU'}) on the concatenated one-hot vectors of a and b; full-batch AdamW (lr {config.lr:g}, betas "
         f"{tuple(config.betas)}), {config.steps} steps; arms: decay (weight decay {config.weight_decay:g}, init scale "
         f"{config.init_scale:g}), no-decay (init scale {config.init_scale:g}), small-init (init scale "
         f"{config.small_init_scale:g}, no decay); {config.seeds} seeds each.",
