@@ -16,7 +16,10 @@
   (adaptive-eos);
 - :mod:`~implicitreg.dynamics.two_layer`: wide two-layer networks in the NTK parametrization (linear or ReLU),
   a population trained by full-batch GD at once with its NTK's top eigenvalue, and bisection on η·λ₀ for
-  the largest stable rate (catapult).
+  the largest stable rate (catapult);
+- :mod:`~implicitreg.dynamics.label_noise`: full-batch or minibatch GD with fresh label noise each step
+  (annealed to none), on diagonal networks and two-layer ReLU nets, with their Hessian traces in closed
+  form (label-noise).
 
 This package imports nothing above its layer (no study, runner or report).
 """
