@@ -30,6 +30,7 @@ from implicitreg.studies.grokking import STUDY as GROKKING
 from implicitreg.studies.igr import STUDY as IGR
 from implicitreg.studies.inductive_bias import STUDY as INDUCTIVE_BIAS
 from implicitreg.studies.label_noise import STUDY as LABEL_NOISE
+from implicitreg.studies.lazy_vs_rich import STUDY as LAZY_VS_RICH
 from implicitreg.studies.matrix_factorization import STUDY as MATRIX_FACTORIZATION
 from implicitreg.studies.max_margin import STUDY as MAX_MARGIN
 from implicitreg.studies.measure_ranking import STUDY as MEASURE_RANKING
@@ -39,7 +40,7 @@ from implicitreg.studies.sweep import STUDY as SWEEP
 from implicitreg.studies.tracked import STUDY as TRACKED
 from implicitreg.studies.width import STUDY as WIDTH
 
-STUDIES: dict[str, Study] = {study.name: study for study in (ADAPTIVE_EOS, BATCH_SIZE, CATAPULT, DIAGONAL_NET, DOUBLE_DESCENT, EDGE_OF_STABILITY, EXPLICIT_VS_IMPLICIT, GROKKING, IGR, INDUCTIVE_BIAS, LABEL_NOISE, MATRIX_FACTORIZATION, MAX_MARGIN, MEASURE_RANKING, MIN_NORM, RANDOM_LABELS, WIDTH)}
+STUDIES: dict[str, Study] = {study.name: study for study in (ADAPTIVE_EOS, BATCH_SIZE, CATAPULT, DIAGONAL_NET, DOUBLE_DESCENT, EDGE_OF_STABILITY, EXPLICIT_VS_IMPLICIT, GROKKING, IGR, INDUCTIVE_BIAS, LABEL_NOISE, LAZY_VS_RICH, MATRIX_FACTORIZATION, MAX_MARGIN, MEASURE_RANKING, MIN_NORM, RANDOM_LABELS, WIDTH)}
 """The built-in studies, by name."""
 
 OPEN: dict[str, Study] = {TRACKED.name: TRACKED, SWEEP.name: SWEEP}
