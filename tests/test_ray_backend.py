@@ -7,8 +7,8 @@
     task, and every run ends exactly once, done, with the metrics of an uninterrupted run. With
     ``retries=0`` the chunk is recorded failed with its error, the others finish, and ``--resume``
     reruns that chunk alone.
-(c) The driver SIGKILLed mid-run (the real CLI, ``--ray-address``): ``--resume`` ends with every
-    run done once and the metrics of an uninterrupted run.
+(c) The driver SIGKILLed mid-run (the real CLI, ``--ray-address``): resuming ends with every run
+    done once and the metrics of an uninterrupted run.
 
 The cluster is started with ``ray start`` in a temporary directory (its session files, sockets and
 logs) with the dashboard off, and stopped at the end by the pids of its own processes (``ray stop``
@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import assert_user_error, invoke_cli, read_store, run_cli, start_cli
+from conftest import assert_user_error, invoke_cli, read_store, start_cli
 from implicitreg.config import ConfigError, build_config, parse_sets
 from implicitreg.runner import RunOptions, execute, prepare
 from implicitreg.studies.width import STUDY as WIDTH
@@ -306,6 +306,53 @@ def test_a_sweep_on_ray_equals_the_local_backend(cluster, tmp_path):
     pd.testing.assert_frame_equal(runs_r, runs_l, check_exact=True)
 
 
+MODELS = """
+from torch import nn
+
+
+def small(input_dim, n_classes):
+    return nn.Sequential(nn.Linear(input_dim, 12), nn.Tanh(), nn.Linear(12, n_classes))
+
+
+def batchnorm(input_dim, n_classes):
+    return nn.Sequential(nn.Linear(input_dim, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, n_classes))
+"""
+
+
+@needs_ray
+def test_a_sweep_of_modules_beside_its_file_trains_on_the_workers(cluster, tmp_path):
+    """The workers import the user's module from the sweep file's directory (they share this disk);
+    one factory trains as a population, the BatchNorm one on the sequential engine."""
+    import implicitreg
+
+    (tmp_path / "ray_sweep_models.py").write_text(MODELS)
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text("""
+seeds = 2
+data = { name = "mnist1d", n_train = 100, n_test = 50 }
+model = { arch = "module", factory = "ray_sweep_models:small" }
+[train]
+lr = 0.05
+batch_size = 25
+max_steps = 20
+eval_every = 10
+target_train_acc = 0.999
+dtype = "float64"
+[grid]
+"model.factory" = ["ray_sweep_models:small", "ray_sweep_models:batchnorm"]
+""")
+    for backend in ("local", "ray"):
+        result = implicitreg.sweep(sweep, tmp_path / backend, threads=1, progress=False, backend=backend,
+                                   ray_address=cluster.address if backend == "ray" else None)
+        assert not result.failures, result.failures
+    (runs_l, metrics_l), (runs_r, metrics_r) = frames(tmp_path / "local"), frames(tmp_path / "ray")
+    assert len(runs_r) == 4 and set(runs_r["status"]) == {"done"}
+    pd.testing.assert_frame_equal(metrics_r, metrics_l, check_exact=True)
+    pd.testing.assert_frame_equal(runs_r, runs_l, check_exact=True)
+    engines = {json.loads(p)["engine"] for p in read_store(tmp_path / "ray")[0]["provenance"]}
+    assert engines == {"population", "sequential"}
+
+
 @needs_ray
 def test_the_cluster_is_checked_before_anything_is_written(cluster, tmp_path):
     out = tmp_path / "refused"
@@ -410,8 +457,10 @@ def test_a_driver_killed_mid_run_resumes_to_the_uninterrupted_metrics(cluster, r
     else:
         pytest.skip("both attempts finished every run before the kill landed")
     assert set(at_kill) == planned_ids() and "running" in at_kill.values(), at_kill
-    resumed = run_cli([*command, "--resume", "--out", str(out)], timeout=240)
-    assert resumed.returncode == 0, resumed
+    assert "started" in log.read_text()  # the CLI's progress lines, fed by the tasks
+    # resumed in this process (its Ray workers are up: the CLI would start a job's workers again)
+    resumed = execute(prepare(options(out, backend="ray", ray_address=cluster.address, resume=True)))
+    assert not resumed.failures
     assert_like_reference(out, reference)
 
 
