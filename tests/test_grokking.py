@@ -293,3 +293,30 @@ def test_gromovs_network_squares_the_sum_of_two_embedding_columns():
     torch.testing.assert_close(net(x), expected, rtol=1e-12, atol=1e-12)
     with pytest.raises(AttributeError):
         getattr(model, "quadratic_w0")
+
+
+# --- through the CLI ------------------------------------------------------------------------------------------
+
+def test_a_tiny_run_through_the_cli_stores_every_arm_and_its_spectrum(tmp_path):
+    import json
+
+    from conftest import invoke_cli, read_store
+
+    out = tmp_path / "grok"
+    result = invoke_cli(["run", "grokking", "--threads", "1", "--seeds", "1", "--set", "p=17", "--set", "width=8",
+                         "--set", "steps=20", "--set", "eval_every=5", "--out", out])
+    assert result.returncode == 0, result
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["checks"]) == 5 and summary["verdict"] in ("pass", "fail", "inconclusive")
+    runs, metrics = read_store(out)
+    assert len(runs) == 3 and set(runs["status"]) == {"done"}
+    names = set(metrics["name"])
+    assert {"train_acc", "test_acc", "l2_norm", "fourier_top6", "fourier_top6_init", "power_k1", "power_k8"} <= names
+    assert (out / "figures" / "accuracy.png").exists() or any(out.rglob("accuracy.png"))
+
+
+def test_a_modulus_too_small_for_the_spectrum_is_refused(tmp_path):
+    from conftest import assert_user_error, invoke_cli
+
+    out = tmp_path / "bad"
+    assert_user_error(invoke_cli(["run", "grokking", "--set", "p=11", "--out", out]), ["p:", "17"], out)
