@@ -33,7 +33,7 @@ def test_spearman_and_slope_degenerate_inputs():
     assert math.isnan(slope([1, 10], [1.0, math.nan]))
 
 
-def fabricated(movement, gap, status=None, drop=()):
+def fabricated(movement, gap, status=None, drop=(), unconverged=()):
     """runs/metrics frames as the store returns them: movement[seed][i] and gap[seed][i] for ALPHAS[i];
     an earlier recording precedes each final one; a linearized run per seed."""
     runs, rows = [], []
@@ -42,7 +42,8 @@ def fabricated(movement, gap, status=None, drop=()):
         if run_id in drop:
             return
         runs.append({"run_id": run_id, "study": lr.STUDY.name, "arm": model, "seed": seed,
-                     "config": {"model": model, "alpha": alpha, "seed": seed}, "provenance": {},
+                     "config": {"model": model, "alpha": alpha, "seed": seed,
+                                "lanczos_converged": run_id not in (unconverged or ())}, "provenance": {},
                      "status": (status or {}).get(run_id, "done"), "final_step": 100, "target_step": 100,
                      "error": None, "started_at": "", "ended_at": ""})
         for name, value in finals.items():
@@ -99,6 +100,8 @@ def test_nan_diverged_and_missing_runs_reduce_the_support():
     agreement = checks["α=100"]
     assert agreement.passed is True and agreement.value == pytest.approx(0.009) and "1 of 2 seeds" in agreement.detail
     assert any("diverged" in note for note in result.notes)
+    result, _ = analyze(GOOD_MOVEMENT, GOOD_GAP, unconverged=(lr.linearized_id(1),))
+    assert any("Lanczos did not converge" in note and lr.linearized_id(1) in note for note in result.notes)
     # three seeds planned, two stored, one of them missing α=100: the agreement rests on 1 of 3 seeds
     result, checks = analyze(GOOD_MOVEMENT, GOOD_GAP, seeds=3, drop=(lr.network_id(100.0, 0),))
     assert checks["α=100"].passed is None and "1 of 3 seeds" in checks["α=100"].detail

@@ -141,6 +141,12 @@ def notes(config: Any, runs: pd.DataFrame, metrics: pd.DataFrame) -> list[str]:
                    "Mean final train loss by α: "
                    + ", ".join(f"{a:g}: {fmt(None if math.isnan(v) else v, '.3g')}" for a, v in means["loss"].items())
                    + " (at equal steps the lazy models fit the training set more slowly).")
+    if len(frame):
+        lanczos = with_settings(frame[["run_id"]], runs, ("lanczos_converged",))
+        unconverged = lanczos[lanczos["lanczos_converged"] == False]["run_id"].tolist()  # noqa: E712 (NaN: unknown)
+        if unconverged:
+            out.append("Lanczos did not converge on λ_max(K_h)/n for " + ", ".join(unconverged)
+                       + ": their η₀ rests on a lower bound of it (a step above the planned lr_scale).")
     diverged = frame[(frame["model"] == "network") & (frame["status"] == "diverged")] if len(frame) else frame
     if len(diverged):
         out.append(f"{len(diverged)} network run(s) diverged (loss above {1e6:g}× the initial one): "

@@ -22,11 +22,12 @@ def against_alpha(config: Any, runs: pd.DataFrame, metrics: pd.DataFrame, path: 
         return None
     seeds = frame[frame["model"] == "network"]
     panels = []
-    for column, ylabel, log_y in (("kernel_movement", "‖K_T − K_0‖_F / ‖K_0‖_F", True),
-                                  ("relative_difference_test", "‖f_α − f_lin‖ / ‖f_lin‖ (test)", True),
-                                  ("test_acc", "test accuracy", False)):
+    for column, title, ylabel, log_y in (
+            ("kernel_movement", "movement of the NTK", "‖K_T − K_0‖_F / ‖K_0‖_F", True),
+            ("relative_difference_test", "distance to the linearization", "‖f_α − f_lin‖ / ‖f_lin‖ (test)", True),
+            ("test_acc", "test accuracy (an observation)", "test accuracy", False)):
         panel = kinds.value_vs_parameter(net, "alpha", [(f"{column}_mean", "mean over seeds", {"color": "C0"})],
-                                         xlabel="output scale α", ylabel=ylabel, log=(True, log_y))
+                                         xlabel="output scale α", ylabel=ylabel, title=title, log=(True, log_y))
         if column in seeds:
             panel.curves.append(kinds.Curve(seeds["alpha"], seeds[column], "seeds",
                                             {"color": "C0", "marker": ".", "linestyle": "none", "alpha": 0.5}))
