@@ -175,7 +175,7 @@ def test_population_evaluation_equals_a_loop_over_points(budget):
     ref_loss, ref_acc = loop(model, points, F.cross_entropy, x, y)
     np.testing.assert_allclose(loss.numpy(), ref_loss, rtol=0, atol=1e-12)
     np.testing.assert_allclose(acc.numpy(), ref_acc, rtol=0, atol=1e-12)
-    as_dict = landscape._Layout.of(model).unflatten_params(points)
+    as_dict = landscape.layout.Layout.of(model).unflatten_params(points)
     np.testing.assert_array_equal(evaluate_points(model, F.cross_entropy, (x, y), as_dict, budget=budget)[0].numpy(),
                                   loss.numpy())
 
