@@ -171,7 +171,19 @@ def notes(config: Any, frame: pd.DataFrame) -> list[str]:
         f"power summed over hidden units and both operands, frequencies 1 … {config.p // 2}; the share of the "
         f"top {TOP}.",
     ]
+    if len(frame):
+        norms = ", ".join(f"{arm} {fmt(_mean(frame, arm, 'l2_norm'), '.1f')}" for arm in ARMS)
+        shares = ", ".join(f"{arm} {fmt(_mean(frame, arm, TOP_NAME), '.3f')}" for arm in ARMS)
+        lines.append(f"at the last step, mean over seeds: ℓ2 norm {norms}; top-{TOP} Fourier share {shares} (at "
+                     f"initialization {fmt(_mean(frame, None, INIT_NAME), '.3f')}).")
     return lines
+
+
+def _mean(frame: pd.DataFrame, arm: str | None, column: str) -> float | None:
+    """Mean of ``column`` over an arm's seeds (all runs for None); None where no run has it."""
+    part = frame if arm is None else frame[frame["arm"] == arm]
+    value = mean_std(part[column])[0] if len(part) else math.nan
+    return value if np.isfinite(value) else None
 
 
 def analyze(config: Any, runs: pd.DataFrame, metrics: pd.DataFrame) -> Analysis:
