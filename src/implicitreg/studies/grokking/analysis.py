@@ -165,8 +165,8 @@ def notes(config: Any, frame: pd.DataFrame) -> list[str]:
         f"{config.init_scale:g}), no-decay (init scale {config.init_scale:g}), small-init (init scale "
         f"{config.small_init_scale:g}, no decay); {config.seeds} seeds each.",
         f"steps to a threshold: the first evaluation (every {config.eval_every} steps) at which train accuracy ≥ "
-        f"{TRAIN_FIT:.0%} or test accuracy ≥ {TEST_FIT:.0%}; delay ratio = their quotient; ℓ2 norm: all weights "
-        "and biases.",
+        f"{TRAIN_FIT:.0%} or test accuracy ≥ {TEST_FIT:.0%}; delay ratio = their quotient; ℓ2 norm: all "
+        "parameters.",
         f"Fourier share: the first-layer weight column of each input token, DFT over the p tokens of each operand, "
         f"power summed over hidden units and both operands, frequencies 1 … {config.p // 2}; the share of the "
         f"top {TOP}.",
