@@ -342,6 +342,43 @@ def conv1d_operator_norms(weight: torch.Tensor, conv: nn.Conv1d, length: int, to
     return values
 
 
+def conv1d_operator_frobenius(weight: torch.Tensor, conv: nn.Conv1d, length: int) -> torch.Tensor:
+    """Frobenius norms ‖A‖_F of the convolutions with kernels ``weight`` [P, C_out, C_in/g, k] as
+    linear maps on inputs of length ``length`` (``conv``'s stride, padding, dilation): [P], exact.
+
+    Every kernel entry w[o, i, j] appears in A once per output position t whose tap j reads an
+    input position inside the signal (t·stride + j·dilation − padding in [0, L)), not in the zero
+    padding; so ‖A‖_F² = Σ_j n_j ‖w[:, :, :, j]‖² with n_j that count (groups change nothing: each
+    entry still appears once per such position). Without padding n_j = L_out for every tap, and
+    ‖A‖_F = √L_out · ‖kernel‖_F.
+    """
+    stride, pad, dilation, out_len, _ = _conv_geometry(conv, length)
+    t = torch.arange(out_len)
+    pos = t[None, :] * stride + torch.arange(weight.shape[-1])[:, None] * dilation - pad  # [k, L_out]
+    counts = ((pos >= 0) & (pos < length)).sum(1).to(torch.float64)  # n_j [k]
+    per_tap = weight.detach().to(torch.float64).pow(2).sum((1, 2))  # [P, k]
+    return (per_tap @ counts.to(per_tap.device)).sqrt().to(weight.dtype)
+
+
+def layer_stable_ranks(s: Stacked, input_shape=None, layers: list[WeightLayer] | None = None) -> Estimate:
+    """Stable rank ‖A‖_F² / ‖A‖₂² of every weight layer's map, value [P, L], with the convergence of
+    the Conv1d operator norms [P] (see :func:`layer_spectral_estimates`).
+
+    One convention with :func:`spectral_norms`: A is the linear map the layer applies — the weight
+    matrix of a linear layer, the convolution operator on the layer's actual input of a Conv1d
+    layer (:func:`conv1d_operator_frobenius`, :func:`conv1d_operator_norms`), so the denominator is
+    the square of the spectral norm :func:`spectral_norms` reports. A zero map has stable rank 0.
+    """
+    layers = weight_layers(s) if layers is None else layers
+    spectral = layer_spectral_estimates(s, input_shape, layers)
+    lengths = conv_input_lengths(s, layers, input_shape)
+    frob = torch.stack([conv1d_operator_frobenius(layer.weight, layer.module, lengths[layer.name]) if layer.is_conv
+                        else layer.matrix().flatten(1).norm(dim=1) for layer in layers], dim=1)
+    top = spectral.value
+    ratio = frob.pow(2) / torch.where(top > 0, top, torch.ones_like(top)).pow(2)
+    return Estimate(torch.where(top > 0, ratio, torch.zeros_like(ratio)), spectral.converged)
+
+
 def layer_spectral_estimates(s: Stacked, input_shape=None, layers: list[WeightLayer] | None = None) -> Estimate:
     """Spectral norm of every weight layer, value [P, L], and whether all of a member's were
     exact or converged, [P] (a linear layer's is an SVD; a Conv1d layer's an iteration)."""
@@ -382,6 +419,11 @@ def spectral_norms(model, input_shape=None) -> torch.Tensor:
     Linear layers: the largest singular value of the weight matrix. Conv1d layers: the operator
     norm of the convolution on the layer's actual input (see the module docstring). Biases are
     excluded; BatchNorm is folded into the layer feeding it. Column order: :func:`weight_layer_names`.
+
+    Convention (shared with :func:`~implicitreg.measures.rank.stable_ranks`): a layer's spectral
+    quantities are those of the linear map it applies — for a Conv1d layer the convolution
+    operator, not the kernel reshaped to [C_out, C_in·k] (whose largest singular value is not a
+    bound on how much the layer can stretch an input).
 
     Args:
         model: a module or population.

@@ -7,8 +7,10 @@ the end-to-end matrix of a linear (factorized) model.
   equals k for k equal nonzero singular values;
 - stable rank ‖W‖_F² / ‖W‖₂² (Rudelson & Vershynin 2007).
 
-A zero matrix has effective and stable rank 0 (its rank). Per-layer measures take a ``Conv1d``
-kernel as the matrix [C_out, C_in·k]; biases are ignored.
+A zero matrix has effective and stable rank 0 (its rank). The per-layer nuclear norm and effective
+rank take a ``Conv1d`` kernel as the matrix [C_out, C_in·k]; the per-layer stable rank is that of
+the layer's map, the convolution operator, as the spectral norms are (:func:`stable_ranks`);
+biases are ignored.
 
 References:
     Roy & Vetterli, "The effective rank: a measure of effective dimensionality", EUSIPCO 2007.
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from implicitreg.measures.core import Stacked, register, stacked
-from implicitreg.measures.layers import foreign_weights, weight_layers
+from implicitreg.measures.layers import folded, foreign_weights, layer_stable_ranks, report, weight_layers
 
 
 def nuclear_from_svals(svals: torch.Tensor) -> torch.Tensor:
@@ -62,10 +64,21 @@ def effective_ranks(model) -> torch.Tensor:
     return s.finish(torch.stack([effective_rank_from_svals(v) for v in _layer_svals(s)], dim=1))
 
 
-def stable_ranks(model) -> torch.Tensor:
-    """Stable rank ‖W‖_F²/‖W‖₂² of every weight matrix: [L] or [P, L]."""
-    s = stacked(model)
-    return s.finish(torch.stack([stable_rank_from_svals(v) for v in _layer_svals(s)], dim=1))
+def stable_ranks(model, input_shape=None) -> torch.Tensor:
+    """Stable rank ‖A‖_F²/‖A‖₂² of every weight layer's map: [L] or [P, L].
+
+    Convention (shared with :func:`~implicitreg.measures.layers.spectral_norms`): A is the linear
+    map the layer applies — a linear layer's weight matrix; a Conv1d layer's convolution operator
+    on its actual input (stride, padding, dilation, groups), whose ‖A‖₂ is the norm
+    ``spectral_norms`` reports (see :func:`~implicitreg.measures.layers.layer_stable_ranks`).
+    Before this convention a Conv1d layer's stable rank was that of its kernel matrix
+    [C_out, C_in·k], a ratio of two norms of a matrix that is not the map (its ‖·‖₂ is not the
+    layer's spectral norm); linear layers are unchanged. ``input_shape`` as ``spectral_norms``
+    (needed only for convolutional models without an ``input_len``); BatchNorm is folded, as there.
+    Warns where a Conv1d operator norm did not converge.
+    """
+    s = folded(model, input_shape)
+    return s.finish(report(layer_stable_ranks(s, input_shape), False, "stable_ranks (Conv1d operator norm)"))
 
 
 _PASSIVE = (nn.Sequential, nn.ModuleList, nn.Identity, nn.Flatten, nn.Linear)
