@@ -177,7 +177,7 @@ class LazyVsRich:
              "at small α the features move.")
     paper = "Chizat, Oyallon & Bach 2019; Geiger, Spigler, Jacot & Wyart 2020; Woodworth et al. 2020"
     Config = Config
-    minutes = (1.5, 10.0)  # quick, full: on 2 CPU cores, --threads 1 (estimated from timing runs; see the README)
+    minutes = (1.7, 7.2)  # quick, full: measured with --threads 1 on 2 cores shared with other jobs (load 5–9)
 
     def defaults(self, quick: bool) -> dict[str, Any]:
         # quick: the same model, step rule and checks on half the training points, four scales spanning the
