@@ -19,7 +19,9 @@
   the largest stable rate (catapult);
 - :mod:`~implicitreg.dynamics.label_noise`: full-batch or minibatch GD with fresh label noise each step
   (annealed to none), on diagonal networks and two-layer ReLU nets, with their Hessian traces in closed
-  form (label-noise).
+  form (label-noise);
+- :mod:`~implicitreg.dynamics.lazy`: the centred, α-scaled model α·(h(θ) − h(θ₀)) and its linearization,
+  trained by GD with step η₀/α², and T steps of kernel GD in closed form (lazy-vs-rich).
 
 This package imports nothing above its layer (no study, runner or report).
 """
