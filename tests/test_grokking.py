@@ -85,6 +85,20 @@ def test_frequency_power_matches_a_direct_dft_sum(p):
                                                                                 rel=1e-10)
 
 
+def test_unit_concentration_matches_per_unit_direct_sums():
+    import torch
+    from implicitreg.studies.grokking.fourier import unit_concentration, unit_power
+
+    p, rng = 19, np.random.default_rng(0)
+    weights = rng.normal(size=(2, 4, 2 * p))
+    power = unit_power(torch.tensor(weights), p).numpy()
+    for member in range(2):
+        rows = np.array([direct_power(weights[member, j:j + 1], p) for j in range(4)])
+        np.testing.assert_allclose(power[member], rows, rtol=1e-10)
+        expected = rows.max(1).sum() / rows.sum()
+        assert unit_concentration(torch.tensor(weights), p)[member].item() == pytest.approx(expected, rel=1e-10)
+
+
 def test_an_embedding_on_two_frequencies_has_all_its_power_there():
     # Gromov's analytic solution: each hidden unit reads cos(2πk(a)/p + φ) of one frequency; the top-6 share is 1
     import torch
@@ -96,6 +110,9 @@ def test_an_embedding_on_two_frequencies_has_all_its_power_there():
     power = frequency_power(torch.tensor(np.array(rows)), p)
     assert set(torch.nonzero(power > 1e-9 * power.max()).flatten().tolist()) == {2, 6}  # k = 3 and 7
     assert top_fraction(power).item() == pytest.approx(1.0, abs=1e-12)
+    # one frequency per unit: each unit's own strongest frequency holds all of its power
+    from implicitreg.studies.grokking.fourier import unit_concentration
+    assert unit_concentration(torch.tensor(np.array(rows)), p).item() == pytest.approx(1.0, abs=1e-12)
 
 
 # --- training: the engine's population against a plain torch.optim.AdamW loop per member ------------------
@@ -113,8 +130,8 @@ def tiny_config(**changes):
 def test_the_population_matches_torch_adamw_member_by_member(activation):
     import torch
     from implicitreg.studies.base import no_progress
-    from implicitreg.studies.grokking.fourier import frequency_power, top_fraction
-    from implicitreg.studies.grokking.training import TOP_NAME, group, power_name, train_arms
+    from implicitreg.studies.grokking.fourier import frequency_power, top_fraction, unit_concentration
+    from implicitreg.studies.grokking.training import TOP_NAME, UNIT_NAME, group, power_name, train_arms
     from implicitreg.train import build_members
 
     config = tiny_config(activation=activation)
@@ -143,6 +160,8 @@ def test_the_population_matches_torch_adamw_member_by_member(activation):
             assert recorded[(step, "l2_norm")] == pytest.approx(norm, rel=1e-4)
             assert recorded[(step, "train_loss")] == pytest.approx(train_loss, rel=1e-4)
             assert recorded[(step, TOP_NAME)] == pytest.approx(top_fraction(power).item(), rel=1e-4)
+            assert recorded[(step, UNIT_NAME)] == pytest.approx(
+                unit_concentration(module.layers[0].weight[None], config.p).item(), rel=1e-4)
         for k in range(1, config.p // 2 + 1):
             assert recorded[(config.steps, power_name(k))] == pytest.approx(power[k - 1].item(), rel=1e-3)
         assert runs[member.run_id].config["weight_decay"] == member.weight_decay
@@ -311,7 +330,8 @@ def test_a_tiny_run_through_the_cli_stores_every_arm_and_its_spectrum(tmp_path):
     runs, metrics = read_store(out)
     assert len(runs) == 3 and set(runs["status"]) == {"done"}
     names = set(metrics["name"])
-    assert {"train_acc", "test_acc", "l2_norm", "fourier_top6", "fourier_top6_init", "power_k1", "power_k8"} <= names
+    assert {"train_acc", "test_acc", "l2_norm", "fourier_top6", "fourier_top6_init", "fourier_unit_top1", "power_k1",
+            "power_k8"} <= names
     assert (out / "figures" / "accuracy.png").exists() or any(out.rglob("accuracy.png"))
 
 

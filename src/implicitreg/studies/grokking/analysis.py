@@ -17,7 +17,7 @@ import pandas as pd
 
 from implicitreg.studies.base import Analysis, Check, Support, final_values, fmt, mean_std, with_settings
 from implicitreg.studies.grokking.fourier import TOP
-from implicitreg.studies.grokking.training import ARMS, INIT_NAME, TOP_NAME
+from implicitreg.studies.grokking.training import ARMS, INIT_NAME, TOP_NAME, UNIT_NAME
 
 TRAIN_FIT = 0.99  # "memorized": train accuracy ≥ 99%
 TEST_FIT = 0.95  # "generalized": test accuracy ≥ 95%
@@ -54,7 +54,7 @@ def per_run(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
 
     A run that did not finish keeps its row with NaN values (it counts as missing)."""
     columns = ["run_id", "seed", "status", *SETTINGS, "train_acc", "test_acc", "l2_norm", TOP_NAME, INIT_NAME,
-               "train_step", "test_step", "delay", "grokked", "generalized", "norm_train", "norm_test",
+               UNIT_NAME, "train_step", "test_step", "delay", "grokked", "generalized", "norm_train", "norm_test",
                "norm_ratio"]
     if runs.empty:
         return pd.DataFrame(columns=columns)
@@ -95,7 +95,7 @@ def table(config: Any, frame: pd.DataFrame) -> pd.DataFrame:
                                "generalized": f"{int((part['generalized'] == 1.0).sum())}/{config.seeds}",
                                "grokked": f"{int((part['grokked'] == 1.0).sum())}/{config.seeds}"}
         for name in ("train_acc", "test_acc", "train_step", "test_step", "delay", "norm_ratio", "l2_norm", TOP_NAME,
-                     INIT_NAME):
+                     INIT_NAME, UNIT_NAME):
             row[f"{name}_mean"], row[f"{name}_std"] = mean_std(part[name]) if len(part) else (math.nan, math.nan)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -174,8 +174,11 @@ def notes(config: Any, frame: pd.DataFrame) -> list[str]:
     if len(frame):
         norms = ", ".join(f"{arm} {fmt(_mean(frame, arm, 'l2_norm'), '.1f')}" for arm in ARMS)
         shares = ", ".join(f"{arm} {fmt(_mean(frame, arm, TOP_NAME), '.3f')}" for arm in ARMS)
+        units = ", ".join(f"{arm} {fmt(_mean(frame, arm, UNIT_NAME), '.3f')}" for arm in ARMS)
         lines.append(f"at the last step, mean over seeds: ℓ2 norm {norms}; top-{TOP} Fourier share {shares} (at "
-                     f"initialization {fmt(_mean(frame, None, INIT_NAME), '.3f')}).")
+                     f"initialization {fmt(_mean(frame, None, INIT_NAME), '.3f')}); reported, not checked: each hidden "
+                     f"unit's share of its power in its own strongest frequency (power-weighted mean over units: "
+                     f"Gromov's solution gives each unit one frequency, the units together many) {units}.")
     return lines
 
 

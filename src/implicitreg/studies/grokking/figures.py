@@ -11,7 +11,7 @@ import pandas as pd
 from implicitreg.report import kinds
 from implicitreg.studies.grokking.analysis import TEST_FIT, TRAIN_FIT, per_run
 from implicitreg.studies.grokking.fourier import TOP
-from implicitreg.studies.grokking.training import ARMS, TOP_NAME, power_name
+from implicitreg.studies.grokking.training import ARMS, TOP_NAME, UNIT_NAME, power_name
 
 COLOURS = {"decay": "C0", "no-decay": "C3", "small-init": "C2"}
 
@@ -52,8 +52,8 @@ def norm_and_spectrum(config: Any, frame: pd.DataFrame, metrics: pd.DataFrame, p
     the first seed of each arm (normalized to sum 1)."""
     norm = kinds.Panel(title="ℓ2 norm of the weights; ○ train fit, ● test fit", xlabel="step",
                        ylabel="parameter ℓ2 norm", xscale="log")
-    share = kinds.Panel(title=f"embedding: share of Fourier power in the top {TOP}", xlabel="step",
-                        ylabel=f"top-{TOP} share", xscale="log")
+    share = kinds.Panel(title=f"embedding: top-{TOP} share (solid), per-unit top-1 share (dashed)",
+                        xlabel="step", ylabel="share of Fourier power", xscale="log")
     spectrum = kinds.Panel(title="final embedding spectrum (seed 0 of each arm)", xlabel="frequency k",
                            ylabel="share of power")
     for arm in ARMS:
@@ -64,6 +64,8 @@ def norm_and_spectrum(config: Any, frame: pd.DataFrame, metrics: pd.DataFrame, p
             norm.curves.append(kinds.Curve(steps, values, label, {"color": colour, "alpha": 0.8}))
             steps, values = kinds.series(metrics, run, TOP_NAME)
             share.curves.append(kinds.Curve(steps, values, label, {"color": colour, "alpha": 0.8}))
+            steps, values = kinds.series(metrics, run, UNIT_NAME)
+            share.curves.append(kinds.Curve(steps, values, None, {"color": colour, "alpha": 0.8, "linestyle": "--"}))
             row = frame[frame["run_id"] == run].iloc[0]
             if arm == "decay":
                 for key, marker in (("train_step", "o"), ("test_step", "o")):

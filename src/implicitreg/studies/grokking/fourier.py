@@ -15,15 +15,15 @@ import torch
 TOP = 6  # the issue's "fraction of power in the top 6 frequencies"
 
 
-def frequency_power(weight: torch.Tensor, p: int) -> torch.Tensor:
-    """Power of the embedding per frequency, both operands summed.
+def unit_power(weight: torch.Tensor, p: int) -> torch.Tensor:
+    """Power of each hidden unit's embedding row per frequency, both operands summed.
 
     Args:
         weight: first-layer weights [..., h, 2p] (a population's [P, h, 2p] or one module's [h, 2p]).
         p: the modulus.
 
     Returns:
-        [..., p // 2] float64: for k = 1 … ⌊p/2⌋, Σ_hidden |Σ_a W[:, a] e^{-2πika/p}|² over the first
+        [..., h, p // 2] float64: for unit j and k = 1 … ⌊p/2⌋, |Σ_a W[j, a] e^{-2πika/p}|² over the first
         operand's block plus the same over the second's. The frequencies k and p − k carry the same
         power (real weights) and are counted once; k = 0 (the mean over tokens) is left out, as it
         says nothing about which residues are which.
@@ -31,14 +31,29 @@ def frequency_power(weight: torch.Tensor, p: int) -> torch.Tensor:
     if weight.shape[-1] != 2 * p:
         raise ValueError(f"frequency_power: expected weights [..., h, {2 * p}] for p = {p}, got {list(weight.shape)}")
     w = weight.detach().double()
-    power = torch.zeros((*w.shape[:-2], p // 2), dtype=torch.float64, device=w.device)
+    power = torch.zeros((*w.shape[:-1], p // 2), dtype=torch.float64, device=w.device)
     for block in (w[..., :p], w[..., p:]):
         spectrum = torch.fft.rfft(block, dim=-1)  # [..., h, p // 2 + 1]
-        power = power + (spectrum.abs() ** 2).sum(-2)[..., 1 : p // 2 + 1]
+        power = power + (spectrum.abs() ** 2)[..., 1 : p // 2 + 1]
     return power
+
+
+def frequency_power(weight: torch.Tensor, p: int) -> torch.Tensor:
+    """The embedding's power per frequency, summed over hidden units: [..., h, 2p] → [..., p // 2]
+    (see :func:`unit_power`)."""
+    return unit_power(weight, p).sum(-2)
 
 
 def top_fraction(power: torch.Tensor, top: int = TOP) -> torch.Tensor:
     """The share of the total power [...] in the ``top`` strongest frequencies of ``power`` [..., K]."""
     strongest = power.topk(min(top, power.shape[-1]), dim=-1).values.sum(-1)
     return strongest / power.sum(-1)
+
+
+def unit_concentration(weight: torch.Tensor, p: int) -> torch.Tensor:
+    """Per-unit periodicity [...]: Σ_j max_k P[j, k] / Σ_j Σ_k P[j, k] for the unit powers P of
+    :func:`unit_power` — the power-weighted mean over hidden units of the share of a unit's power in its
+    own strongest frequency. Gromov's analytic solution gives every unit one frequency (share 1) while the
+    units together use many, which this sees and the summed spectrum (:func:`frequency_power`) does not."""
+    power = unit_power(weight, p)
+    return power.max(-1).values.sum(-1) / power.sum((-1, -2))

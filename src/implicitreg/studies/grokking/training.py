@@ -18,13 +18,14 @@ from implicitreg.hooks import LoopContext, Model
 from implicitreg.plan import Group, Member
 from implicitreg.population import Population
 from implicitreg.studies.base import ProgressBar, SolvedRun
-from implicitreg.studies.grokking.fourier import TOP, frequency_power, top_fraction
+from implicitreg.studies.grokking.fourier import TOP, frequency_power, top_fraction, unit_concentration
 from implicitreg.studies.grokking.model import factory
 from implicitreg.train import train_population
 
 ARMS = ("decay", "no-decay", "small-init")
 TOP_NAME = f"fourier_top{TOP}"
 INIT_NAME = f"{TOP_NAME}_init"
+UNIT_NAME = "fourier_unit_top1"
 FIRST_LAYER = "layers.0.weight"  # the MLP's first Linear: [h, 2p], one column per input token
 
 
@@ -42,7 +43,8 @@ def arm_settings(config: Any, arm: str) -> tuple[float, float]:
 class SpectrumHook:
     """The embedding's Fourier concentration at every evaluation, its full spectrum at the last step.
 
-    Returns per member [P]: ``fourier_top6`` (share of the power in the 6 strongest frequencies), at the
+    Returns per member [P]: ``fourier_top6`` (share of the power in the 6 strongest frequencies),
+    ``fourier_unit_top1`` (each unit's share in its own strongest frequency, power-weighted), at the
     first call also ``fourier_top6_init`` (the same at the initialization), and at step ``last`` the power
     ``power_k{k}`` of every frequency k = 1 … ⌊p/2⌋.
     """
@@ -59,7 +61,7 @@ class SpectrumHook:
         else:  # one plain module (P = 1)
             weight = dict(model.named_parameters())[FIRST_LAYER][None]
         power = frequency_power(weight, self.p)  # [P, ⌊p/2⌋]
-        values = {TOP_NAME: top_fraction(power)}
+        values = {TOP_NAME: top_fraction(power), UNIT_NAME: unit_concentration(weight, self.p)}
         if self._first:
             values[INIT_NAME] = top_fraction(frequency_power(context.init_params[FIRST_LAYER], self.p))
             self._first = False
