@@ -7,7 +7,8 @@ gradient g = ∇L is computed once per operator with its graph kept (reverse-ove
 PyHessian does), and every HVP is one backward of g·v through that graph, several probes per
 backward (``is_grads_batched``); the data come as one batch or as mini-batches (a DataLoader), each
 batch's product weighted by its size. On a population the gradient of all P members is one
-``vmap`` over members (each member's own parameters, the same inputs), and the Lanczos and power
+graph — a ``vmap`` over members for small members and batches, P branches for large ones
+(:data:`VMAP_MEMBERS_UP_TO`) — so one backward serves every member, and the Lanczos and power
 recurrences run batched over members as [P, n] tensors: a sweep's sharpness costs about one
 member's worth of Python overhead.
 
@@ -294,8 +295,9 @@ def hessian_operator(model, loss_fn: LossFn, data, params: str | Sequence[str] |
             theta = leaf if sub is flat else torch.cat(
                 [leaf[:, j : j + b - a] if on else flat[:, a:b]
                  for (a, b, on), j in zip(segments, _offsets(segments))], dim=1)
-            if s.size == 1:
-                losses = loss_fn(forward(theta[0], x), y[0] if per_member_y else y)[None]
+            if s.size == 1 or x.shape[0] * flat.shape[1] > VMAP_MEMBERS_UP_TO:  # see VMAP_MEMBERS_UP_TO
+                losses = torch.stack([loss_fn(forward(theta[p], x), y[p] if per_member_y else y)
+                                      for p in range(s.size)])
             else:
                 member = lambda t, ys: loss_fn(forward(t, x), ys)  # noqa: E731
                 losses = vmap(member, in_dims=(0, 0 if per_member_y else None))(theta, y)
@@ -365,6 +367,15 @@ def hessian_operator(model, loss_fn: LossFn, data, params: str | Sequence[str] |
 #: 0.30 / 0.24 / 0.20; N = 500: 1.01 / 1.04 / 1.02 / 1.09 / 1.17; N = 2000: 3.51 / 3.63 / 3.56 /
 #: 4.17 / 4.80 (the batched intermediates leave the cache).
 GRAPH_PASS_SAMPLES = 1 << 10
+
+#: A population's gradient graph is one ``vmap`` over members while N · n (batch points × one
+#: member's parameters, the work of one member's forward) is at most this, else one graph of P
+#: member branches (one backward still serves all members). Measured on CPU, one thread, float32,
+#: 16 MLP members, one product of all members, ms, vmap / branches / a loop of single-model
+#: operators: N = 100, 40-32-32-10 (N·n = 0.27M): 1.9 / 5.7 / 7.0; N = 1000, same MLP (2.7M):
+#: 15.6 / 15.7 / 16.1; N = 200, 40-128-128-10 (4.6M): 21.8 / 24.0 / 23.3; N = 1000, same (23M):
+#: 94.7 / 64.7 / 62.0. (The former forward-over-reverse products: 135 batched, 162 looped, there.)
+VMAP_MEMBERS_UP_TO = 1 << 22
 
 
 def select_params(names: list[str], params: str | Sequence[str] | None) -> set[str]:
@@ -524,7 +535,7 @@ def hessian_eigenvalues(model, loss_fn: LossFn, data, k: int = 1,
     Args:
         model: an ``nn.Module`` (``forward(x)``) or a Population.
         loss_fn: ``loss_fn(outputs, y)`` → mean loss, e.g. ``torch.nn.functional.cross_entropy``.
-        data: ``(x, y)``, the full batch (see :func:`hessian_operator`).
+        data: ``(x, y)``, the full batch, or a re-iterable of batches (see :func:`hessian_operator`).
         k: how many eigenvalues.
         method: "lanczos" (largest algebraic; full reorthogonalization; stops when every Ritz
             residual bound is below ``tol`` relative to its Ritz value) or "power" (PyHessian's
@@ -725,8 +736,8 @@ def hessian_trace_hutchpp(model, loss_fn: LossFn, data, n_matvecs: int = 99, see
     return hessian_trace(model, loss_fn, data, seed=seed, method="hutchpp", n_matvecs=n_matvecs).value
 
 
-__all__ = ["GRAPH_PASS_SAMPLES", "PASS_SAMPLES", "CurvatureOperator", "EigResult", "FlatModel", "HessianOperator",
-           "LayerCurvature", "TraceResult", "flat_model", "hessian_eigenvalues", "hessian_operator", "hessian_trace",
+__all__ = ["GRAPH_PASS_SAMPLES", "PASS_SAMPLES", "VMAP_MEMBERS_UP_TO", "CurvatureOperator", "EigResult", "FlatModel",
+           "HessianOperator", "LayerCurvature", "TraceResult", "flat_model", "hessian_eigenvalues", "hessian_operator", "hessian_trace",
            "hessian_trace_hutchpp", "hessian_trace_value", "hessian_vector_product", "layer_hessians",
            "operator_eigenvalues", "operator_trace", "power_iteration", "select_params", "top_hessian_eigenvalue",
            "trace_budget"]
