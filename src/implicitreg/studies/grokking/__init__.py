@@ -93,8 +93,9 @@ class Grokking:
              "within the budget; at a small init it generalizes without decay.")
     paper = "Power et al. 2022; Liu, Michaud & Tegmark 2023; Gromov 2023; Nanda et al. 2023"
     Config = Config
-    minutes = (1.5, 15.0)  # quick, full: on 2 CPU cores, --threads 1 (measured on a busy machine)
-    quick_caveat = None
+    # quick, full: measured wall time with --threads 1 on 2 CPU cores shared with other jobs (CPU time 0.7 and
+    # 3.0 min; under a heavier load the same runs took 3.7 and 9.0 min)
+    minutes = (1.2, 3.5)
 
     def defaults(self, quick: bool) -> dict[str, Any]:
         # the same arms and checks on one seed each and a shorter budget (grokking at this size comes after
