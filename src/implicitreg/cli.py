@@ -218,7 +218,8 @@ def list_measures() -> None:
     out_console.print(several)
 
 
-THREADS_HELP = "CPU threads (default: all available); with --backend ray, each task's (default 1)"
+THREADS_HELP = ("CPU threads (default: the cores other processes leave free, at least 1); with --backend ray, "
+                "each task's (default 1)")
 BACKEND_HELP = "local (this process) | ray (Ray tasks: a cluster, or a local Ray instance)"
 RAY_ADDRESS_HELP = ("with --backend ray: the cluster (HOST:PORT, auto, ray://HOST:10001); default: RAY_ADDRESS, "
                     "else a new local Ray instance")
@@ -321,6 +322,13 @@ def expected_duration(prepared) -> str:
     return f"{prepared.study.name}: expected about {shown} on 2 CPU cores{' for --quick' if quick else ''}{changed}"
 
 
+def start_line(prepared) -> str:
+    """What ``run`` says as work starts: the expected duration and, where the default took fewer
+    threads than cores for the populations (other processes are running), why."""
+    note = prepared.threads_note if prepared.study.plan(prepared.config) else ""
+    return "; ".join(part for part in (expected_duration(prepared), note) if part)
+
+
 def announced(hooks: dict, line: str) -> dict:
     """``hooks`` that print ``line`` once, when the first population or solve starts: after every
     check of the output directory, so that a refused run still prints its one error line alone."""
@@ -348,7 +356,7 @@ def _execute_with_progress(prepared):
     """Execute one prepared study with its progress on stderr; Ctrl-C says how to resume."""
     try:
         with execution_progress(err_console, prepared.study.name) as hooks:
-            return execute(prepared, **announced(hooks, expected_duration(prepared)))
+            return execute(prepared, **announced(hooks, start_line(prepared)))
     except KeyboardInterrupt:
         err_console.print(plain(f"interrupted: finished populations are stored in {prepared.out}; "
                                 f"continue with --resume --out {prepared.out}"), highlight=False, soft_wrap=True)

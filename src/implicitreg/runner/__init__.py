@@ -12,7 +12,8 @@ One concept per module; this package re-exports what other code uses:
   :mod:`~implicitreg.runner.faults`.
 - :mod:`~implicitreg.runner.summary` — :func:`summarize`, :func:`run_counts`, :func:`judge`;
   :mod:`~implicitreg.runner.outputs` — :func:`write_outputs` and :class:`StudyResult`;
-  :mod:`~implicitreg.runner.solutions` — a solved study's ``solutions.npz``.
+  :mod:`~implicitreg.runner.solutions` — a solved study's ``solutions.npz``;
+  :mod:`~implicitreg.runner.threads` — the default thread count: the cores other processes leave free.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from implicitreg.runner.preparing import (
     ENGINES,
     Prepared,
     RunOptions,
-    available_threads,
     make_backend,
     prepare,
     prepare_all,
@@ -37,9 +37,11 @@ from implicitreg.runner.preparing import (
 )
 from implicitreg.runner.solutions import SOLUTIONS, read_solutions, write_solutions
 from implicitreg.runner.summary import QUICK_NOTE, judge, run_counts, summarize
+from implicitreg.runner.threads import ThreadChoice, available_threads, polite_threads
 
-__all__ = ["ALL", "DEVICES", "ENGINES", "MAX_RUNS", "QUICK_NOTE", "SOLUTIONS", "Prepared", "RunOptions",
-           "StudyResult", "available_threads", "check_out_path", "check_plan_size", "chunk_size", "default_out",
-           "execute", "execute_all", "judge", "make_backend", "max_members", "member_bytes", "prepare",
-           "prepare_all", "prepare_study", "read_solutions", "resolve_device", "run_counts", "run_record",
-           "solve", "summarize", "write_outputs", "write_solutions"]
+__all__ = ["ALL", "DEVICES", "ENGINES", "MAX_RUNS", "Prepared", "QUICK_NOTE", "RunOptions", "SOLUTIONS",
+           "StudyResult", "ThreadChoice", "available_threads", "check_out_path", "check_plan_size",
+           "chunk_size", "default_out", "execute", "execute_all", "judge", "make_backend", "max_members",
+           "member_bytes", "polite_threads", "prepare", "prepare_all", "prepare_study", "read_solutions",
+           "resolve_device", "run_counts", "run_record", "solve", "summarize", "write_outputs",
+           "write_solutions"]

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from implicitreg.backends.local import cached_dataset
 from implicitreg.config import ConfigError, build_config
 from implicitreg.runner.paths import check_out_path, default_out, store_state
 from implicitreg.runner.plan_size import check_plan_size, planned_runs
+from implicitreg.runner.threads import available_threads, polite_threads
 from implicitreg.store import LOCK_FILENAME, DirectoryLock, Store, describe_write_error
 from implicitreg.studies import STUDIES, get_study, study_to_run
 from implicitreg.studies.base import Study, is_solved
@@ -62,13 +62,7 @@ class Prepared:
     out: Path
     options: RunOptions
     problem: Any = None
-
-
-def available_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    threads_note: str = ""  # why the default took fewer threads than cores (other processes run)
 
 
 def make_backend(options: RunOptions) -> Backend:
@@ -196,6 +190,10 @@ def prepare(options: RunOptions, parent_may_be_missing: bool = False) -> Prepare
             raise ConfigError(str(err)) from None
         except OSError as err:  # a --data path the system cannot read (a name too long, no permission)
             raise ConfigError(f"--data: {describe_write_error(err)}") from None
-    # a Ray task asks for --threads CPUs: by default one, so that a cluster runs a task per core
-    threads = options.threads or (available_threads() if options.backend == "local" else 1)
-    return Prepared(study, config, device, threads, out, options, problem)
+    # a Ray task asks for --threads CPUs: by default one, so that a cluster runs a task per core;
+    # locally, the cores other processes leave free (runner.threads: oversubscribing costs 6-12x)
+    threads, note = options.threads or 1, ""
+    if options.threads is None and options.backend == "local":
+        choice = polite_threads()
+        threads, note = choice.threads, choice.reason if choice.threads < choice.cores else ""
+    return Prepared(study, config, device, threads, out, options, problem, note)
