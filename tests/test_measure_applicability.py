@@ -111,3 +111,13 @@ def test_a_convolution_without_input_shape_is_refused_with_the_reason():
     reason = REGISTRY["spectral_product"].refusal(model, None)
     assert reason is not None and "input shape" in reason
     assert REGISTRY["spectral_product"].refusal(model, (1, 10)) is None
+
+
+@pytest.mark.parametrize("kind, module", [("tanh", "Tanh"), ("conv1d_pool", "MaxPool1d")])
+def test_path_norm_called_directly_refuses_what_its_formula_does_not_cover(kind, module):
+    # the one-pass formula would return a number for these (not their path norm): an error instead
+    from implicitreg.measures import path_norm
+
+    model, _, _, shape = setting(kind)
+    with pytest.raises(ValueError, match=module):
+        path_norm(model, input_shape=shape)

@@ -36,20 +36,25 @@ PATH_MODULES = (nn.Linear, nn.Conv1d, nn.ReLU, nn.Flatten, nn.Unflatten, nn.Iden
                 nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 
 
+def _uncovered(module: nn.Module) -> str | None:
+    """Why the one-pass formula does not cover ``module``'s leaves (None when it does)."""
+    other = [f"{name or '<root>'} ({type(leaf).__name__})" for name, leaf in module.named_modules()
+             if not any(True for _ in leaf.children()) and not isinstance(leaf, PATH_MODULES)]
+    if not other:
+        return None
+    return ("its one-pass formula sums the paths of networks of nn.Linear / nn.Conv1d layers, ReLUs and "
+            f"BatchNorm, and the model also has {', '.join(other[:3])}" + (" …" if len(other) > 3 else ""))
+
+
 def relu_network(model: nn.Module, input_shape=None) -> str | None:
     """Why :func:`path_norm` does not apply to ``model`` (None when it does): the per-layer checks of
     :func:`~implicitreg.measures.layers.layered_model`, an unknown input shape, or a module the
     formula does not cover (pooling, a nonlinearity other than ReLU, a normalization other than
     BatchNorm), where the pass of |θ|^p on all-ones inputs would compute something else.
     Nonlinearities applied as functions in ``forward`` (``F.relu``) cannot be seen here."""
-    reason = layered_model(model, input_shape)
+    reason = layered_model(model, input_shape) or _uncovered(model)
     if reason is not None:
         return reason
-    other = [f"{name or '<root>'} ({type(module).__name__})" for name, module in model.named_modules()
-             if not any(True for _ in module.children()) and not isinstance(module, PATH_MODULES)]
-    if other:
-        return ("its one-pass formula sums the paths of networks of nn.Linear / nn.Conv1d layers, ReLUs and "
-                f"BatchNorm, and the model also has {', '.join(other[:3])}" + (" …" if len(other) > 3 else ""))
     if model_input_shape(model, input_shape) is None:
         return f"it needs the per-sample input shape, which {type(model).__name__} does not store (pass input_shape)"
     return None
@@ -72,6 +77,9 @@ def path_norm(model, p: float = 2, input_shape=None) -> torch.Tensor:
         raise ValueError(f"p: expected a positive exponent, got {p!r}")
     s = folded(model, input_shape)  # eval-mode BatchNorm is an affine map: its scales enter the paths
     weight_layers(s)  # refuses weights outside Linear / Conv1d layers
+    uncovered = _uncovered(s.template)  # pooling, tanh, …: the pass below would compute something else
+    if uncovered is not None:
+        raise ValueError(f"path_norm does not apply: {uncovered}")
     require_eval(s.template)
     shape = _require_input_shape(s, input_shape, "the path norm")
     first = next(iter(s.params.values()))
