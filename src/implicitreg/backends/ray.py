@@ -43,6 +43,8 @@ REPORTS_PER_SECOND = 4
 """The most progress messages a task sends the driver in a second (its latest values; the last one always)."""
 POLL_SECONDS = 0.25
 """How often the driver looks for finished tasks and progress while it waits."""
+BARRIER_SECONDS = 10.0
+"""The longest a finishing task waits for the progress queue to hold its last messages."""
 
 
 def local_instance_options() -> dict[str, Any]:
@@ -88,6 +90,19 @@ class _Reporter:
             else:
                 self.queue.put_nowait(message)
         except Exception:  # progress is a courtesy: a lost message must not fail the task
+            pass
+
+    def finish(self) -> None:
+        """Send what is held back and wait until the queue holds every message of this task, so that
+        the driver, which drains the queue when it sees the task's result, finds them all (the
+        messages are sent fire-and-forget; one caller's calls reach the actor in order, so a
+        synchronous call after them is a barrier)."""
+        self.flush()
+        try:
+            actor = getattr(self.queue, "actor", None)
+            if actor is not None:
+                ray.get(actor.qsize.remote(), timeout=BARRIER_SECONDS)
+        except Exception:  # progress is a courtesy: a slow or gone queue must not fail the task
             pass
 
 
@@ -167,10 +182,10 @@ def _train(task: Task, queue: Queue, key: tuple[int, int],
     for chunk in chunks:
         outcome = run_task(replace(task, group=chunk, device=str(device)), advance)
         if outcome.error is not None:
-            report.flush()
+            report.finish()
             return None, outcome.error, _worker(device, task.threads, len(chunks))
         results.extend(outcome.results)
-    report.flush()
+    report.finish()
     return results, None, _worker(device, task.threads, len(chunks))
 
 
@@ -185,7 +200,7 @@ def _solve(task: SolveTask, queue: Queue, key: tuple[int, int], import_paths: tu
         return lambda done: report(label, done, total)
 
     outcome = run_solve(task, bars)
-    report.flush()
+    report.finish()
     return outcome.solved, _worker(torch.device("cpu"), task.threads)
 
 
