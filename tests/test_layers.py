@@ -23,8 +23,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     # pure functions of (model or population, data, loss); see PURE below
     ("measures", frozenset({"measures"})),
     # population + kernels + optim + sampling + train loop + sequential + its hooks (evaluation, tracking)
-    ("engine", frozenset({"population", "kernels", "optim", "sampling", "train", "sequential", "hooks",
-                          "landscape"})),
+    ("engine", frozenset({"population", "kernels", "cnn_kernel", "optim", "sampling", "train", "sequential",
+                          "hooks", "landscape"})),
     # exact small-problem solvers and references, and the toolkits studies are built from: rank
     # statistics (evaluate) and figures (report/: the studies draw with report.figures, the driver
     # writes report.html; report imports nothing of the package)

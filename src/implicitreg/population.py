@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.func import stack_module_state
 
-from implicitreg.kernels import CNNKernel, MLPKernel, Params, VmapKernel
+from implicitreg.cnn_kernel import CNNKernel
+from implicitreg.kernels import MLPKernel, Params, VmapKernel
 from implicitreg.models import CNN1D, MLP
 
 
