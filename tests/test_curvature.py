@@ -204,6 +204,57 @@ def test_population_with_per_member_labels(population_case):
         assert int(r.n_hvp[i]) == single.n_hvp  # a converged member's count stops with it
 
 
+def test_converged_members_leave_the_products(population_case):
+    # members that converge at different speeds (a first layer scaled to 0.01: ~10 products; as
+    # initialized: ~17), with per-member labels: each member's result is the one it has alone,
+    # while the member-HVPs computed — counted through the operator — drop below P per step
+    import dataclasses
+
+    from implicitreg.measures.curvature import operator_eigenvalues
+
+    _, _, x, labels = population_case
+    models = [mlp(seed) for seed in range(4)]
+    with torch.no_grad():
+        for model in models[1:]:
+            model.layers[0].weight.mul_(0.01)
+    labels = torch.cat([labels, labels[:1]])
+    pop = Population(models, dtype=torch.float64)
+    computed = []
+
+    def counted(op):  # the operator, with every product's member count recorded (its subsets' too)
+        def matvec(v):
+            computed.append(v.shape[0])
+            return op.matvec(v)
+        return dataclasses.replace(op, matvec=matvec, restrict=lambda idx: counted(op.members(idx)))
+
+    r = operator_eigenvalues(counted(hessian_operator(pop, F.cross_entropy, (x, labels))), k=1, tol=1e-10)
+    assert bool(r.converged.all()) and int(r.n_hvp.min()) < int(r.n_hvp.max())
+    assert len(computed) == int(r.n_hvp.max())
+    assert int(r.n_hvp.sum()) <= sum(computed) < 4 * int(r.n_hvp.max())  # fewer than every member every step
+    assert computed[-1] == 1  # the slowest member alone, once the others converged
+    for i, model in enumerate(models):
+        single = hessian_eigenvalues(model, F.cross_entropy, (x, labels[i]), k=1, tol=1e-10)
+        torch.testing.assert_close(r.values[i], single.values, rtol=1e-10, atol=0)
+        assert int(r.n_hvp[i]) == single.n_hvp
+        exact = torch.linalg.eigvalsh(dense_hessian(model, (x, labels[i])))[-1]
+        torch.testing.assert_close(r.values[i, 0], exact, rtol=1e-8, atol=0)
+    op = hessian_operator(pop, F.cross_entropy, (x, labels))
+    v = torch.randn(2, op.dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    full = op.matvec(torch.cat([v[:1], v[:1], v[1:], v[1:]]))
+    torch.testing.assert_close(op.members([1, 3]).matvec(v), full[[1, 3]], rtol=1e-10, atol=1e-13)
+    batches = [(x[:12], labels[:, :12]), (x[12:], labels[:, 12:])]  # the same loss on mini-batches
+    torch.testing.assert_close(hessian_operator(pop, F.cross_entropy, batches).members([1, 3]).matvec(v),
+                               full[[1, 3]], rtol=1e-10, atol=1e-13)
+    for bad in ([], [3, 1], [0, 4], [1, 1], [0.5]):
+        with pytest.raises(ValueError, match="members"):
+            op.members(bad)
+    from implicitreg.measures.ggn import ggn_operator  # the vmapped operators (GGN, Fishers) restrict too
+
+    ggn = ggn_operator(pop, F.cross_entropy, (x, labels))
+    torch.testing.assert_close(ggn.members([1, 3]).matvec(v), ggn.matvec(torch.cat([v[:1], v[:1], v[1:], v[1:]]))[[1, 3]],
+                               rtol=1e-10, atol=1e-13)
+
+
 # ---------------------------------------------------------------------------- recurrences on explicit matrices
 
 

@@ -132,6 +132,54 @@ def test_the_matvec_count_is_the_products_made():
         assert len(calls) == int(alone.n_matvec[0]) == int(r.n_matvec[p])
 
 
+def test_a_subset_operator_multiplies_only_the_members_still_running():
+    # members that converge at very different speeds: three distinct eigenvalues (exact after 3
+    # products), a separated top, a clustered one (many products); with ``subset`` the converged
+    # ones stop being multiplied, and every member's result is still the one it has alone
+    eigs = spectra()
+    easy = [5.0, 4.0] + [1.0] * (N - 2)
+    H, matvec, v0 = batch([easy, eigs[0], easy, easy, eigs[1], eigs[3]])
+    P = H.shape[0]
+    rows = []  # member-products computed, one entry per product call
+
+    def rows_of(members: torch.Tensor):
+        def product(v):
+            assert v.shape == (len(members), N)
+            rows.append(len(members))
+            return torch.bmm(H[members], v.unsqueeze(2)).squeeze(2)
+        return product
+
+    full = lanczos(matvec, v0, k=2, tol=1e-10, max_iter=N)
+    r = lanczos(rows_of(torch.arange(P)), v0, k=2, tol=1e-10, max_iter=N, subset=rows_of)
+    slowest, spent = int(r.n_matvec.max()), sum(rows)
+    assert len(rows) == slowest
+    assert int(r.n_matvec.min()) < slowest // 2  # the case in point: very different speeds
+    # fewer member-products than P per step, never fewer than the members' own counts, and — a new
+    # operator once at most half are left — at most twice those
+    assert int(r.n_matvec.sum()) <= spent <= 2 * int(r.n_matvec.sum()) and spent < P * slowest
+    torch.testing.assert_close(r.values, full.values, rtol=1e-13, atol=0)
+    assert torch.equal(r.n_matvec, full.n_matvec) and torch.equal(r.converged, full.converged)
+    for p in range(P):
+        alone = lanczos(lambda v, p=p: v @ H[p], v0[p : p + 1], k=2, tol=1e-10, max_iter=N)
+        torch.testing.assert_close(r.values[p], alone.values[0], rtol=1e-13, atol=0)
+        assert int(r.n_matvec[p]) == int(alone.n_matvec[0])
+    torch.testing.assert_close(r.values, torch.linalg.eigvalsh(H).flip(-1)[:, :2], rtol=1e-9, atol=0)
+
+
+def test_a_subset_operator_keeps_vectors_and_the_plain_recurrence():
+    H, matvec, v0 = batch(spectra())
+    subset = lambda members: (lambda v: torch.bmm(H[members], v.unsqueeze(2)).squeeze(2))  # noqa: E731
+    for kwargs in ({"return_vectors": True}, {"reorthogonalize": False}):
+        a = lanczos(matvec, v0, k=2, tol=1e-8, max_iter=N, **kwargs)
+        b = lanczos(matvec, v0, k=2, tol=1e-8, max_iter=N, subset=subset, **kwargs)
+        torch.testing.assert_close(b.values, a.values, rtol=1e-13, atol=0)
+        torch.testing.assert_close(b.alpha, a.alpha, rtol=1e-13, atol=1e-15)
+        torch.testing.assert_close(b.beta, a.beta, rtol=1e-13, atol=1e-15)
+        assert torch.equal(a.n_matvec, b.n_matvec)
+        if a.vectors is not None:
+            torch.testing.assert_close(b.vectors, a.vectors, rtol=1e-10, atol=1e-12)
+
+
 def test_sparse_checks_cost_at_most_an_eighth_more_products():
     H, matvec, v0 = batch(spectra())
     every = lanczos(matvec, v0, k=1, tol=1e-10, max_iter=N)

@@ -114,6 +114,8 @@ class CurvatureOperator:
             :meth:`matmat` hands it V whole with its ``block``.
         params: the parameter names the operator acts on, in ``flat``'s order (empty: all of
             ``stacked.params``; a block Hessian's: its layer's).
+        restrict: members (int64 [A]) → the operator of only those members (:meth:`members`), or
+            None where there is none.
     """
 
     stacked: Stacked
@@ -124,6 +126,7 @@ class CurvatureOperator:
     samples: int = 0
     blocked: Callable[[torch.Tensor, int | None], torch.Tensor] | None = None
     params: tuple[str, ...] = ()
+    restrict: Callable[[torch.Tensor], CurvatureOperator] | None = None
 
     @property
     def size(self) -> int:
@@ -156,6 +159,30 @@ class CurvatureOperator:
             block = max(1, PASS_SAMPLES // max(1, self.size * self.samples)) if self.samples else V.shape[1]
         step = block
         return torch.cat([self.probes(V[:, i : i + step]) for i in range(0, V.shape[1], step)], dim=1)
+
+    def members(self, members: torch.Tensor | Sequence[int]) -> CurvatureOperator:
+        """The operator of some members only: row i of its products is member ``members[i]``'s.
+
+        Its products cost only those members' (the Hessian's builds a gradient graph of its own
+        members: one gradient, less than one HVP each); batched Lanczos uses it once most members
+        have converged (:func:`~implicitreg.measures.lanczos.lanczos`'s ``subset``).
+
+        Args:
+            members: distinct member indices in 0..P−1, ascending (int64 [A] or a sequence).
+
+        Raises:
+            ValueError: members empty, out of range, repeated or unsorted; or the operator has no
+                ``restrict``.
+        """
+        idx = torch.as_tensor(members)
+        if idx.dim() != 1 or len(idx) == 0 or idx.is_floating_point() or idx.dtype == torch.bool:
+            raise ValueError(f"members: expected a non-empty 1-d sequence of integer indices, got {members!r}")
+        idx = idx.to(torch.int64).cpu()
+        if int(idx.min()) < 0 or int(idx.max()) >= self.size or bool((idx[1:] <= idx[:-1]).any()):
+            raise ValueError(f"members: expected distinct ascending indices in 0..{self.size - 1}, got {idx.tolist()}")
+        if self.restrict is None:
+            raise ValueError(f"members: this {self.kind} operator cannot be restricted to some members")
+        return self.restrict(idx)
 
     def as_linear_operator(self, member: int | None = None):
         """One member's operator as a ``scipy.sparse.linalg.LinearOperator`` [n, n] on numpy vectors.
@@ -211,17 +238,64 @@ class FlatModel:
                  aux: torch.Tensor, aux_per_member: bool, kind: str) -> CurvatureOperator:
         """The batched operator of ``member_product(θ [n], v [n], aux_p) → A v [n]``, vmapped over
         members (and over probes for :meth:`CurvatureOperator.matmat`)."""
-        axis = 0 if aux_per_member else None
-        one = vmap(member_product, in_dims=(0, 0, axis))
-        many = vmap(vmap(member_product, in_dims=(None, 0, None)), in_dims=(0, 0, axis))
-        flat = self.flat
+        return _vmapped(self.stacked, self.flat, member_product, aux, aux_per_member, kind, self.x.shape[0])
 
-        def matvec(v: torch.Tensor) -> torch.Tensor:
-            if v.shape != flat.shape:
-                raise ValueError(f"v: expected shape {tuple(flat.shape)} (members, parameters), got {tuple(v.shape)}")
-            return one(flat, v.to(flat), aux)
 
-        return CurvatureOperator(self.stacked, flat, matvec, lambda V: many(flat, V, aux), kind, self.x.shape[0])
+def _vmapped(s: Stacked, flat: torch.Tensor, member_product: Callable, aux: torch.Tensor, aux_per_member: bool,
+             kind: str, samples: int) -> CurvatureOperator:
+    """:meth:`FlatModel.operator` of the members whose parameters are ``flat`` [P, n] (and aux)."""
+    axis = 0 if aux_per_member else None
+    one = vmap(member_product, in_dims=(0, 0, axis))
+    many = vmap(vmap(member_product, in_dims=(None, 0, None)), in_dims=(0, 0, axis))
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        if v.shape != flat.shape:
+            raise ValueError(f"v: expected shape {tuple(flat.shape)} (members, parameters), got {tuple(v.shape)}")
+        return one(flat, v.to(flat), aux)
+
+    def restrict(idx: torch.Tensor) -> CurvatureOperator:  # a vmap over fewer members: no graph to rebuild
+        at = idx.to(flat.device)
+        return _vmapped(_member_stack(s, idx), flat[at], member_product, aux[at] if aux_per_member else aux,
+                        aux_per_member, kind, samples)
+
+    return CurvatureOperator(s, flat, matvec, lambda V: many(flat, V, aux), kind, samples, restrict=restrict)
+
+
+def _member_stack(s: Stacked, idx: torch.Tensor) -> Stacked:
+    """The stacked view of members ``idx`` (int64, CPU) of ``s``: a population of len(idx)."""
+    return Stacked(s.template, {name: p[idx.to(p.device)] for name, p in s.params.items()}, False)
+
+
+def _member_data(data, idx: torch.Tensor, s: Stacked):
+    """``data`` for members ``idx`` of ``s``: per-member targets [P, N, ...] sliced (the rule of :func:`_check_data`)."""
+    if s.single:
+        return data
+    size = s.size
+
+    def part(pair):
+        x, y = pair
+        y = torch.as_tensor(y)
+        per_member = y.dim() >= 2 and y.shape[0] == size and y.shape[1] == torch.as_tensor(x).shape[0]
+        return (x, y[idx.to(y.device)]) if per_member else (x, y)
+
+    return part(data) if _is_pair(data) else _MemberBatches(data, part)
+
+
+@dataclass(frozen=True)
+class _MemberBatches:
+    """A re-iterable of batches, each passed through ``part`` (the batches of some members)."""
+
+    batches: Iterable
+    part: Callable
+
+    def __iter__(self):
+        return (self.part(_check_pair(pair)) for pair in self.batches)
+
+
+def _check_pair(pair):
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise TypeError(f"data: expected a pair (x, y) of tensors, got {type(pair).__name__}")
+    return pair
 
 
 def flat_model(model, data) -> FlatModel:
@@ -356,8 +430,13 @@ def hessian_operator(model, loss_fn: LossFn, data, params: str | Sequence[str] |
             raise ValueError(f"v: expected shape {tuple(sub.shape)} (members, parameters), got {tuple(v.shape)}")
         return blocked(v.to(sub)[:, None], 1)[:, 0]
 
-    return CurvatureOperator(s, sub, matvec, None, "hessian", n_total, blocked,
-                             tuple(name for name in names if name in chosen))
+    selected = tuple(name for name in names if name in chosen)
+
+    def restrict(idx: torch.Tensor) -> HessianOperator:
+        # a graph of these members alone: the one above would compute every member's product
+        return hessian_operator(_member_stack(s, idx), loss_fn, _member_data(data, idx, s), list(selected))
+
+    return CurvatureOperator(s, sub, matvec, None, "hessian", n_total, blocked, selected, restrict)
 
 
 #: Data points × members × probes that one batched backward through a retained gradient graph
@@ -568,7 +647,9 @@ def operator_eigenvalues(op: CurvatureOperator, k: int = 1, method: Literal["lan
     v0 = start_vector(generator, op.dim, op.flat).expand(op.size, -1)
     if method == "lanczos":
         # check_ratio 0: a convergence check (an m × m eigh) after every HVP costs far less than an HVP
-        lz = lanczos(op.matvec, v0, k=k, tol=tol, max_iter=max_hvp, generator=generator)
+        # converged members leave the products (a new operator of the rest once they are at most half)
+        subset = (lambda idx: op.members(idx).matvec) if op.restrict is not None else None
+        lz = lanczos(op.matvec, v0, k=k, tol=tol, max_iter=max_hvp, generator=generator, subset=subset)
         result = EigResult(lz.values, lz.converged, lz.n_matvec, lz.residuals)
     else:
         result = power_iteration(op.matvec, v0, k=k, tol=tol, max_iter=max_hvp, generator=generator)

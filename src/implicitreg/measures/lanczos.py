@@ -12,11 +12,12 @@ Ritz pairs (θ_i, y_i = V_m s_i) of T_m approximate eigenpairs of H with the res
 
     ‖H y_i − θ_i y_i‖ = |β_m s_i[m]|                      (Parlett 1998, §13.1)
 
-at no extra product. A member stops — its result is frozen while slower members keep iterating —
-when all k wanted Ritz values have ``|β_m s_i[m]| / |θ_i| < tol``; a member that runs out of
-budget reports ``converged=False`` for the Ritz values that did not get there. For a symmetric H
-an eigenvalue lies within the residual of each θ_i, so a converged flag is a guarantee, not a
-heuristic (unlike a stop on a small change of the estimate).
+at no extra product. A member stops — its result is frozen and it leaves the batch while slower
+members keep iterating (an operator that can multiply a subset of members, ``subset=``, then stops
+computing its products) — when all k wanted Ritz values have ``|β_m s_i[m]| / |θ_i| < tol``; a
+member that runs out of budget reports ``converged=False`` for the Ritz values that did not get
+there. For a symmetric H an eigenvalue lies within the residual of each θ_i, so a converged flag is
+a guarantee, not a heuristic (unlike a stop on a small change of the estimate).
 
 The recurrence (the basis, T, its eigenpairs and the residual bounds) runs in float64 whatever the
 operator's dtype; only the products are made in ``v0``'s dtype (a float32 model's HVPs stay in
@@ -51,6 +52,15 @@ import torch
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 Record = Callable[[int, torch.Tensor, torch.Tensor], None]
+#: members (int64 [A], ascending indices into 0..P−1) → the product of only those members, v [A, n] → [A, n]
+Subset = Callable[[torch.Tensor], MatVec]
+
+#: With ``subset``, Lanczos asks for an operator of the members still running once they are at most
+#: this fraction of the members its operator multiplies. A new operator may cost something to make
+#: (the Hessian's: one gradient of its members, less than one HVP each), and after it every step
+#: saves at least as many member-products as it has members, so it pays back within about one step,
+#: and halving bounds the rebuilds by log2 P.
+SUBSET_FRACTION = 0.5
 
 # β below this multiple of eps·max|α| is a breakdown: the Krylov space is invariant (to rounding).
 _BREAKDOWN = 1e3
@@ -132,7 +142,7 @@ def relative_residual(res: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 def lanczos(matvec: MatVec, v0: torch.Tensor, k: int = 1, tol: float = 1e-6, max_iter: int = 200, *,
             which: Literal["largest", "smallest"] = "largest", reorthogonalize: bool = True,
             return_vectors: bool = False, check_ratio: float = 0.0, generator: torch.Generator | None = None,
-            record: Record | None = None) -> LanczosResult:
+            record: Record | None = None, subset: Subset | None = None) -> LanczosResult:
     """The k extreme (algebraic) eigenvalues of P symmetric operators by Lanczos, batched over members.
 
     Args:
@@ -160,7 +170,14 @@ def lanczos(matvec: MatVec, v0: torch.Tensor, k: int = 1, tol: float = 1e-6, max
             saves the O(m³) checks with e.g. 1/8, for at most ~12% more products.
         generator: random restart vectors after a breakdown (a fixed default if None).
         record: called at every check as ``record(m, theta [P, min(k, m)], rel_res [P, min(k, m)])``
-            with the current Ritz values and relative residual bounds of all members.
+            with the current Ritz values and relative residual bounds of all members (a member
+            that has finished: its final ones).
+        subset: ``subset(members)`` → a matvec of only those members (int64 indices, ascending;
+            row i of its [A, n] argument and result is member ``members[i]``). Without it every
+            product multiplies all P members until the slowest finishes (finished members' rows are
+            discarded); with it, once the members still running are at most
+            :data:`SUBSET_FRACTION` of those the operator multiplies, the rest of the run uses
+            ``subset`` of them. The results are those of ``matvec`` to the products' rounding.
 
     Memory: with reorthogonalization, the basis of P × m × n float64 numbers after m products (a
     1M-parameter model at m = 50 holds 400 MB per member, float32 model or not); it grows by doubling.
@@ -196,40 +213,49 @@ def lanczos(matvec: MatVec, v0: torch.Tensor, k: int = 1, tol: float = 1e-6, max
     # the operator's own rounding, which residuals computed in the recurrence cannot see (module docstring)
     floor = eps if work != dtype else 0.0
     v0 = v0.to(work)
-    if work != dtype:
-        operator = matvec
-        matvec = lambda v: operator(v.to(dtype)).to(work)  # noqa: E731
+    product = _in_dtype(matvec, dtype, work)
     steps = min(max_iter, n)
     keep = reorthogonalize or return_vectors
+    # The recurrence runs on the members still iterating (rows: their indices, ascending); a member
+    # that finishes leaves every [A, ...] tensor below. The operator multiplies op_rows ⊇ rows:
+    # all P members until ``subset`` gives one for fewer (at most log2 P times, see SUBSET_FRACTION).
+    rows = torch.arange(P, device=device)
+    op_rows = rows
     # the basis grows by doubling: memory is P × (products actually used) × n, not P × max_iter × n
     basis = v0.new_zeros(P, min(steps + 1, 32) if keep else 0, n)
     current = v0 / v0.norm(dim=1, keepdim=True)
     previous = torch.zeros_like(current)
     if keep:
         basis[:, 0] = current
-    alpha, coupling = v0.new_zeros(P, steps), v0.new_zeros(P, steps)  # coupling: β as it enters T
+    alpha, coupling = v0.new_zeros(P, steps), v0.new_zeros(P, steps)  # [P, steps]; coupling: β as it enters T
     values = v0.new_full((P, k), float("nan"))
     residuals = v0.new_full((P, k), float("inf"))
     converged = torch.zeros(P, k, dtype=torch.bool, device=device)
     vectors = v0.new_full((P, k, n), float("nan")) if return_vectors else None
     n_matvec = torch.zeros(P, dtype=torch.int64, device=device)
-    done = torch.zeros(P, dtype=torch.bool, device=device)
     next_check = 1
     for j in range(steps):
         m = j + 1
-        w = matvec(current)
-        alpha[:, j] = (w * current).sum(1)
+        if len(rows) == len(op_rows):
+            w = product(current)
+        else:  # the operator still covers finished members: zero rows for them, theirs discarded
+            at = torch.searchsorted(op_rows, rows)
+            full = current.new_zeros(len(op_rows), n)
+            full[at] = current
+            w = product(full)[at]
+        a = (w * current).sum(1)
+        alpha[rows, j] = a
         if reorthogonalize:
             w = orthogonalize(w, basis[:, :m])
         else:
-            w = w - alpha[:, j, None] * current - (coupling[:, j - 1, None] * previous if j else 0.0)
+            w = w - a[:, None] * current - (coupling[rows, j - 1][:, None] * previous if j else 0.0)
         beta = w.norm(dim=1)
         if reorthogonalize and m == n:
             beta = torch.zeros_like(beta)  # the basis spans the whole space: what is left of w is rounding
-        broke = beta <= _BREAKDOWN * eps * alpha[:, :m].abs().amax(1).clamp_min(tiny)
-        if m >= next_check or m == steps or bool((broke & ~done).any()):
+        broke = beta <= _BREAKDOWN * eps * alpha[rows, :m].abs().amax(1).clamp_min(tiny)
+        if m >= next_check or m == steps or bool(broke.any()):
             next_check = m + max(1, int(m * check_ratio))
-            theta_all, S = torch.linalg.eigh(_tridiagonal(alpha[:, :m], coupling[:, : m - 1]))  # ascending
+            theta_all, S = torch.linalg.eigh(_tridiagonal(alpha[rows, :m], coupling[rows, : m - 1]))  # ascending
             theta = theta_all
             top = min(k, m)
             if which == "largest":
@@ -239,37 +265,43 @@ def lanczos(matvec: MatVec, v0: torch.Tensor, k: int = 1, tol: float = 1e-6, max
             if floor:
                 bound = bound + floor * theta_all.abs().amax(1, keepdim=True)
             rel = relative_residual(bound, theta)
-            if record is not None:
-                record(m, theta, rel)
+            if record is not None:  # every member: the finished ones with their final values
+                seen_theta, seen_rel = values[:, :top].clone(), residuals[:, :top].clone()
+                seen_theta[rows], seen_rel[rows] = theta, rel
+                record(m, seen_theta, seen_rel)
             ok = rel < tol
             # a member finishes when all k Ritz values converged (none can before it has k), when
             # the budget ends, or — without reorthogonalization, which cannot restart — at a breakdown
-            finishing = ~done & ((ok.all(1) & (top == k)) | (m == steps) | (broke & (not reorthogonalize)))
+            finishing = (ok.all(1) & (top == k)) | (m == steps) | (broke & (not reorthogonalize))
             if bool(finishing.any()):
-                values[finishing, :top] = theta[finishing]
-                residuals[finishing, :top] = rel[finishing]
-                converged[finishing, :top] = ok[finishing]
-                n_matvec[finishing] = m
+                ended = rows[finishing]
+                values[ended, :top] = theta[finishing]
+                residuals[ended, :top] = rel[finishing]
+                converged[ended, :top] = ok[finishing]
+                n_matvec[ended] = m
                 if vectors is not None:
-                    ritz = torch.einsum("pmn,pmk->pkn", basis[finishing, :m], S[finishing])
-                    vectors[finishing, :top] = ritz
-                done |= finishing
-            if bool(done.all()):
-                break
+                    vectors[ended, :top] = torch.einsum("pmn,pmk->pkn", basis[finishing, :m], S[finishing])
+                going = ~finishing
+                rows, w, beta, broke = rows[going], w[going], beta[going], broke[going]
+                current, previous = current[going], previous[going]
+                if keep:
+                    basis = basis[going]
+                if len(rows) == 0:
+                    break
+                if subset is not None and len(rows) <= SUBSET_FRACTION * len(op_rows):
+                    product, op_rows = _in_dtype(subset(rows), dtype, work), rows
         nxt = w / beta[:, None].clamp_min(tiny)
-        if bool(broke.any()):
-            if reorthogonalize:  # restart from a random vector orthogonal to the basis: finds repeated eigenvalues
-                fresh = orthogonalize(start_vector(generator, n, v0).expand(P, n), basis[:, :m])
-                fresh = fresh / fresh.norm(dim=1, keepdim=True)
-            else:  # the member has finished; a zero vector keeps its rows finite (and decoupled) while others run
-                fresh = torch.zeros_like(nxt)
+        if bool(broke.any()):  # (only with reorthogonalization: a plain recurrence's member finished above)
+            # restart from a random vector orthogonal to the basis: finds repeated eigenvalues
+            fresh = orthogonalize(start_vector(generator, n, v0).expand(len(rows), n), basis[:, :m])
+            fresh = fresh / fresh.norm(dim=1, keepdim=True)
             nxt = torch.where(broke[:, None], fresh, nxt)
-        coupling[:, j] = torch.where(broke, torch.zeros_like(beta), beta)
+        coupling[rows, j] = torch.where(broke, torch.zeros_like(beta), beta)
         previous, current = current, nxt
         if keep:
             if m == basis.shape[1]:
                 grow = min(basis.shape[1], steps + 1 - basis.shape[1])
-                basis = torch.cat([basis, basis.new_zeros(P, grow, n)], dim=1)
+                basis = torch.cat([basis, basis.new_zeros(len(rows), grow, n)], dim=1)
             basis[:, m] = nxt
     width = int(n_matvec.max())
     position = torch.arange(width, device=device)
@@ -280,6 +312,13 @@ def lanczos(matvec: MatVec, v0: torch.Tensor, k: int = 1, tol: float = 1e-6, max
         values, residuals = values.to(dtype), residuals.to(dtype)
         vectors = vectors.to(dtype) if vectors is not None else None
     return LanczosResult(values, converged, residuals, n_matvec, vectors, alpha, beta_used)
+
+
+def _in_dtype(matvec: MatVec, dtype: torch.dtype, work: torch.dtype) -> MatVec:
+    """``matvec`` on vectors of the recurrence's dtype ``work``, its products made in ``dtype``."""
+    if work == dtype:
+        return matvec
+    return lambda v: matvec(v.to(dtype)).to(work)
 
 
 def recurrence_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -298,5 +337,5 @@ def _tridiagonal(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     return T
 
 
-__all__ = ["LanczosResult", "MatVec", "Record", "lanczos", "orthogonalize", "recurrence_dtype", "relative_residual",
+__all__ = ["SUBSET_FRACTION", "LanczosResult", "MatVec", "Record", "Subset", "lanczos", "orthogonalize", "recurrence_dtype", "relative_residual",
            "start_vector"]
