@@ -13,7 +13,7 @@ from implicitreg.config import DataConfig
 from implicitreg.data import (corrupt_labels, load_dataset, load_digits, load_mnist1d, regression, separable,
                               teacher_student)
 from implicitreg.data.mnist1d import cache_dir
-from implicitreg.sampling import BatchOrder, DropoutMasks
+from implicitreg.sampling import BatchOrders, DropoutMasks
 
 
 @pytest.fixture
@@ -355,57 +355,77 @@ def test_corrupt_labels_rejects_fractions_outside_unit_interval(fraction):
 # -- random streams: batch order and dropout masks -------------------------------------------------------
 
 @pytest.mark.parametrize("n,batch", [(12, 4), (10, 3), (7, 7), (100, 1)])
-def test_batch_order_each_epoch_is_a_permutation_without_partial_batches(n, batch):
-    order = BatchOrder(seed=5, n=n, batch_size=batch)
+def test_batch_orders_each_epoch_is_a_permutation_without_partial_batches(n, batch):
+    orders = BatchOrders([5, 6], n=n, batch_size=batch)
     per_epoch = n // batch
     epochs = []
-    for _ in range(3):
-        batches = [order.next() for _ in range(per_epoch)]
-        assert all(b.shape == (batch,) and b.dtype == torch.int64 for b in batches)
-        seen = torch.cat(batches)
-        assert len(set(seen.tolist())) == len(seen) == per_epoch * batch  # no index twice in an epoch
-        assert seen.min() >= 0 and seen.max() < n
-        if per_epoch * batch == n:
-            assert sorted(seen.tolist()) == list(range(n))  # every index exactly once
-        epochs.append(seen)
+    for epoch in range(3):
+        batches = [orders.batch(epoch * per_epoch + i) for i in range(per_epoch)]
+        assert all(b.shape == (2, batch) and b.dtype == torch.int64 for b in batches)
+        for member in range(2):
+            seen = torch.cat([b[member] for b in batches])
+            assert len(set(seen.tolist())) == len(seen) == per_epoch * batch  # no index twice in an epoch
+            assert seen.min() >= 0 and seen.max() < n
+            if per_epoch * batch == n:
+                assert sorted(seen.tolist()) == list(range(n))  # every index exactly once
+        epochs.append(torch.cat(batches, 1))
     if n > batch:
         assert not torch.equal(epochs[0], epochs[1])  # a fresh permutation each epoch
+        assert not torch.equal(epochs[0][0], epochs[0][1])  # members have their own orders
 
 
-def test_batch_order_same_seed_same_order():
-    a, b, c = BatchOrder(3, 50, 8), BatchOrder(3, 50, 8), BatchOrder(4, 50, 8)
-    first = [a.next() for _ in range(20)]
-    assert all(torch.equal(x, b.next()) for x in first)
-    assert not all(torch.equal(x, c.next()) for x in first)
+def test_batch_orders_depend_on_the_member_and_step_alone():
+    """A member's batches are the same alone, in any population, in any order of calls, after others leave."""
+    alone = BatchOrders([3], 50, 8)
+    steps = [0, 1, 7, 6, 30, 2]  # out of order, across epochs (6 batches per epoch)
+    expected = {s: alone.batch(s)[0].clone() for s in range(31)}
+    crowd = BatchOrders([9, 3, 4], 50, 8)
+    for s in steps:
+        assert torch.equal(crowd.batch(s)[1], expected[s])
+    crowd.select(torch.tensor([1]))
+    assert torch.equal(crowd.batch(30)[0], expected[30]) and torch.equal(crowd.batch(12)[0], expected[12])
+    assert not torch.equal(BatchOrders([4], 50, 8).batch(0)[0], expected[0])
 
 
-def test_batch_order_full_batch_is_everything_in_order():
-    order = BatchOrder(0, 9, 64)
-    assert order.full_batch
-    for _ in range(3):
-        assert torch.equal(order.next(), torch.arange(9))
+def test_batch_orders_full_batch_is_everything_in_order():
+    orders = BatchOrders([0, 1], 9, 64)
+    assert orders.full_batch
+    for step in range(3):
+        assert torch.equal(orders.batch(step), torch.arange(9).expand(2, 9))
 
 
-def test_dropout_masks_are_inverted_dropout():
-    rate = 0.3
-    masks = DropoutMasks(seed=1, rate=rate, hidden_shapes=[(500,), (4, 25)]).next(batch=200)
-    assert [m.shape for m in masks] == [(200, 500), (200, 4, 25)]
+def test_batch_orders_are_uniform_permutations():
+    """All 6 orders of 3 items, over 6,000 member-epochs: chi-square against uniform (5 dof)."""
+    orders = BatchOrders(range(6000), 3, 3 - 1)  # batch 2 of 3: the epoch's order shows in its first two
+    first = orders.batch(0)
+    counts = torch.bincount(first[:, 0] * 3 + first[:, 1], minlength=9).double()
+    counts = counts[[1, 2, 3, 5, 6, 7]]  # the six ordered pairs of distinct items
+    chi2 = float(((counts - 1000) ** 2 / 1000).sum())
+    assert chi2 < 20.5  # the 0.999 quantile of chi-square with 5 dof
+
+
+def test_dropout_masks_are_inverted_dropout_with_each_members_rate():
+    rates = [0.3, 0.0, 0.6]
+    masks = DropoutMasks([1, 2, 3], rates, hidden_shapes=[(500,), (4, 25)]).masks(0, batch=200, dtype=torch.float64)
+    assert [m.shape for m in masks] == [(3, 200, 500), (3, 200, 4, 25)]
     for mask in masks:
         assert mask.dtype == torch.float64
-        values = set(mask.unique().tolist())
-        assert values == {0.0, 1 / (1 - rate)}
-        # N = 100000 or 20000 Bernoulli(0.7) draws: zero fraction std <= 0.0033, mask-mean std
-        # <= 0.0047; 0.02 is > 4 std for the smaller mask
-        assert abs((mask == 0).double().mean().item() - rate) < 0.02
-        assert abs(mask.mean().item() - 1.0) < 0.02
+        for member, rate in enumerate(rates):
+            values = set(mask[member].unique().tolist())
+            assert values == ({0.0, 1 / (1 - rate)} if rate else {1.0})
+            # N = 100000 or 20000 Bernoulli draws: zero-fraction std <= 0.0035, mask-mean std
+            # <= 0.0087 (rate 0.6); 0.04 is > 4.5 std for the smaller mask
+            assert abs((mask[member] == 0).double().mean().item() - rate) < 0.02
+            assert abs(mask[member].mean().item() - 1.0) < 0.04
 
 
-def test_dropout_masks_deterministic_per_seed_and_none_at_rate_zero():
-    a = DropoutMasks(2, 0.5, [(10,)])
-    b = DropoutMasks(2, 0.5, [(10,)])
-    c = DropoutMasks(3, 0.5, [(10,)])
-    for _ in range(3):
-        ma, mb, mc = a.next(16), b.next(16), c.next(16)
-        assert torch.equal(ma[0], mb[0])
-    assert not torch.equal(ma[0], mc[0])
-    assert DropoutMasks(2, 0.0, [(10,)]).next(16) is None
+def test_dropout_masks_depend_on_the_member_step_and_layer_alone():
+    a = DropoutMasks([2], [0.5], [(10,), (10,)])
+    crowd = DropoutMasks([7, 2], [0.1, 0.5], [(10,), (10,)])
+    for step in (0, 5, 3):
+        ma, mc = a.masks(step, 16, torch.float64), crowd.masks(step, 16, torch.float64)
+        assert torch.equal(ma[0][0], mc[0][1]) and torch.equal(ma[1][0], mc[1][1])
+    assert not torch.equal(ma[0], ma[1])  # layers differ
+    assert not torch.equal(a.masks(0, 16, torch.float64)[0], a.masks(1, 16, torch.float64)[0])  # steps differ
+    assert not torch.equal(DropoutMasks([3], [0.5], [(10,)]).masks(0, 16, torch.float64)[0], ma[0])
+    assert DropoutMasks([2, 3], [0.0, 0.0], [(10,)]).masks(0, 16, torch.float64) is None

@@ -123,3 +123,20 @@ def test_members_leaving_keep_the_others_optimizer_state(digits64, optimizer):
     pop, seq = train_population(group, digits64), train_sequential(group, digits64)
     assert_close(pop, seq, rel=1e-10)
     assert pop[0].final_step < pop[1].final_step, "the decayed member must leave first"
+
+
+def test_a_members_run_does_not_depend_on_who_shares_its_population(digits64):
+    """Batches and dropout masks are keyed by (member seed, step) alone: member m trained alone, or
+    as the last of eight, or after the others left, sees the same batches and masks. Float64: only
+    the batched matmuls' blocking may differ between populations of different sizes (≤ 1e-12)."""
+    train = TrainConfig(optimizer="momentum", lr=0.05, max_steps=40, eval_every=10, batch_size=32,
+                        dtype="float64", target_train_acc=None)
+    crowd = members(8)
+    last = crowd[-1]
+    assert last.dropout > 0 and last.label_noise > 0
+    together = train_population(Group("mlp", MLPConfig(hidden=[32]), DataConfig(), train, crowd), digits64)
+    alone = train_population(Group("mlp", MLPConfig(hidden=[32]), DataConfig(), train, (last,)), digits64)
+    for step in (10, 20, 30, 40):
+        a = {n: v for s, n, v in alone[0].metrics if s == step}
+        t = {n: v for s, n, v in together[-1].metrics if s == step}
+        assert a == pytest.approx(t, rel=1e-12)

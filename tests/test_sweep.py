@@ -300,7 +300,7 @@ def test_the_sequential_engine_evaluates_a_batchnorm_module_with_its_running_sta
     from implicitreg.config import DataConfig, TrainConfig
     from implicitreg.models.factory import ModuleConfig
     from implicitreg.plan import Group, Member
-    from implicitreg.sampling import BatchOrder
+    from implicitreg.sampling import BatchOrders
     from implicitreg.sequential import train_sequential
     from implicitreg.train import build_members
 
@@ -316,10 +316,10 @@ def test_the_sequential_engine_evaluates_a_batchnorm_module_with_its_running_sta
 
     model = build_members(group, data)[0]  # the same initial module (the member's init stream)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    order = BatchOrder(0, 100, 20)
+    orders = BatchOrders([0], 100, 20)
     model.train()
-    for _ in range(3):
-        idx = order.next()
+    for step in range(3):
+        idx = orders.batch(step)[0]
         optimizer.zero_grad()
         F.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
         optimizer.step()

@@ -419,10 +419,12 @@ def make_optimizer(config: TrainConfig, lr: torch.Tensor, weight_decay: torch.Te
 
 
 def apply_updates(params: Params, updates: Params, active: torch.Tensor) -> Params:
-    """w ← w + u for active members ([P] bool); frozen members keep their weights exactly.
+    """w ← w + u for active members ([P] bool), in place (and returned); frozen members keep their
+    weights exactly (their updates may be NaN: they are masked, not multiplied by zero).
 
-    When every member is active the parameters are updated in place (and returned).
+    Reads ``active`` on the host only where that is free (a CPU tensor), to skip the mask when every
+    member is active; on an accelerator the step never waits for the device.
     """
-    if bool(active.all()):
+    if active.device.type == "cpu" and bool(active.all()):
         return {k: params[k].add_(updates[k]) for k in params}
-    return {k: torch.where(per_member(active, params[k]), params[k] + updates[k], params[k]) for k in params}
+    return {k: params[k].add_(torch.where(per_member(active, params[k]), updates[k], 0.0)) for k in params}

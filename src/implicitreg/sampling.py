@@ -1,16 +1,23 @@
 """Per-member random streams of training: labels, batch order, dropout masks.
 
-The population loop and the sequential reference both draw from these, member by member, in
-the same order, which is what makes their results comparable to rounding error.
+Batch orders and dropout masks come from counter-based streams (:mod:`implicitreg.counters`)
+keyed by the member's seed and the epoch or step: all P members' batches of a step, or masks of a
+layer, are one tensor operation on the population's device, with no Python over the members and
+no copy from the host. A member's numbers depend on its seed and the step alone — not on which
+members share its population, on chunking or on the device — and the sequential engine draws
+from the same streams with P = 1, which is what makes the two engines comparable to rounding.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from implicitreg.counters import derive, keep_mask, permutations
 from implicitreg.data.label_noise import corrupt_labels
 from implicitreg.plan import Member
-from implicitreg.seeding import generator
+from implicitreg.seeding import generator, stream_seed
 
 
 def member_labels(labels: torch.Tensor, member: Member, n_classes: int) -> torch.Tensor:
@@ -20,54 +27,80 @@ def member_labels(labels: torch.Tensor, member: Member, n_classes: int) -> torch
     return corrupt_labels(labels, member.label_noise, n_classes, generator(member.seed, "labels"))
 
 
-class BatchOrder:
-    """Mini-batch indices of one member: a fresh random permutation each epoch, no partial batch.
+def stream_keys(seeds: Sequence[int], purpose: str, device=None) -> torch.Tensor:
+    """int64 [P]: the key of each member's ``purpose`` stream (:func:`~implicitreg.seeding.stream_seed`)."""
+    return torch.tensor([stream_seed(seed, purpose) for seed in seeds], dtype=torch.int64, device=device)
 
-    ``batch_size >= n`` (or gd) gives the full data set every step, in order.
+
+class BatchOrders:
+    """Mini-batch indices of P members: a fresh random permutation per member and epoch, no partial batch.
+
+    Member p's order in epoch e is a permutation keyed by (its seed, e); ``batch_size >= n`` (or
+    gd) gives the full data set every step, in order.
+
+    Args:
+        seeds: the P members' seeds. n: training set size. device: where the indices live.
     """
 
-    def __init__(self, seed: int, n: int, batch_size: int):
+    def __init__(self, seeds: Sequence[int], n: int, batch_size: int, device=None):
         self.n = n
         self.batch_size = min(batch_size, n)
-        self.generator = generator(seed, "order")
         self.per_epoch = n // self.batch_size
-        self._perm: torch.Tensor | None = None
-        self._pos = self.per_epoch
+        self.keys = stream_keys(seeds, "order", device)
+        self._epoch, self._perm = -1, None
 
     @property
     def full_batch(self) -> bool:
         return self.batch_size == self.n
 
-    def next(self) -> torch.Tensor:
-        """Indices [batch_size] (CPU int64) of the next batch."""
+    def batch(self, step: int) -> torch.Tensor:
+        """Indices int64 [P, batch_size] of every member's batch at 0-based ``step``."""
         if self.full_batch:
-            return torch.arange(self.n)
-        if self._pos == self.per_epoch:
-            self._perm = torch.randperm(self.n, generator=self.generator)
-            self._pos = 0
-        start = self._pos * self.batch_size
-        self._pos += 1
-        return self._perm[start : start + self.batch_size]
+            return torch.arange(self.n, device=self.keys.device).expand(len(self.keys), self.n)
+        epoch, position = divmod(step, self.per_epoch)
+        if epoch != self._epoch:  # one sort per epoch, for all members
+            self._epoch, self._perm = epoch, permutations(derive(self.keys, epoch), self.n)
+        start = position * self.batch_size
+        return self._perm[:, start : start + self.batch_size]
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep the members at positions ``keep`` ([K] int64, on the orders' device)."""
+        self.keys = self.keys[keep]
+        if self._perm is not None:
+            self._perm = self._perm[keep]
 
 
 class DropoutMasks:
-    """Inverted-dropout masks of one member: keep with probability 1−p, scaled by 1/(1−p).
+    """Inverted-dropout masks of P members: keep with probability 1 − p_m, scaled by 1/(1 − p_m).
 
-    Drawn in float64 on the CPU from the member's own stream, so the masks do not depend on the
-    device, the precision or the other members of a population.
+    Member m's mask of hidden layer l at step s is keyed by (its seed, s, l); a member with rate 0
+    gets ones (it shares the population's forward pass with the others).
+
+    Args:
+        seeds, rates: each member's seed and dropout rate p_m ∈ [0, 1). hidden_shapes: one shape
+            per hidden layer (the model's ``hidden_shapes()``). device: where the masks live.
     """
 
-    def __init__(self, seed: int, rate: float, hidden_shapes: list[tuple[int, ...]]):
-        self.rate = rate
+    def __init__(self, seeds: Sequence[int], rates: Sequence[float], hidden_shapes: list[tuple[int, ...]],
+                 device=None):
         self.shapes = hidden_shapes
-        self.generator = generator(seed, "dropout")
+        self.keys = stream_keys(seeds, "dropout", device)
+        self.rates = torch.tensor(list(rates), dtype=torch.float64, device=device)
+        self.any = bool((self.rates > 0).any()) and bool(hidden_shapes)
 
-    def next(self, batch: int) -> list[torch.Tensor] | None:
-        """One mask per hidden layer, [batch, *shape] float64; None when the rate is 0."""
-        if self.rate == 0:
+    def masks(self, step: int, batch: int, dtype: torch.dtype) -> list[torch.Tensor] | None:
+        """One mask per hidden layer, [P, batch, *shape] in ``dtype``, at 0-based ``step``; None
+        when no member drops anything."""
+        if not self.any:
             return None
-        scale = 1.0 / (1.0 - self.rate)
-        return [
-            (torch.rand((batch, *shape), generator=self.generator, dtype=torch.float64) >= self.rate).double() * scale
-            for shape in self.shapes
-        ]
+        scale = (1.0 / (1.0 - self.rates)).to(dtype)
+        out = []
+        for layer, shape in enumerate(self.shapes):
+            size = batch * int(torch.Size(shape).numel())
+            keep = keep_mask(derive(self.keys, step, layer), size, self.rates)
+            out.append((keep.to(dtype) * scale.unsqueeze(1)).reshape(len(self.keys), batch, *shape))
+        return out
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep the members at positions ``keep`` ([K] int64, on the masks' device)."""
+        self.keys, self.rates = self.keys[keep], self.rates[keep]

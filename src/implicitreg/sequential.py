@@ -20,7 +20,7 @@ from implicitreg.data import DeviceData
 from implicitreg.hooks import Hook, LoopContext, tracking_hooks
 from implicitreg.optim import schedule_fn
 from implicitreg.plan import Group, Member
-from implicitreg.sampling import BatchOrder, DropoutMasks, member_labels
+from implicitreg.sampling import BatchOrders, DropoutMasks, member_labels
 from implicitreg.train import (
     MemberResult,
     Progress,
@@ -100,18 +100,18 @@ def train_member(group: Group, member: Member, module: nn.Module, data: DeviceDa
     context = LoopContext(data, labels.unsqueeze(0),
                           {k: p.detach().clone().unsqueeze(0) for k, p in model.named_parameters()})
     n = data.x_train.shape[0]
-    order = BatchOrder(member.seed, n, n if cfg.optimizer == "gd" else cfg.batch_size)
+    order = BatchOrders([member.seed], n, n if cfg.optimizer == "gd" else cfg.batch_size, device)
     shapes = model.hidden_shapes() if hasattr(model, "hidden_shapes") else []  # a user's module has no masks
-    dropout = DropoutMasks(member.seed, member.dropout, shapes)
+    dropout = DropoutMasks([member.seed], [member.dropout], shapes, device)
     optimizer = make_torch_optimizer(model, group, member)
     schedule = schedule_fn(cfg.schedule, cfg.max_steps)
     evals = eval_steps(cfg.max_steps, cfg.eval_every)
     decoupled_sgd = cfg.weight_decay_mode == "decoupled" and cfg.optimizer != "adam" and member.weight_decay > 0
     results = [MemberResult(member.run_id, "running", 0, None)]
     for step in range(1, cfg.max_steps + 1):
-        idx = order.next().to(device)
-        masks = dropout.next(len(idx))
-        masks = None if masks is None else [m.to(device=device, dtype=dtype) for m in masks]
+        idx = order.batch(step - 1)[0]
+        masks = dropout.masks(step - 1, len(idx), dtype)
+        masks = None if masks is None else [m[0] for m in masks]
         for group_ in optimizer.param_groups:
             group_["lr"] = member.lr * schedule(step - 1)
         optimizer.zero_grad()

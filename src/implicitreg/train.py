@@ -17,7 +17,7 @@ from implicitreg.models import build_model
 from implicitreg.optim import apply_updates, make_optimizer, select_state
 from implicitreg.plan import Group
 from implicitreg.population import Population
-from implicitreg.sampling import BatchOrder, DropoutMasks, member_labels
+from implicitreg.sampling import BatchOrders, DropoutMasks, member_labels
 from implicitreg.seeding import generator
 
 Progress = Callable[[int, int], None]
@@ -78,11 +78,9 @@ def train_population(
                      device=device, dtype=dtype, kernel=kernel)
     n = data.x_train.shape[0]
     batch_size = n if cfg.optimizer == "gd" else cfg.batch_size
-    live = _Live(
-        index=list(range(len(members))),
-        orders=[BatchOrder(m.seed, n, batch_size) for m in members],
-        droppers=[DropoutMasks(m.seed, m.dropout, pop.hidden_shapes) for m in members],
-    )
+    index = list(range(len(members)))  # position in ``results`` of each live member
+    orders = BatchOrders([m.seed for m in members], n, batch_size, device)
+    dropout = DropoutMasks([m.seed for m in members], [m.dropout for m in members], pop.hidden_shapes, device)
     # per-member lr and weight decay live in the optimizer state: members leaving only index it
     optimizer = make_optimizer(cfg, torch.tensor([m.lr for m in members], device=device, dtype=dtype),
                                torch.tensor([m.weight_decay for m in members], device=device, dtype=dtype))
@@ -93,15 +91,13 @@ def train_population(
     diverged_at = torch.zeros(len(members), dtype=torch.int64, device=device)
     results = [MemberResult(m.run_id, "running", 0, None) for m in members]
     evals = eval_steps(cfg.max_steps, cfg.eval_every)
-    full_batch = live.orders[0].full_batch  # batch_size ≥ n: every step sees the whole set, in order
 
+    # Nothing in a step reads a device value on the host: batches and masks are drawn on the
+    # device, divergence is a mask; evaluations and stopping checks synchronize at their cadence.
     for step in range(1, cfg.max_steps + 1):
-        if full_batch:
-            idx = torch.arange(n, device=device).expand(len(live.index), n)
-        else:
-            idx = torch.stack([o.next() for o in live.orders]).to(device)
+        idx = orders.batch(step - 1)
         x, y = data.x_train[idx], context.labels.gather(1, idx)
-        loss, grads = pop.loss_and_grad(x, y, _stack_masks(live.droppers, idx.shape[1], device, dtype))
+        loss, grads = pop.loss_and_grad(x, y, dropout.masks(step - 1, idx.shape[1], dtype))
         finite = torch.isfinite(loss)
         diverged_at = torch.where(active & ~finite, step, diverged_at)
         active = active & finite
@@ -113,18 +109,21 @@ def train_population(
             continue
         context.step = step
         stopped = checkpoint(cfg, hooks, step in evals, pop, context, evaluate_population, diverged_at.cpu(),
-                             results, live.index)
+                             results, index)
         if bool(stopped.all()):
             break
         if bool(stopped.any()):
             keep = torch.nonzero(~stopped).squeeze(1)
-            pop.select(keep.to(device))
-            state = select_state(state, keep.to(device))
-            live = live.select(keep.tolist())
+            index = [index[k] for k in keep.tolist()]
+            keep = keep.to(device)
+            pop.select(keep)
+            state = select_state(state, keep)
+            orders.select(keep)
+            dropout.select(keep)
             context.labels = context.labels[keep]
             context.init_params = {k: v[keep] for k, v in context.init_params.items()}
             active, diverged_at = active[keep], diverged_at[keep]
-    finish(results, live.index, cfg.max_steps)
+    finish(results, index, cfg.max_steps)
     return results
 
 
@@ -199,19 +198,6 @@ def reached_targets(cfg, values: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.stack(targets).all(0)
 
 
-@dataclass
-class _Live:
-    """The members still training, in population order, with their per-member streams."""
-
-    index: list[int]
-    orders: list[BatchOrder]
-    droppers: list[DropoutMasks]
-
-    def select(self, keep: list[int]) -> "_Live":
-        return _Live([self.index[k] for k in keep], [self.orders[k] for k in keep],
-                     [self.droppers[k] for k in keep])
-
-
 def _record(results: list[MemberResult], index: list[int], values: dict[str, torch.Tensor], step: int,
             stopped: torch.Tensor) -> None:
     """Append this step's values of the live members (a diverged member records no more)."""
@@ -219,17 +205,3 @@ def _record(results: list[MemberResult], index: list[int], values: dict[str, tor
     for pos, i in enumerate(index):
         if not stopped[pos]:
             results[i].metrics.extend((step, name, column[pos]) for name, column in cpu.items())
-
-
-def _stack_masks(droppers: list[DropoutMasks], batch: int, device, dtype) -> list[torch.Tensor] | None:
-    """Per-layer masks [P, B, ...] of all members; ones for members without dropout; None if none."""
-    if all(d.rate == 0 for d in droppers):
-        return None
-    drawn = [d.next(batch) for d in droppers]
-    layers = len(droppers[0].shapes)
-    stacked = []
-    for layer in range(layers):
-        shape = (batch, *droppers[0].shapes[layer])
-        per_member = [m[layer] if m is not None else torch.ones(shape, dtype=torch.float64) for m in drawn]
-        stacked.append(torch.stack(per_member).to(device=device, dtype=dtype))
-    return stacked
