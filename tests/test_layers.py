@@ -19,12 +19,12 @@ SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 #: Lowest first. A module may import from its own layer and the ones below.
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     # know nothing above them
-    ("foundation", frozenset({"config", "seeding", "data", "models", "plan"})),
+    ("foundation", frozenset({"config", "seeding", "counters", "data", "models", "plan"})),
     # pure functions of (model or population, data, loss); see PURE below
     ("measures", frozenset({"measures"})),
-    # population + kernels + optim + sampling + train loop + sequential + its hooks (evaluation, tracking)
-    ("engine", frozenset({"population", "kernels", "cnn_kernel", "optim", "sampling", "train", "sequential",
-                          "hooks", "landscape"})),
+    # population + kernels + optim + sampling + precision + train loop + sequential + its hooks (evaluation, tracking)
+    ("engine", frozenset({"population", "kernels", "cnn_kernel", "optim", "sampling", "precision", "train",
+                          "sequential", "hooks", "landscape"})),
     # exact small-problem solvers and references, and the toolkits studies are built from: rank
     # statistics (evaluate) and figures (report/: the studies draw with report.figures, the driver
     # writes report.html; report imports nothing of the package)

@@ -17,6 +17,7 @@ from implicitreg.backends.base import Outcome, ProgressFactory, SolveOutcome, So
     TaskOutcome
 from implicitreg.config import DataConfig
 from implicitreg.data import Dataset, load_dataset
+from implicitreg.precision import matmul_precision
 from implicitreg.sequential import train_sequential
 from implicitreg.studies.base import ProgressBar, no_progress
 from implicitreg.train import torch_dtype, train_population
@@ -38,10 +39,11 @@ def run_task(task: Task, progress=None) -> TaskOutcome:
         torch.set_num_threads(task.threads)
         group = task.group
         data = cached_dataset(group.data).tensors(task.device, torch_dtype(group.train.dtype))
-        if task.engine == "sequential":
-            results = train_sequential(group, data, progress)
-        else:
-            results = train_population(group, data, progress=progress)
+        with matmul_precision(group.train.matmul_precision):
+            if task.engine == "sequential":
+                results = train_sequential(group, data, progress)
+            else:
+                results = train_population(group, data, progress=progress)
         return TaskOutcome(task, results)
     except KeyboardInterrupt:
         raise
