@@ -34,7 +34,7 @@ def test_sequential_tracks_what_the_population_tracks(digits64, track):
     label noise, dropout."""
     train = TrainConfig(optimizer="momentum", lr=0.1, max_steps=60, eval_every=10, batch_size=32, dtype="float64",
                         target_train_acc=0.9, track=track, track_every=4, track_expensive_every=25)
-    members = (Member("fast", 0, 0.2), Member("noisy", 1, 0.1, label_noise=0.5), Member("slow", 2, 0.01),
+    members = (Member("fast", 0, 0.3), Member("noisy", 1, 0.1, label_noise=0.5), Member("slow", 2, 0.01),
                Member("dropout", 3, 0.2, dropout=0.3))
     group = Group("mlp", MLPConfig(hidden=[8]), DataConfig(), train, members)
     pop, seq = train_population(group, digits64), train_sequential(group, digits64)
