@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     # pure functions of (model or population, data, loss); see PURE below
     ("measures", frozenset({"measures"})),
     # population + kernels + optim + sampling + precision + train loop + sequential + its hooks (evaluation, tracking)
-    ("engine", frozenset({"population", "kernels", "cnn_kernel", "optim", "sampling", "precision", "train",
+    ("engine", frozenset({"population", "kernels", "cnn_kernel", "optim", "sampling", "precision", "graphs", "train",
                           "sequential", "hooks", "landscape"})),
     # exact small-problem solvers and references, and the toolkits studies are built from: rank
     # statistics (evaluate) and figures (report/: the studies draw with report.figures, the driver

@@ -135,8 +135,10 @@ class MLPKernel:
             logp = torch.log_softmax(logits, dim=1)
             loss = -logp.gather(1, y.unsqueeze(1)).squeeze(1).mean(1)
             # softmax − one-hot; a dense subtraction rather than scatter_add_, which is
-            # non-deterministic on CUDA.
-            g = logp.exp_().sub_(F.one_hot(y, logits.shape[1]).transpose(1, 2).to(logits.dtype))
+            # non-deterministic on CUDA, and a comparison rather than F.one_hot, which reads the
+            # labels' range on the host (a synchronization, and no CUDA graph capture)
+            classes = torch.arange(logits.shape[1], device=y.device).view(1, -1, 1)
+            g = logp.exp_().sub_((y.unsqueeze(1) == classes).to(logits.dtype))
             return loss, g.div_(batch)
         residual = logits.squeeze(1) - y
         return (residual**2).mean(1), (2.0 / batch) * residual.unsqueeze(1)

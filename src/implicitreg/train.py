@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from implicitreg.data import DeviceData
+from implicitreg.graphs import GraphedLossAndGrad
 from implicitreg.hooks import Hook, LoopContext, Model, evaluate_population, tracking_hooks
 from implicitreg.models import build_model
 from implicitreg.optim import apply_updates, make_optimizer, select_state
@@ -91,13 +92,15 @@ def train_population(
     diverged_at = torch.zeros(len(members), dtype=torch.int64, device=device)
     results = [MemberResult(m.run_id, "running", 0, None) for m in members]
     evals = eval_steps(cfg.max_steps, cfg.eval_every)
+    # on a GPU the forward and backward replay from a CUDA graph (re-captured when members leave)
+    loss_and_grad = GraphedLossAndGrad(pop) if device.type == "cuda" else pop.loss_and_grad
 
     # Nothing in a step reads a device value on the host: batches and masks are drawn on the
     # device, divergence is a mask; evaluations and stopping checks synchronize at their cadence.
     for step in range(1, cfg.max_steps + 1):
         idx = orders.batch(step - 1)
         x, y = data.x_train[idx], context.labels.gather(1, idx)
-        loss, grads = pop.loss_and_grad(x, y, dropout.masks(step - 1, idx.shape[1], dtype))
+        loss, grads = loss_and_grad(x, y, dropout.masks(step - 1, idx.shape[1], dtype))
         finite = torch.isfinite(loss)
         diverged_at = torch.where(active & ~finite, step, diverged_at)
         active = active & finite
