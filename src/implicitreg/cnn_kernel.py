@@ -1,10 +1,19 @@
 """Hand-batched :class:`~implicitreg.models.CNN1D` over a population's stacked parameters.
 
-Each strided convolution is one ``baddbmm`` over im2col columns, channels last, with an explicit
-col2im backward (a few strided adds) — autograd's ``unfold`` backward is what made the generic
-(:class:`~implicitreg.kernels.VmapKernel`) path slow. Same interface as the kernels of
-:mod:`implicitreg.kernels`: ``to_kernel``/``to_module``, ``loss_and_grad``, ``forward``.
-"""
+Each strided convolution is one ``baddbmm`` over im2col columns, channels last: a layer's
+activation is written into a zero-padded buffer, and the next layer's columns are one strided copy
+of it (the k taps of an output position are k·C consecutive numbers). The backward is explicit:
+``bmm`` for weights and inputs, a col2im of two strided copies and k − 2 adds, ``threshold_backward``
+for the ReLU. The read-out is computed classes first. Outputs go to buffers reused between steps.
+Same interface as the kernels of :mod:`implicitreg.kernels`: ``to_kernel``/``to_module``,
+``loss_and_grad``, ``forward``.
+
+On one CPU thread the kernel is about as fast as P separate oneDNN convolutions (the sequential
+engine), not 2× faster: the sequential loop already runs near half the measured sgemm peak, and
+the batched matmuls here have the same shapes per member (N = C_out = 64), so there is little to
+gain by batching (``benchmarks/population.py --part cnn``). Grouped ``conv1d`` (P members as groups)
+and ``torch.compile`` were measured there too and are no faster.
+""""""
 
 from __future__ import annotations
 
@@ -12,31 +21,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from implicitreg.kernels import Params, log_softmax_last
+from implicitreg.kernels import Buffers, Params
 
 
 def output_grad(out: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-member mean loss [P] and its gradient with respect to the outputs out: [P, B, C].
+    """Per-member mean loss [P] and its gradient with respect to the outputs, classes first: out [P, C, B].
 
-    Cross-entropy (integer targets y: [P, B]): softmax − one-hot, over B; squared error (real y):
-    2 (o − y) / B.
+    Cross-entropy (integer targets y: [P, B]): (softmax − one-hot) / B; squared error (real y, C = 1):
+    2 (o − y) / B. The softmax runs over the middle dimension, where PyTorch's CPU kernel is fast
+    (see :func:`~implicitreg.kernels.log_softmax_last`).
     """
-    batch = out.shape[1]
+    batch = out.shape[2]
     if loss == "cross_entropy":
-        logp = log_softmax_last(out)
-        value = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(1)
+        logp = torch.log_softmax(out, dim=1)
+        value = -logp.gather(1, y.unsqueeze(1)).squeeze(1).mean(1)
         # a dense subtraction of the one-hot rather than scatter_add_, which is non-deterministic on CUDA
-        g = logp.exp_().sub_(F.one_hot(y, out.shape[-1]).to(out.dtype))
+        g = logp.exp_().sub_(F.one_hot(y, out.shape[1]).to(out.dtype).transpose(1, 2))
         return value, g.div_(batch)
-    residual = out.squeeze(-1) - y
-    return (residual**2).mean(1), (2.0 / batch) * residual.unsqueeze(-1)
+    residual = out.squeeze(1) - y
+    return (residual**2).mean(1), (2.0 / batch) * residual.unsqueeze(1)
 
 
 class CNNKernel:
     """Hand-batched :class:`~implicitreg.models.CNN1D`: activations [P, B, L, C] (channels last).
 
-    Kernel layout: conv weights [P, k·C_in, C_out] (offset-major), biases [P, 1, C_out]; the
-    read-out weight [P, L·C, out] matches the channels-last flattening.
+    Kernel layout: conv weights [P, k·C_in, C_out] (offset-major), biases [P, 1, C_out]; the read-out
+    classes first, weight [P, out, L·C] (its columns in the channels-last flattening), bias [P, out, 1].
     """
 
     def __init__(self, model: nn.Module, loss: str):
@@ -44,6 +54,7 @@ class CNNKernel:
         self.kernels = [conv.kernel_size[0] for conv in model.convs]
         self.lengths = list(model.lengths)
         self.channels = model.convs[0].out_channels
+        self.buffers = Buffers()
 
     def to_kernel(self, params: Params) -> Params:
         out = {}
@@ -53,9 +64,9 @@ class CNNKernel:
             out[f"convs.{i}.bias"] = params[f"convs.{i}.bias"].unsqueeze(1).contiguous()
         w = params["readout.weight"]  # [P, out, C·L], channel-major
         p, n_out = w.shape[:2]
-        out["readout.weight"] = (w.reshape(p, n_out, self.channels, self.lengths[-1]).permute(0, 3, 2, 1)
-                                 .reshape(p, -1, n_out).contiguous())
-        out["readout.bias"] = params["readout.bias"].unsqueeze(1).contiguous()
+        out["readout.weight"] = (w.reshape(p, n_out, self.channels, self.lengths[-1]).transpose(2, 3)
+                                 .reshape(p, n_out, -1).contiguous())
+        out["readout.bias"] = params["readout.bias"].unsqueeze(2).contiguous()
         return out
 
     def to_module(self, params: Params) -> Params:
@@ -65,69 +76,106 @@ class CNNKernel:
             p, _, c_out = w.shape
             out[f"convs.{i}.weight"] = w.reshape(p, k, -1, c_out).permute(0, 3, 2, 1)
             out[f"convs.{i}.bias"] = params[f"convs.{i}.bias"].squeeze(1)
-        w = params["readout.weight"]  # [P, L·C, out]
-        p, _, n_out = w.shape
-        out["readout.weight"] = w.reshape(p, self.lengths[-1], self.channels, n_out).permute(0, 3, 2, 1).reshape(
+        w = params["readout.weight"]  # [P, out, L·C]
+        p, n_out = w.shape[:2]
+        out["readout.weight"] = w.reshape(p, n_out, self.lengths[-1], self.channels).transpose(2, 3).reshape(
             p, n_out, -1)
-        out["readout.bias"] = params["readout.bias"].squeeze(1)
+        out["readout.bias"] = params["readout.bias"].squeeze(2)
         return out
 
-    @staticmethod
-    def _columns(h: torch.Tensor, k: int, length: int) -> torch.Tensor:
-        """im2col of a stride-2, padding-1 convolution: [P, B, L, C] → [P, B·L_out, k·C]."""
-        padded = F.pad(h, (0, 0, 1, 1))
-        taps = [padded[:, :, j : j + 2 * (length - 1) + 1 : 2, :] for j in range(k)]
-        p, b = h.shape[:2]
-        return torch.stack(taps, dim=3).reshape(p, b * length, -1)
+    def _features(self, params: Params, x: torch.Tensor, masks, buf: Buffers):
+        """Forward through the convolutions: the im2col columns of every layer and its activations.
 
-    @staticmethod
-    def _col2im(d_cols: torch.Tensor, k: int, length: int, in_length: int) -> torch.Tensor:
-        """Adjoint of :meth:`_columns`: [P, B·L_out, k·C] → [P, B, L_in, C]."""
-        p = d_cols.shape[0]
-        d_cols = d_cols.reshape(p, -1, length, k, d_cols.shape[-1] // k)
-        d_padded = d_cols.new_zeros(p, d_cols.shape[1], in_length + 2, d_cols.shape[-1])
-        for j in range(k):
-            d_padded[:, :, j : j + 2 * (length - 1) + 1 : 2, :] += d_cols[:, :, :, j, :]
-        return d_padded[:, :, 1 : in_length + 1, :]
-
-    def _features(self, params: Params, x: torch.Tensor, masks):
-        """Forward through the convolutions; returns the columns and activations of every layer."""
-        h = x.unsqueeze(-1)  # [P, B, L, 1]
-        cols, acts = [], [h]
+        Each layer's activation is written into the interior of a zero-padded buffer [P, B, L + 2, C],
+        so the next layer's columns are one strided copy of it: with channels last, the k taps of an
+        output position are k·C consecutive numbers starting at 2t·C. Activations: views [P, B, L, C].
+        """
+        p, b = x.shape[:2]
+        padded = self._padded(buf, "pad0", p, b, x.shape[2], 1, x)
+        padded[:, :, 1:-1, 0] = x
+        cols, acts = [], []
         for i, (k, length) in enumerate(zip(self.kernels, self.lengths)):
-            c = self._columns(h, k, length)
-            out = torch.baddbmm(params[f"convs.{i}.bias"], c, params[f"convs.{i}.weight"]).clamp_(min=0)
-            h = out.reshape(x.shape[0], x.shape[1], length, -1)
+            c_in = padded.shape[-1]
+            window = padded.as_strided((p, b, length, k * c_in), (padded.stride(0), padded.stride(1), 2 * c_in, 1))
+            c = buf(f"cols{i}", (p, b * length, k * c_in), x)
+            c.view(p, b, length, k * c_in).copy_(window)
+            w = params[f"convs.{i}.weight"]
+            pre = torch.baddbmm(params[f"convs.{i}.bias"], c, w, out=buf(f"pre{i}", (p, b * length, w.shape[-1]), x))
+            if i + 1 < len(self.kernels):
+                padded = self._padded(buf, f"pad{i + 1}", p, b, length, w.shape[-1], x)
+                h = padded[:, :, 1:-1]
+            else:  # the read-out reads it flat: contiguous
+                h = buf("last", (p, b, length, w.shape[-1]), x)
+            torch.clamp(pre.view(p, b, length, -1), min=0, out=h)
             if masks is not None:
-                h = h * masks[i].transpose(-1, -2)  # masks come as [P, B, C, L]
+                h.mul_(masks[i].transpose(-1, -2))  # masks come as [P, B, C, L]
             cols.append(c)
             acts.append(h)
         return cols, acts
 
+    @staticmethod
+    def _padded(buf: Buffers, key: str, p: int, b: int, length: int, channels: int, like: torch.Tensor):
+        """A [P, B, length + 2, C] buffer whose first and last positions (the convolution's padding) are zero."""
+        t = buf(key, (p, b, length + 2, channels), like)
+        t[:, :, 0].zero_()
+        t[:, :, -1].zero_()
+        return t
+
+    def _col2im(self, d_cols: torch.Tensor, i: int) -> torch.Tensor:
+        """Adjoint of layer i's column copy: [P, B·L_out, k·C] → gradient of its input, a view [P, B, L_in, C]."""
+        k, length, in_length = self.kernels[i], self.lengths[i], self.lengths[i - 1]
+        p, c = d_cols.shape[0], d_cols.shape[-1] // k
+        taps = d_cols.view(p, -1, length, k, c)
+        d_padded = self.buffers(f"dpad{i}", (p, taps.shape[1], in_length + 2, c), d_cols)
+        # tap j of output t lands on padded position 2t + j: taps 0 and 1 cover positions 0 .. 2L_out − 1
+        # without overlap (copied), later taps overlap them (added), positions past 2L_out are zero
+        d_padded[:, :, 0 : 2 * length - 1 : 2] = taps[:, :, :, 0]
+        if k > 1:
+            d_padded[:, :, 1 : 2 * length : 2] = taps[:, :, :, 1]
+            d_padded[:, :, 2 * length :].zero_()
+        else:
+            d_padded[:, :, 1::2].zero_()
+        for j in range(2, k):
+            d_padded[:, :, j : j + 2 * (length - 1) + 1 : 2] += taps[:, :, :, j]
+        return d_padded[:, :, 1 : in_length + 1]
+
     def loss_and_grad(self, params: Params, x: torch.Tensor, y: torch.Tensor, masks) -> tuple[torch.Tensor, Params]:
-        """x: [P, B, L], y: [P, B]; masks: list of [P, B, C, L_i] or None → loss [P], grads (kernel layout)."""
+        """x: [P, B, L], y: [P, B]; masks: list of [P, B, C, L_i] or None → loss [P], grads (kernel layout).
+
+        Activations and gradients are written into buffers reused from call to call: the returned
+        gradients are valid until the next call.
+        """
+        buf = self.buffers
         p, b = x.shape[:2]
-        cols, acts = self._features(params, x, masks)
-        flat = acts[-1].reshape(p, b, -1)
-        out = torch.baddbmm(params["readout.bias"], flat, params["readout.weight"])
-        loss, delta = output_grad(out, y, self.loss)
-        grads: Params = {"readout.weight": torch.bmm(flat.transpose(1, 2), delta),
-                         "readout.bias": delta.sum(1, keepdim=True)}
-        back = torch.bmm(delta, params["readout.weight"].transpose(1, 2)).reshape(acts[-1].shape)
+        cols, acts = self._features(params, x, masks, buf)
+        flat = acts[-1].view(p, b, -1)
+        w_out = params["readout.weight"]  # [P, out, L·C]
+        # classes first: the read-out's matmuls are [out, L·C]·[L·C, B] and [out, B]·[B, L·C], wide in
+        # their last dimension, rather than [B, L·C]·[L·C, out] with out = 10 columns (4-5× slower, measured on CPU)
+        out = torch.baddbmm(params["readout.bias"], w_out, flat.transpose(1, 2))
+        loss, delta = output_grad(out, y, self.loss)  # delta: [P, out, B]
+        grads: Params = {
+            "readout.weight": torch.bmm(delta, flat, out=buf("g_readout", w_out.shape, x)),
+            "readout.bias": delta.sum(2, keepdim=True)}
+        back = torch.bmm(delta.transpose(1, 2), w_out, out=buf("back", flat.shape, x)).view(acts[-1].shape)
         for i in range(len(self.kernels) - 1, -1, -1):
             if masks is not None:
-                back = back * masks[i].transpose(-1, -2)
-            d_pre = torch.ops.aten.threshold_backward(back, acts[i + 1], 0).reshape(p, -1, back.shape[-1])
-            grads[f"convs.{i}.weight"] = torch.bmm(cols[i].transpose(1, 2), d_pre)
-            grads[f"convs.{i}.bias"] = d_pre.sum(1, keepdim=True)
+                back.mul_(masks[i].transpose(-1, -2))
+            d_pre = torch.ops.aten.threshold_backward.grad_input(
+                back, acts[i], 0, grad_input=buf(f"dpre{i}", acts[i].shape, x)).view(p, -1, back.shape[-1])
+            w = params[f"convs.{i}.weight"]
+            grads[f"convs.{i}.weight"] = torch.bmm(cols[i].transpose(1, 2), d_pre, out=buf(f"g{i}", w.shape, x))
+            grads[f"convs.{i}.bias"] = torch.sum(d_pre, 1, keepdim=True,
+                                                 out=buf(f"gb{i}", params[f"convs.{i}.bias"].shape, x))
             if i > 0:
-                d_cols = torch.bmm(d_pre, params[f"convs.{i}.weight"].transpose(1, 2))
-                back = self._col2im(d_cols, self.kernels[i], self.lengths[i], self.lengths[i - 1])
+                d_cols = torch.bmm(d_pre, w.transpose(1, 2), out=buf(f"dcols{i}", cols[i].shape, x))
+                back = self._col2im(d_cols, i)
         return loss, grads
 
     def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """x: [N, L] shared by all members → outputs [P, N, C]."""
         p = params["readout.bias"].shape[0]
-        _, acts = self._features(params, x.unsqueeze(0).expand(p, -1, -1), None)
+        # fresh buffers: evaluation chunks are larger than training batches and need not be kept
+        _, acts = self._features(params, x.unsqueeze(0).expand(p, -1, -1), None, Buffers())
         flat = acts[-1].reshape(p, x.shape[0], -1)
-        return torch.baddbmm(params["readout.bias"], flat, params["readout.weight"])
+        return torch.baddbmm(params["readout.bias"], params["readout.weight"], flat.transpose(1, 2)).transpose(1, 2)
