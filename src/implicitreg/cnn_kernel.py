@@ -13,7 +13,7 @@ engine), not 2× faster: the sequential loop already runs near half the measured
 the batched matmuls here have the same shapes per member (N = C_out = 64), so there is little to
 gain by batching (``benchmarks/population.py --part cnn``). Grouped ``conv1d`` (P members as groups)
 and ``torch.compile`` were measured there too and are no faster.
-""""""
+"""
 
 from __future__ import annotations
 
