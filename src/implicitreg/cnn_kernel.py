@@ -18,7 +18,6 @@ and ``torch.compile`` were measured there too and are no faster.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from implicitreg.kernels import Buffers, Params
@@ -35,8 +34,10 @@ def output_grad(out: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[torch.Te
     if loss == "cross_entropy":
         logp = torch.log_softmax(out, dim=1)
         value = -logp.gather(1, y.unsqueeze(1)).squeeze(1).mean(1)
-        # a dense subtraction of the one-hot rather than scatter_add_, which is non-deterministic on CUDA
-        g = logp.exp_().sub_(F.one_hot(y, out.shape[1]).to(out.dtype).transpose(1, 2))
+        # a dense subtraction of the one-hot rather than scatter_add_ (non-deterministic on CUDA); the one-hot
+        # by comparison, as F.one_hot reads the labels' range on the host (no CUDA graph could hold it)
+        classes = torch.arange(out.shape[1], device=out.device).view(1, -1, 1)
+        g = logp.exp_().sub_((y.unsqueeze(1) == classes).to(out.dtype))
         return value, g.div_(batch)
     residual = out.squeeze(1) - y
     return (residual**2).mean(1), (2.0 / batch) * residual.unsqueeze(1)
