@@ -16,9 +16,11 @@ What is measured (float64 throughout; the model is trained in float32 and measur
 5. The trace at 100 products: Hutchinson in every tool (PyHessian with tol 0 so that it runs all
    100), and Hutch++ at 99 where a tool has it (ours, curvlinops, hessian-eigenthings); median
    error over ``--seeds`` probe seeds.
-6. A population of ``--population`` models (random inits of the same MLP, the same batch): the
-   trace and λ1 of all of them in one population call against a loop of PyHessian's
-   single-model calls (PyHessian: the fastest peer per product above).
+6. A population of ``--population`` models (random inits of the same MLP, the same batch): λ1 to
+   1e-3 and the Hutchinson trace at 100 products of all of them in one population call, against a
+   loop over the models of each peer's single-model call (hessian-eigenthings with each model's
+   own fewest steps, found untimed); the ratio to the fastest loop is the headline
+   (``--population-only`` runs this part alone, without training or the dense reference).
 
 Every wall time includes building the tool's operator (ours and PyHessian compute the gradient
 graph there) and is the median of ``--repeats`` runs after one untimed warm-up run, interleaved across tools so that the load
@@ -29,12 +31,14 @@ Install the peers with ``pip install -e ".[peers]"``.
 
 Run:  python benchmarks/curvature.py              (N = 2000, 3 repeats, 3 trace seeds; ~2 min on 2 cores)
       python benchmarks/curvature.py --quick      (N = 500, 1 repeat, 1 seed)
+      python benchmarks/curvature.py --population-only   (item 6 alone)
       options: --n N  --hidden 32 32  --repeats R  --seeds S  --population P  --threads T (default 1)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
@@ -48,7 +52,7 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from implicitreg.config import MLPConfig
 from implicitreg.data import load_mnist1d
-from implicitreg.measures.curvature import hessian_eigenvalues, hessian_operator, hessian_trace
+from implicitreg.measures.curvature import hessian_eigenvalues, hessian_operator, hessian_trace, operator_eigenvalues
 from implicitreg.measures.density import hessian_density
 from implicitreg.models import build_model
 from implicitreg.population import Population
@@ -175,18 +179,18 @@ def eigenthings_tools():
         # fixed-step Lanczos: the fewest steps (multiples of 5) whose own residual test passes at TOL,
         # found beforehand; that run alone is timed (see top_steps)
         op, c = make(model, x, y)
-        r = he.lanczos(op, k=k, max_iter=top_steps[k], tol=TOL, which="LA", seed=0)
+        r = he.lanczos(op, k=k, max_iter=top_steps[id(model), k], tol=TOL, which="LA", seed=0)
         return r.eigenvalues.numpy(), c.n
 
-    top_steps: dict[int, int] = {}
+    top_steps: dict[tuple[int, int], int] = {}  # (id(model), k) → steps
 
     def find_steps(model, x, y, k):
         for m in range(max(5, 2 * k), 301, 5):
             op, _ = make(model, x, y)
             if bool(he.lanczos(op, k=k, max_iter=m, tol=TOL, which="LA", seed=0).converged.all()):
-                top_steps[k] = m
+                top_steps[id(model), k] = m
                 return m
-        top_steps[k] = 300
+        top_steps[id(model), k] = 300
         return 300
 
     def trace(model, x, y, method, m, seed):
@@ -274,6 +278,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=None, help="probe seeds of the trace estimates")
     ap.add_argument("--steps", type=int, default=3000, help="SGD steps of training")
     ap.add_argument("--population", type=int, default=16, help="models of the population comparison (1: skip it)")
+    ap.add_argument("--population-only", action="store_true",
+                    help="only the population comparison (no training, no dense reference, no single-model tasks)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: the machine is shared; compare tools on equal terms)")
     args = ap.parse_args()
@@ -302,6 +308,11 @@ def main() -> None:
 
     data = load_mnist1d(n_train=max(n, 1000), n_test=100)
     xa, ya = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)
+    if args.population_only:
+        torch.set_default_dtype(torch.float64)  # PyHessian draws its vectors in the default dtype
+        headline = population(peers, xa[:n].double(), ya[:n], args.hidden, args.population, repeats)
+        report(headline)
+        return
     t0 = time.perf_counter()
     model = train(xa, ya, args.hidden, args.steps)
     x, y = xa[:n].double(), ya[:n]
@@ -426,63 +437,101 @@ def main() -> None:
         ratio = "" if wall == ours_wall else f"{wall / ours_wall:>10.2f}x"
         print(f"{name:<32}{int(np.sum(hvps)):>6}{1e3 * wall:>10.1f}{w1:>12.1e}{ratio:>11}")
 
-    # --- a population against a loop of the fastest peer's single-model calls -------------------
-    if "PyHessian" in peers and args.population > 1:
-        P = args.population
-        members = [build_model("mlp", MLPConfig(hidden=args.hidden), 40, 10, generator(s, "init")).double().eval()
-                   for s in range(1, P + 1)]
-        pop = Population(members, dtype=torch.float64)
-        ph_tools = peers["PyHessian"]
-        jobs = {
-            ("trace, Hutchinson 100", "ours, one population call"): lambda: pop_trace(pop),
-            ("trace, Hutchinson 100", f"PyHessian, loop over {P} models"):
-                lambda: np.array([ph_tools["trace"](m, x, y, "hutchinson", 100, 0) for m in members]),
-            ("λ1 to 1e-3", "ours, one population call"): lambda: pop_top(pop),
-            ("λ1 to 1e-3", f"PyHessian, loop over {P} models"):
-                lambda: np.array([(r[0][0], r[1]) for r in (ph_tools["top"](m, x, y, 1) for m in members)]),
-        }
-        def pop_trace(pop):  # [P, 2]: value, products (every member's 100 run in the same passes)
-            r = hessian_trace(pop, F.cross_entropy, (x, y), n_matvecs=100, seed=0)
-            return np.stack([r.value.numpy(), np.full(P, r.n_hvp)], 1)
+    if args.population > 1:
+        headline += population(peers, x, y, args.hidden, args.population, repeats)
+    report(headline)
 
-        def pop_top(pop):  # [P, 2]: value, products computed (the batch runs as long as its slowest member)
-            r = hessian_eigenvalues(pop, F.cross_entropy, (x, y), k=1, tol=TOL, max_hvp=300)
-            return np.stack([r.values[:, 0].numpy(), np.full(P, int(r.n_hvp.max()))], 1)
 
-        pop_times: dict[tuple, list[float]] = {key: [] for key in jobs}
-        pop_values = {key: fn() for key, fn in jobs.items()}  # warm-up
-        for _ in range(max(1, repeats - 1)):
-            for key, fn in jobs.items():
-                pop_times[key].append(timed(fn)[0])
-        print()
-        print(f"P = {P} models (random inits, same batch): one population call vs a loop of PyHessian calls")
-        print(f"{'task':<24}{'tool':<36}{'HVPs':>6}{'wall ms':>10}{'loop/ours':>11}")
-        for key in jobs:
-            wall = statistics.median(pop_times[key])
-            ours_key = (key[0], "ours, one population call")
-            ratio = wall / statistics.median(pop_times[ours_key])
-            hvps = int(pop_values[key][:, 1].sum())
-            print(f"{key[0]:<24}{key[1]:<36}{hvps:>6}{1e3 * wall:>10.1f}"
-                  f"{'' if key == ours_key else f'{ratio:>10.2f}x':>11}")
-            if key != ours_key:
-                headline.append((f"P = {P}: {key[0]}", key[1], ratio))
-        ours_tr = pop_values[("trace, Hutchinson 100", "ours, one population call")][:, 0]
-        ph_tr, ph_hvps = pop_values[("trace, Hutchinson 100", f"PyHessian, loop over {P} models")].T
-        agree = np.abs(ours_tr - ph_tr) <= 1e-8 * np.abs(ours_tr)
-        print(f"(the same Rademacher probes: {int(agree.sum())} of {P} traces equal PyHessian's to 1e-8; PyHessian spent "
-              f"{int(ph_hvps.sum())} HVPs for {100 * P}"
-              + ("" if agree.all() else
-                 f" — it stopped model(s) {np.flatnonzero(ph_hvps < 100).tolist()} after "
-                 f"{ph_hvps[ph_hvps < 100].astype(int).tolist()} probes: its relative-change test divides by "
-                 "(running mean + 1e-6), not its absolute value, so a negative running mean passes any tol ≥ 0")
-              + f"; λ1: ours Lanczos, PyHessian power iteration, each to its own rule at {TOL:g}; ours' HVPs count "
-              "every member's products until the slowest member converges)")
-
+def report(headline: list[tuple[str, str, float]]) -> None:
     slower = [f"{tool} on {label} ({r:.2f}x)" for label, tool, r in headline if r < 1]
     print()
     print("headline: ours is faster than every peer on every task" if not slower else
           "headline: a peer was faster on: " + "; ".join(slower))
     print(f"load average now {os.getloadavg()[0]:.2f}")
+
+
+def population(peers: dict, x: torch.Tensor, y: torch.Tensor, hidden: list[int], P: int,
+               repeats: int) -> list[tuple[str, str, float]]:
+    """λ1 to 1e-3 and the Hutchinson trace at 100 products of P random inits: one population call
+    against a loop of every peer's single-model calls; prints the table, returns the headline rows
+    (task, the fastest peer's loop, loop / ours)."""
+    members = [build_model("mlp", MLPConfig(hidden=hidden), 40, 10, generator(s, "init")).double().eval()
+               for s in range(1, P + 1)]
+    pop = Population(members, dtype=torch.float64)
+
+    def pop_trace():  # [P, 2]: value, products (every member's 100 run in the same passes)
+        r = hessian_trace(pop, F.cross_entropy, (x, y), n_matvecs=100, seed=0)
+        return np.stack([r.value.numpy(), np.full(P, r.n_hvp)], 1)
+
+    computed: list[int] = []  # member-HVPs the population's λ1 computed, counted through its operator
+
+    def counted(op):
+        def matvec(v):
+            computed[-1] += v.shape[0]
+            return op.matvec(v)
+        return dataclasses.replace(op, matvec=matvec, restrict=lambda idx: counted(op.members(idx)))
+
+    def pop_top():  # [P, 2]: value, products computed for the member (the total is what was computed)
+        computed.append(0)
+        r = operator_eigenvalues(counted(hessian_operator(pop, F.cross_entropy, (x, y))), k=1, tol=TOL, max_hvp=300)
+        used = r.n_hvp.numpy()
+        return np.stack([r.values[:, 0].numpy(), used * (computed[-1] / used.sum())], 1)
+
+    tasks = {"λ1 to 1e-3": pop_top, "trace, Hutchinson 100": pop_trace}
+    jobs: dict[tuple[str, str], Callable] = {}
+    for task, ours in tasks.items():
+        jobs[task, "ours, one population call"] = ours
+        for name, tools in peers.items():
+            if task.startswith("λ1"):
+                if "prepare" in tools:  # untimed: each model's own fewest steps
+                    for m in members:
+                        tools["prepare"](m, x, y, 1)
+                jobs[task, f"{name}, loop over {P} models"] = lambda t=tools: np.array(
+                    [(r[0][0], r[1]) for r in (t["top"](m, x, y, 1) for m in members)])
+            else:
+                jobs[task, f"{name}, loop over {P} models"] = lambda t=tools: np.array(
+                    [t["trace"](m, x, y, "hutchinson", 100, 0) for m in members])
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in jobs}
+    values = {key: fn() for key, fn in jobs.items()}  # warm-up
+    for _ in range(max(1, repeats - 1)):  # interleaved: every tool sees the same load
+        for key, fn in jobs.items():
+            times[key].append(timed(fn)[0])
+    wall = {key: statistics.median(ts) for key, ts in times.items()}
+    print()
+    print(f"P = {P} models (random inits, same batch of N = {x.shape[0]}): one population call vs a loop of "
+          "each peer's single-model calls")
+    print(f"{'task':<24}{'tool':<40}{'HVPs':>6}{'wall ms':>10}{'loop/ours':>11}")
+    headline = []
+    for task in tasks:
+        ours_key = (task, "ours, one population call")
+        loops = [key for key in jobs if key[0] == task and key != ours_key]
+        for key in [ours_key] + loops:
+            ratio = wall[key] / wall[ours_key]
+            print(f"{task:<24}{key[1]:<40}{round(values[key][:, 1].sum()):>6}{1e3 * wall[key]:>10.1f}"
+                  f"{'' if key == ours_key else f'{ratio:>10.2f}x':>11}")
+        if loops:
+            best = min(loops, key=wall.get)
+            ratio = wall[best] / wall[ours_key]
+            print(f"{'':<24}{'-> the fastest peer: ' + best[1].split(',')[0]:<56}{f'{ratio:>10.2f}x':>11}"
+                  f"  (target ≥ 2x: {'met' if ratio >= 2 else 'not met'})")
+            headline.append((f"P = {P}: {task}", best[1], ratio))
+    if ("trace, Hutchinson 100", f"PyHessian, loop over {P} models") in values:
+        ours_tr = values["trace, Hutchinson 100", "ours, one population call"][:, 0]
+        ph_tr, ph_hvps = values["trace, Hutchinson 100", f"PyHessian, loop over {P} models"].T
+        agree = np.abs(ours_tr - ph_tr) <= 1e-8 * np.abs(ours_tr)
+        print(f"(the same Rademacher probes: {int(agree.sum())} of {P} traces equal PyHessian's to 1e-8; PyHessian "
+              f"spent {int(ph_hvps.sum())} HVPs for {100 * P}"
+              + ("" if agree.all() else
+                 f" — it stopped model(s) {np.flatnonzero(ph_hvps < 100).tolist()} after "
+                 f"{ph_hvps[ph_hvps < 100].astype(int).tolist()} probes: its relative-change test divides by "
+                 "(running mean + 1e-6), not its absolute value, so a negative running mean passes any tol ≥ 0")
+              + ")")
+    used = int(values["λ1 to 1e-3", "ours, one population call"][:, 1].sum().round())
+    print(f"(λ1: each tool to its own rule at {TOL:g} (ours: Lanczos' residual bound); ours' HVPs are the "
+          f"member-products computed, {computed[0]}, for {int(np.round(used))} that the members' results used: "
+          "a converged member leaves the batch, and once at most half are left an operator of only them "
+          "is built (one gradient each))")
+    return headline
 
 
 if __name__ == "__main__":
