@@ -14,7 +14,8 @@ member's worth of Python overhead.
 
 - :class:`CurvatureOperator` (``HessianOperator``): P members' matrices as one batched operator —
   ``matvec`` [P, n] → [P, n], ``matmat`` [P, S, n] → [P, S, n] (S probes per member in one vmapped
-  pass), ``as_linear_operator(member)`` for scipy. The GGN and Fisher operators
+  pass), ``members(idx)`` the operator of some members only (what Lanczos multiplies once most
+  members have converged), ``as_linear_operator(member)`` for scipy. The GGN and Fisher operators
   (:mod:`~implicitreg.measures.ggn`) are the same class.
 - :func:`hessian_eigenvalues`: top-k (largest algebraic) eigenvalues by Lanczos
   (:func:`implicitreg.measures.lanczos.lanczos`: full reorthogonalization, a residual-based
