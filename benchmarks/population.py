@@ -44,6 +44,7 @@ Run:  python benchmarks/population.py            (full: P in 1 8 64 256, H in 12
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -57,7 +58,7 @@ from implicitreg.config import CNNConfig, MLPConfig, TrainConfig
 from implicitreg.models import build_model
 from implicitreg.optim import apply_updates, make_optimizer
 from implicitreg.population import Population
-from implicitreg.sampling import BatchOrders
+from implicitreg.sampling import BatchOrders, DropoutMasks
 from implicitreg.seeding import generator
 
 IN_DIM, OUT_DIM, N_TRAIN, BATCH, LR = 40, 10, 4000, 128, 0.05
@@ -317,9 +318,11 @@ class Im2colFunctional:
                              ).transpose(1, 2)
 
 
-def cnn_population_step(modules, x_all, y_all, device: str, kernel=None):
-    """One step of train_population's loop for the CNN (momentum SGD); ``kernel`` replaces the default one."""
+def cnn_population_step(modules, x_all, y_all, device: str, kernel=None, rates=None):
+    """One step of train_population's loop for the CNN (momentum SGD); ``kernel`` replaces the default one;
+    ``rates``: per-member dropout rates (masks for every member as soon as one drops, as the engine draws them)."""
     p = len(modules)
+    dropout = DropoutMasks(range(p), rates or [0.0] * p, modules[0].hidden_shapes(), device)
     pop = Population(modules, loss="cross_entropy", device=device, dtype=torch.float32)
     if kernel is not None:
         pop.params = kernel.to_kernel(pop.kernel.to_module(pop.params))
@@ -335,7 +338,7 @@ def cnn_population_step(modules, x_all, y_all, device: str, kernel=None):
     def step() -> None:
         idx = orders.batch(box["step"])
         x, y = x_all[idx], labels.gather(1, idx)
-        loss, grads = pop.loss_and_grad(x, y)
+        loss, grads = pop.loss_and_grad(x, y, dropout.masks(box["step"], BATCH, torch.float32))
         box["active"] = box["active"] & torch.isfinite(loss)
         updates, box["state"] = optimizer.update(grads, box["state"], pop.params, box["step"])
         pop.params = apply_updates(pop.params, updates, box["active"])
@@ -344,17 +347,22 @@ def cnn_population_step(modules, x_all, y_all, device: str, kernel=None):
     return step
 
 
-def cnn_sequential_step(modules, x_all, y_all, device: str):
-    """The plain loop for the CNN: every member does forward, loss, zero_grad, backward, momentum-SGD step."""
-    models = [m.float().to(device) for m in modules]
+def cnn_sequential_step(modules, x_all, y_all, device: str, rates=None):
+    """The plain loop for the CNN: every member does forward, loss, zero_grad, backward, momentum-SGD step;
+    ``rates``: per-member dropout rates (a member draws masks only if its rate is positive)."""
+    models = [copy.deepcopy(m).float().to(device) for m in modules]
+    dropouts = [DropoutMasks([seed], [rate], modules[0].hidden_shapes(), device)
+                for seed, rate in enumerate(rates or [0.0] * len(models))]
     optimizers = [torch.optim.SGD(m.parameters(), lr=LR, momentum=CNN_MOMENTUM) for m in models]
     orders = [BatchOrders([seed], N_TRAIN, BATCH, device) for seed in range(len(models))]  # P = 1 each
     box = {"step": 0}
 
     def step() -> None:
-        for model, opt, order in zip(models, optimizers, orders):
+        for model, opt, order, dropout in zip(models, optimizers, orders, dropouts):
             idx = order.batch(box["step"])[0]
-            loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
+            masks = dropout.masks(box["step"], BATCH, torch.float32)
+            out = model(x_all[idx]) if masks is None else model(x_all[idx], [m[0] for m in masks])
+            loss = F.cross_entropy(out, y_all[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -364,7 +372,9 @@ def cnn_sequential_step(modules, x_all, y_all, device: str):
 
 
 def run_cnn_config(device: str, p: int, args, peak: float) -> list[dict]:
-    """Rows sequential, grouped, im2col (the default CNNKernel) and, with --compile, the compiled variants."""
+    """Rows sequential, grouped, im2col (the default CNNKernel), with --compile the compiled variants, and
+    sequential+dropout / im2col+dropout: the study's mix, 4 members in 10 at dropout 0.5 (their speed-up is
+    against sequential+dropout)."""
     data_gen = torch.Generator().manual_seed(0)
     x_all = torch.randn(N_TRAIN, IN_DIM, generator=data_gen).to(device)
     y_all = torch.randint(0, OUT_DIM, (N_TRAIN,), generator=data_gen).to(device)
@@ -380,10 +390,15 @@ def run_cnn_config(device: str, p: int, args, peak: float) -> list[dict]:
         for name, base in (("im2col+compile", Im2colFunctional), ("grouped+compile", GroupedConvKernel)):
             compiled[name] = CompiledKernel(base(modules[0], "cross_entropy"))
             makers[name] = (lambda k: lambda: cnn_population_step(modules, x_all, y_all, device, k))(compiled[name])
-    makers["sequential"] = lambda: cnn_sequential_step(modules, x_all, y_all, device)  # last: converts in place
+    rates = [0.0] * (p - p * 2 // 5) + [0.5] * (p * 2 // 5)  # explicit-vs-implicit: 2 dropout arms of 5
+    makers["im2col+dropout"] = lambda: cnn_population_step(modules, x_all, y_all, device, rates=rates)
+    makers["sequential"] = lambda: cnn_sequential_step(modules, x_all, y_all, device)
+    makers["sequential+dropout"] = lambda: cnn_sequential_step(modules, x_all, y_all, device, rates=rates)
     steps = {name: make() for name, make in makers.items()}
     rows = []
-    for method in ("sequential", *[m for m in steps if m != "sequential"]):
+    order = ["sequential", *[m for m in steps if "sequential" not in m and "dropout" not in m],
+             "sequential+dropout", "im2col+dropout"]
+    for method in order:
         if method in compiled:  # the first call compiles: timed alone, then the step is warm
             t0 = time.perf_counter()
             steps[method]()
@@ -397,11 +412,13 @@ def run_cnn_config(device: str, p: int, args, peak: float) -> list[dict]:
             row["fallback"] = compiled[method].failed
         rows.append(row)
         del steps[method]
+    base = {r["method"]: r["ms_step"] for r in rows}
     for row in rows:
-        row["speedup"] = rows[0]["ms_step"] / row["ms_step"]
+        reference = base["sequential+dropout" if "dropout" in row["method"] else "sequential"]
+        row["speedup"] = reference / row["ms_step"]
         # over the study's steps, compile time included: (compile + steps·t) against sequential steps·t
         total = (row["compile_s"] or 0.0) + CNN_STUDY_STEPS * row["ms_step"] / 1e3
-        row["amortized_speedup"] = CNN_STUDY_STEPS * rows[0]["ms_step"] / 1e3 / total
+        row["amortized_speedup"] = CNN_STUDY_STEPS * reference / 1e3 / total
     return rows
 
 
@@ -414,14 +431,14 @@ def write_cnn_json(args, peaks: dict, cnn_rows: list[dict]) -> None:
         print(f"rows written to {args.json}")
 
 
-CNN_HEADER = (f"{'device':<6} {'model':<6} {'P':>3}  {'method':<16} {'ms/step':>8} {'speed-up':>8} "
+CNN_HEADER = (f"{'device':<6} {'model':<6} {'P':>3}  {'method':<18} {'ms/step':>8} {'speed-up':>8} "
               f"{'GFLOP/s':>8} {'% peak':>7} {'compile s':>9} {f'{CNN_STUDY_STEPS}-step':>10} {'load':>5}")
 
 
 def format_cnn_row(r: dict) -> str:
     mark = "*" if r["capped"] else " "
     comp = f"{r['compile_s']:9.1f}" if r["compile_s"] is not None else f"{'-':>9}"
-    return (f"{r['device']:<6} {r['model']:<6} {r['P']:>3}  {r['method']:<16} {r['ms_step']:>8.2f} "
+    return (f"{r['device']:<6} {r['model']:<6} {r['P']:>3}  {r['method']:<18} {r['ms_step']:>8.2f} "
             f"{r['speedup']:>7.2f}x {r['gflops']:>8.1f} {100 * r['peak_fraction']:>6.1f}% {comp} "
             f"{r['amortized_speedup']:>9.2f}x {r['load']:>5.2f}{mark}")
 
