@@ -86,21 +86,33 @@ class DropoutMasks:
         self.shapes = hidden_shapes
         self.keys = stream_keys(seeds, "dropout", device)
         self.rates = torch.tensor(list(rates), dtype=torch.float64, device=device)
-        self.any = bool((self.rates > 0).any()) and bool(hidden_shapes)
+        self._dropping(list(rates))
+
+    def _dropping(self, rates: list[float]) -> None:
+        """Which members draw masks: only those with a rate above 0 (the others get ones), decided
+        on the host when the members are known, so that a step never reads the device."""
+        rows = [i for i, rate in enumerate(rates) if rate > 0]
+        self.size = len(rates)
+        self.rows = torch.tensor(rows, dtype=torch.int64, device=self.keys.device) if rows else None
+        self.all_drop = len(rows) == len(rates)
 
     def masks(self, step: int, batch: int, dtype: torch.dtype) -> list[torch.Tensor] | None:
         """One mask per hidden layer, [P, batch, *shape] in ``dtype``, at 0-based ``step``; None
         when no member drops anything."""
-        if not self.any:
+        if self.rows is None or not self.shapes:
             return None
-        scale = (1.0 / (1.0 - self.rates)).to(dtype)
+        keys, rates = (self.keys, self.rates) if self.all_drop else (self.keys[self.rows], self.rates[self.rows])
+        scale = (1.0 / (1.0 - rates)).to(dtype).unsqueeze(1)
         out = []
         for layer, shape in enumerate(self.shapes):
             size = batch * int(torch.Size(shape).numel())
-            keep = keep_mask(derive(self.keys, step, layer), size, self.rates)
-            out.append((keep.to(dtype) * scale.unsqueeze(1)).reshape(len(self.keys), batch, *shape))
+            drawn = torch.where(keep_mask(derive(keys, step, layer), size, rates), scale, 0.0)
+            if not self.all_drop:  # members at rate 0 keep everything
+                drawn = torch.ones((self.size, size), dtype=dtype, device=drawn.device).index_copy_(0, self.rows, drawn)
+            out.append(drawn.reshape(self.size, batch, *shape))
         return out
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep the members at positions ``keep`` ([K] int64, on the masks' device)."""
         self.keys, self.rates = self.keys[keep], self.rates[keep]
+        self._dropping(self.rates.tolist())
