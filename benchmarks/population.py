@@ -58,7 +58,7 @@ from implicitreg.config import CNNConfig, MLPConfig, TrainConfig
 from implicitreg.models import build_model
 from implicitreg.optim import apply_updates, make_optimizer
 from implicitreg.population import Population
-from implicitreg.sampling import BatchOrders, DropoutMasks
+from implicitreg.sampling import BatchOrders, DropoutMasks, gather_rows
 from implicitreg.seeding import generator
 
 IN_DIM, OUT_DIM, N_TRAIN, BATCH, LR = 40, 10, 4000, 128, 0.05
@@ -131,7 +131,7 @@ def population_step(modules, x_all, y_all, device: str, kernel: str):
 
     def step() -> None:
         idx = orders.batch(box["step"])
-        x, y = x_all[idx], labels.gather(1, idx)
+        x, y = gather_rows(x_all, idx), labels.gather(1, idx)
         loss, grads = pop.loss_and_grad(x, y)
         box["active"] = box["active"] & torch.isfinite(loss)
         updates, box["state"] = optimizer.update(grads, box["state"], pop.params, box["step"])
@@ -337,7 +337,7 @@ def cnn_population_step(modules, x_all, y_all, device: str, kernel=None, rates=N
 
     def step() -> None:
         idx = orders.batch(box["step"])
-        x, y = x_all[idx], labels.gather(1, idx)
+        x, y = gather_rows(x_all, idx), labels.gather(1, idx)
         loss, grads = pop.loss_and_grad(x, y, dropout.masks(box["step"], BATCH, torch.float32))
         box["active"] = box["active"] & torch.isfinite(loss)
         updates, box["state"] = optimizer.update(grads, box["state"], pop.params, box["step"])

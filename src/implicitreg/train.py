@@ -18,7 +18,7 @@ from implicitreg.models import build_model
 from implicitreg.optim import apply_updates, make_optimizer, select_state
 from implicitreg.plan import Group
 from implicitreg.population import Population
-from implicitreg.sampling import BatchOrders, DropoutMasks, member_labels
+from implicitreg.sampling import BatchOrders, DropoutMasks, gather_rows, member_labels
 from implicitreg.seeding import generator
 
 Progress = Callable[[int, int], None]
@@ -99,7 +99,7 @@ def train_population(
     # device, divergence is a mask; evaluations and stopping checks synchronize at their cadence.
     for step in range(1, cfg.max_steps + 1):
         idx = orders.batch(step - 1)
-        x, y = data.x_train[idx], context.labels.gather(1, idx)
+        x, y = gather_rows(data.x_train, idx), context.labels.gather(1, idx)
         loss, grads = loss_and_grad(x, y, dropout.masks(step - 1, idx.shape[1], dtype))
         finite = torch.isfinite(loss)
         diverged_at = torch.where(active & ~finite, step, diverged_at)
