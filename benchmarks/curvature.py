@@ -443,10 +443,16 @@ def main() -> None:
 
 
 def report(headline: list[tuple[str, str, float]]) -> None:
-    slower = [f"{tool} on {label} ({r:.2f}x)" for label, tool, r in headline if r < 1]
+    """One line: where a peer was faster, and where the two were level (within ±5%: repeated runs
+    on this machine move a ratio by that much, so a 1.02× is not called a win)."""
+    slower = [f"{tool} on {label} ({r:.2f}x)" for label, tool, r in headline if r < 0.95]
+    level = [f"{tool} on {label} ({r:.2f}x)" for label, tool, r in headline if 0.95 <= r < 1.05]
     print()
-    print("headline: ours is faster than every peer on every task" if not slower else
-          "headline: a peer was faster on: " + "; ".join(slower))
+    if slower:
+        print("headline: a peer was faster on: " + "; ".join(slower))
+    else:
+        print("headline: ours is faster than every peer on every task"
+              + (", except level (within ±5%) with " + "; ".join(level) if level else ""))
     print(f"load average now {os.getloadavg()[0]:.2f}")
 
 

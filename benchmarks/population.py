@@ -39,6 +39,7 @@ Run:  python benchmarks/population.py            (full: P in 1 8 64 256, H in 12
       python benchmarks/population.py --quick    (P in 1 64, H 128, short timings; < 1 min on 2 cores)
       python benchmarks/population.py --part cnn --compile --threads 1    (the CNN rows alone)
       options: --device cpu|cuda|all  --sizes 1 8 64  --widths 128  --threads N  --json out.json
+               --baseline PATH (an earlier run's JSON, printed beside; default baselines/population-eb629a0.json)
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import json
 import math
 import os
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +65,7 @@ from implicitreg.seeding import generator
 
 IN_DIM, OUT_DIM, N_TRAIN, BATCH, LR = 40, 10, 4000, 128, 0.05
 TARGET = (64, 128)  # (P, H) of the headline
+BASELINE = Path(__file__).parent / "baselines" / "population-eb629a0.json"
 
 
 def sync(device: str) -> None:
@@ -485,6 +488,33 @@ def run_cnn(args, devices: list[str], peaks: dict) -> list[dict]:
     return rows
 
 
+def print_beside_baseline(rows: list[dict], path: str) -> None:
+    """This run's speed-ups and peak fractions beside those of an earlier run's matching rows.
+
+    Each run's ratios are within that run (sequential and sgemm peak measured beside the rows), so
+    they compare across runs better than times do; the earlier run's machine load is printed too.
+    """
+    try:
+        with open(path) as f:
+            earlier = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        print(f"baseline {path}: not read ({err})\n")
+        return
+    key = lambda r: (r["device"], r["hidden"], r["P"], r["method"])  # noqa: E731
+    before = {key(r): r for r in earlier["rows"]}
+    meta = earlier.get("meta", {})
+    print(f"beside {path} (commit {meta.get('commit', '?')}, load {meta.get('load_average', float('nan')):.2f}, "
+          f"sgemm peak {meta.get('sgemm_peak_gflops', {})}):")
+    print(f"{'device':<6} {'H':>4} {'P':>4}  {'method':<10} {'speed-up before':>15} {'now':>6} "
+          f"{'% peak before':>13} {'now':>6}")
+    for r in rows:
+        b = before.get(key(r))
+        if b is not None and r["method"] != "sequential":
+            print(f"{r['device']:<6} {r['hidden']:>4} {r['P']:>4}  {r['method']:<10} {b['speedup']:>14.2f}x "
+                  f"{r['speedup']:>5.2f}x {100 * b['peak_fraction']:>12.1f}% {100 * r['peak_fraction']:>5.1f}%")
+    print()
+
+
 HEADER = (f"{'device':<6} {'H':>4} {'P':>4}  {'method':<10} {'ms/step':>10} {'ms/member':>10} "
           f"{'speed-up':>8} {'GFLOP/s':>8} {'% peak':>7} {'steps':>6}")
 
@@ -513,6 +543,9 @@ def main() -> None:
     parser.add_argument("--part", choices=["all", "mlp", "cnn"], default="all", help="which tables to run")
     parser.add_argument("--cnn-sizes", type=int, nargs="+", default=[CNN_P], help="CNN population sizes (default 10)")
     parser.add_argument("--compile", action="store_true", help="CNN: also time torch.compile'd variants")
+    parser.add_argument("--baseline", metavar="PATH", default=str(BASELINE),
+                        help="JSON of an earlier run whose MLP rows are printed beside this run's "
+                             "(default: the engine before counter-based streams, commit eb629a0); '' for none")
     args = parser.parse_args()
     args.sizes = args.sizes or ([1, 64] if args.quick else [1, 8, 64, 256])
     args.widths = args.widths or ([128] if args.quick else [128, 512])
@@ -552,6 +585,8 @@ def main() -> None:
     print(f"* = one step too slow for that within --max-time {args.max_time:g} s: best of the few single steps shown.")
     print(f"load average now {os.getloadavg()[0]:.2f} (a shared machine slows every row; ratios suffer less)")
     print()
+    if args.baseline:
+        print_beside_baseline(rows, args.baseline)
     for device in devices[args.device]:
         hit = {r["method"]: r for r in rows if (r["device"], r["P"], r["hidden"]) == (device, *TARGET)}
         if "population" in hit:
