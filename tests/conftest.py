@@ -1,4 +1,5 @@
-"""Shared fixtures: a per-session data cache and helpers that run the CLI as a real subprocess."""
+"""Shared fixtures: a per-session data cache, helpers that run the CLI as a real subprocess, and the
+per-member autograd reference the population kernels are tested against."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from typer.testing import CliRunner
 
 # A tiny sweep of the explicit-vs-implicit study: one MLP population of 5 runs (one seed per arm)
@@ -136,3 +138,15 @@ def solved_frames(solved) -> tuple[pd.DataFrame, pd.DataFrame]:
     metrics = pd.DataFrame([{"run_id": r.run_id, "step": s, "name": name, "value": v}
                             for r in solved.runs for s, name, v in r.metrics], columns=["run_id", "step", "name", "value"])
     return runs, metrics
+
+
+def autograd_reference(mods, x, y, masks, loss):
+    """Per-member mean loss [P] and parameter gradients (name → tensor, one dict per member) by
+    autograd through each member's own module: the reference of the hand-batched kernels."""
+    losses, grads = [], []
+    for i, m in enumerate(mods):
+        out = m(x[i], None if masks is None else [mk[i] for mk in masks])
+        value = F.cross_entropy(out, y[i]) if loss == "cross_entropy" else F.mse_loss(out.squeeze(-1), y[i])
+        losses.append(value.detach())
+        grads.append(dict(zip([n for n, _ in m.named_parameters()], torch.autograd.grad(value, list(m.parameters())))))
+    return torch.stack(losses), grads

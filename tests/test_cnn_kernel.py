@@ -4,28 +4,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from implicitreg.cnn_kernel import CNNKernel, output_grad
+from implicitreg.cnn_kernel import CNNKernel
+from implicitreg.kernels import output_grad
 from implicitreg.config import CNNConfig
 from implicitreg.models import build_model
 from implicitreg.population import Population
 from implicitreg.seeding import generator
+
+from conftest import autograd_reference
 
 P, B = 4, 9
 
 
 def members(config: CNNConfig, input_len: int, out: int = 10):
     return [build_model("cnn", config, input_len, out, generator(seed, "init")) for seed in range(P)]
-
-
-def autograd_reference(mods, x, y, masks, loss):
-    """Per-member mean loss and parameter gradients by autograd through the member's own module."""
-    losses, grads = [], []
-    for i, m in enumerate(mods):
-        out = m(x[i], None if masks is None else [mk[i] for mk in masks])
-        value = F.cross_entropy(out, y[i]) if loss == "cross_entropy" else F.mse_loss(out.squeeze(-1), y[i])
-        losses.append(value.detach())
-        grads.append(dict(zip([n for n, _ in m.named_parameters()], torch.autograd.grad(value, list(m.parameters())))))
-    return torch.stack(losses), grads
 
 
 # the explicit-vs-implicit CNN (narrower), odd lengths (39 → 19 → 9 → 4, where the last taps reach the

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from implicitreg.config import CNNConfig, MLPConfig
 from implicitreg.kernels import log_softmax_last
@@ -10,22 +9,13 @@ from implicitreg.models import build_model
 from implicitreg.population import Population
 from implicitreg.seeding import generator
 
+from conftest import autograd_reference
+
 P, B = 5, 12
 
 
 def modules(arch, config, input_dim=40, out=10):
     return [build_model(arch, config, input_dim, out, generator(seed, "init")) for seed in range(P)]
-
-
-def reference(mods, x, y, masks, loss):
-    """Per-member loss and gradients by autograd on the member's own module."""
-    losses, grads = [], []
-    for i, m in enumerate(mods):
-        out = m(x[i], None if masks is None else [mk[i] for mk in masks])
-        value = F.cross_entropy(out, y[i]) if loss == "cross_entropy" else F.mse_loss(out.squeeze(-1), y[i])
-        losses.append(value.detach())
-        grads.append(dict(zip([n for n, _ in m.named_parameters()], torch.autograd.grad(value, list(m.parameters())))))
-    return torch.stack(losses), grads
 
 
 @pytest.mark.parametrize("arch,config,kernel", [
@@ -46,7 +36,7 @@ def test_loss_and_grad_match_autograd(arch, config, kernel, with_masks):
     if with_masks:
         masks = [(torch.rand(P, B, *s, dtype=torch.float64) > 0.3).double() / 0.7 for s in mods[0].hidden_shapes()]
     loss, grads = pop.loss_and_grad(x, y, masks)
-    ref_loss, ref_grads = reference(mods, x, y, masks, "cross_entropy")
+    ref_loss, ref_grads = autograd_reference(mods, x, y, masks, "cross_entropy")
     as_module = pop.kernel.to_module(grads)
     # float64, identical math up to summation order: agreement to ~1e-15 relative, 1e-12 is ample.
     torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-14)
@@ -60,7 +50,7 @@ def test_mse_loss_matches_autograd():
     pop = Population(mods, loss="mse", dtype=torch.float64)
     x, y = torch.randn(P, B, 6, dtype=torch.float64), torch.randn(P, B, dtype=torch.float64)
     loss, grads = pop.loss_and_grad(x, y)
-    ref_loss, ref_grads = reference(mods, x, y, None, "mse")
+    ref_loss, ref_grads = autograd_reference(mods, x, y, None, "mse")
     torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-14)
     for i in range(P):
         for name, g in ref_grads[i].items():

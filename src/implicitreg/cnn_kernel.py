@@ -20,27 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from implicitreg.kernels import Buffers, Params
-
-
-def output_grad(out: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-member mean loss [P] and its gradient with respect to the outputs, classes first: out [P, C, B].
-
-    Cross-entropy (integer targets y: [P, B]): (softmax − one-hot) / B; squared error (real y, C = 1):
-    2 (o − y) / B. The softmax runs over the middle dimension, where PyTorch's CPU kernel is fast
-    (see :func:`~implicitreg.kernels.log_softmax_last`).
-    """
-    batch = out.shape[2]
-    if loss == "cross_entropy":
-        logp = torch.log_softmax(out, dim=1)
-        value = -logp.gather(1, y.unsqueeze(1)).squeeze(1).mean(1)
-        # a dense subtraction of the one-hot rather than scatter_add_ (non-deterministic on CUDA); the one-hot
-        # by comparison, as F.one_hot reads the labels' range on the host (no CUDA graph could hold it)
-        classes = torch.arange(out.shape[1], device=out.device).view(1, -1, 1)
-        g = logp.exp_().sub_((y.unsqueeze(1) == classes).to(out.dtype))
-        return value, g.div_(batch)
-    residual = out.squeeze(1) - y
-    return (residual**2).mean(1), (2.0 / batch) * residual.unsqueeze(1)
+from implicitreg.kernels import Buffers, Params, output_grad
 
 
 class CNNKernel:

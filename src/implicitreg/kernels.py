@@ -5,11 +5,13 @@ The kernels compute the same thing: per-member loss and gradient for a batch per
 - :class:`VmapKernel` works for any ``nn.Module`` whose ``forward(x, masks)`` is functional:
   ``torch.func.vmap(grad_and_value(functional_call(...)))``.
 - :class:`MLPKernel` is the MLP written out by hand with ``baddbmm``/``bmm`` and an explicit
-  backward pass (no autograd graph, ReLU backward by ``threshold_backward``), keeping weights
-  as [P, in, out] so every matmul runs without a transposed copy where it matters, and reusing
-  its output buffers between steps (``benchmarks/population.py`` compares it with vmap).
+  backward pass (no autograd graph, ReLU backward by ``threshold_backward``), keeping hidden
+  weights as [P, in, out] and the read-out classes-first so every matmul runs near the sgemm
+  rate without a transposed copy, and reusing its output buffers between steps
+  (``benchmarks/population.py`` compares it with vmap).
 
-The hand-batched :class:`~implicitreg.cnn_kernel.CNNKernel` lives in :mod:`implicitreg.cnn_kernel`.
+The hand-batched :class:`~implicitreg.cnn_kernel.CNNKernel` lives in :mod:`implicitreg.cnn_kernel`;
+both end in :func:`output_grad` (loss and its gradient, classes first).
 
 Each takes parameters in *kernel layout* and converts from/to the module's own layout
 (``nn.Linear`` stores [out, in]) with ``to_kernel``/``to_module``.
@@ -41,6 +43,26 @@ def loss_per_sample(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> t
             return -log_softmax_last(logits).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         return F.cross_entropy(logits, targets, reduction="none")
     return (logits.squeeze(-1) - targets) ** 2
+
+
+def output_grad(out: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-member mean loss [P] and its gradient with respect to the outputs, classes first: out [P, C, B].
+
+    Cross-entropy (integer targets y: [P, B]): (softmax − one-hot) / B; squared error (real y, C = 1):
+    2 (o − y) / B. The softmax runs over the middle dimension, where PyTorch's CPU kernel is fast
+    (see :func:`~implicitreg.kernels.log_softmax_last`).
+    """
+    batch = out.shape[2]
+    if loss == "cross_entropy":
+        logp = torch.log_softmax(out, dim=1)
+        value = -logp.gather(1, y.unsqueeze(1)).squeeze(1).mean(1)
+        # a dense subtraction of the one-hot rather than scatter_add_ (non-deterministic on CUDA); the one-hot
+        # by comparison, as F.one_hot reads the labels' range on the host (no CUDA graph could hold it)
+        classes = torch.arange(out.shape[1], device=out.device).view(1, -1, 1)
+        g = logp.exp_().sub_((y.unsqueeze(1) == classes).to(out.dtype))
+        return value, g.div_(batch)
+    residual = out.squeeze(1) - y
+    return (residual**2).mean(1), (2.0 / batch) * residual.unsqueeze(1)
 
 
 class Buffers:
@@ -128,21 +150,6 @@ class MLPKernel:
         out[w], out[b] = params[w], params[b].squeeze(2)
         return out
 
-    def _output_grad(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-member mean loss [P] and its gradient with respect to the logits, both classes-first [P, C, B]."""
-        batch = logits.shape[2]
-        if self.loss == "cross_entropy":
-            logp = torch.log_softmax(logits, dim=1)
-            loss = -logp.gather(1, y.unsqueeze(1)).squeeze(1).mean(1)
-            # softmax − one-hot; a dense subtraction rather than scatter_add_, which is
-            # non-deterministic on CUDA, and a comparison rather than F.one_hot, which reads the
-            # labels' range on the host (a synchronization, and no CUDA graph capture)
-            classes = torch.arange(logits.shape[1], device=y.device).view(1, -1, 1)
-            g = logp.exp_().sub_((y.unsqueeze(1) == classes).to(logits.dtype))
-            return loss, g.div_(batch)
-        residual = logits.squeeze(1) - y
-        return (residual**2).mean(1), (2.0 / batch) * residual.unsqueeze(1)
-
     def loss_and_grad(self, params: Params, x: torch.Tensor, y: torch.Tensor, masks) -> tuple[torch.Tensor, Params]:
         """x: [P, B, D], y: [P, B]; masks: list of [P, B, H_l] or None → loss [P], grads (kernel layout).
 
@@ -159,7 +166,7 @@ class MLPKernel:
                 h.mul_(masks[i])
             acts.append(h)
         w, b = self.names[-1]
-        loss, delta = self._output_grad(torch.baddbmm(params[b], params[w], h.transpose(1, 2)), y)  # [P, C, B]
+        loss, delta = output_grad(torch.baddbmm(params[b], params[w], h.transpose(1, 2)), y, self.loss)  # [P, C, B]
         grads: Params = {w: torch.bmm(delta, h, out=buf(w, params[w].shape, delta)),
                          b: torch.sum(delta, 2, keepdim=True, out=buf(b, params[b].shape, delta))}
         delta = delta.transpose(1, 2)  # [P, B, C]: the hidden layers' layout
