@@ -120,14 +120,10 @@ def build_members(p: int, hidden: int) -> list[torch.nn.Module]:
     return [build_model("mlp", config, IN_DIM, OUT_DIM, generator(seed, "init")) for seed in range(p)]
 
 
-def population_step(modules, x_all, y_all, device: str, kernel: str):
-    """One step of train_population's loop (no evaluation), as a closure over its state."""
-    p = len(modules)
-    pop = Population(modules, loss="cross_entropy", device=device, dtype=torch.float32, kernel=kernel)
-    cfg = TrainConfig(optimizer="sgd", lr=LR, batch_size=BATCH, max_steps=10**6, target_train_acc=None)
-    lr = torch.full((p,), LR, device=device)
-    wd = torch.zeros(p, device=device)
-    optimizer = make_optimizer(cfg, lr, wd)
+def loop_step(pop: Population, cfg: TrainConfig, x_all, y_all, dropout: DropoutMasks | None = None):
+    """One step of train_population's loop (no evaluation) on ``pop``, as a closure over its state."""
+    p, device = pop.size, pop.device
+    optimizer = make_optimizer(cfg, torch.full((p,), cfg.lr, device=device), torch.zeros(p, device=device))
     orders = BatchOrders(range(p), N_TRAIN, BATCH, device)
     box = {"state": optimizer.init(pop.params), "step": 0, "active": torch.ones(p, dtype=torch.bool, device=device)}
     labels = y_all.expand(p, N_TRAIN)
@@ -135,13 +131,21 @@ def population_step(modules, x_all, y_all, device: str, kernel: str):
     def step() -> None:
         idx = orders.batch(box["step"])
         x, y = gather_rows(x_all, idx), labels.gather(1, idx)
-        loss, grads = pop.loss_and_grad(x, y)
+        masks = dropout.masks(box["step"], BATCH, pop.dtype) if dropout is not None else None
+        loss, grads = pop.loss_and_grad(x, y, masks)
         box["active"] = box["active"] & torch.isfinite(loss)
         updates, box["state"] = optimizer.update(grads, box["state"], pop.params, box["step"])
         pop.params = apply_updates(pop.params, updates, box["active"])
         box["step"] += 1
 
     return step
+
+
+def population_step(modules, x_all, y_all, device: str, kernel: str):
+    """One step of train_population's loop for the MLP population (SGD)."""
+    pop = Population(modules, loss="cross_entropy", device=device, dtype=torch.float32, kernel=kernel)
+    cfg = TrainConfig(optimizer="sgd", lr=LR, batch_size=BATCH, max_steps=10**6, target_train_acc=None)
+    return loop_step(pop, cfg, x_all, y_all)
 
 
 def sequential_step(modules, x_all, y_all, device: str):
@@ -323,7 +327,7 @@ class Im2colFunctional:
 
 def cnn_population_step(modules, x_all, y_all, device: str, kernel=None, rates=None):
     """One step of train_population's loop for the CNN (momentum SGD); ``kernel`` replaces the default one;
-    ``rates``: per-member dropout rates (masks for every member as soon as one drops, as the engine draws them)."""
+    ``rates``: per-member dropout rates (masks for the members that drop, as the engine draws them)."""
     p = len(modules)
     dropout = DropoutMasks(range(p), rates or [0.0] * p, modules[0].hidden_shapes(), device)
     pop = Population(modules, loss="cross_entropy", device=device, dtype=torch.float32)
@@ -332,22 +336,7 @@ def cnn_population_step(modules, x_all, y_all, device: str, kernel=None, rates=N
         pop.kernel = kernel
     cfg = TrainConfig(optimizer="momentum", lr=LR, momentum=CNN_MOMENTUM, batch_size=BATCH, max_steps=10**6,
                       target_train_acc=None)
-    lr = torch.full((p,), LR, device=device)
-    optimizer = make_optimizer(cfg, lr, torch.zeros(p, device=device))
-    orders = BatchOrders(range(p), N_TRAIN, BATCH, device)
-    box = {"state": optimizer.init(pop.params), "step": 0, "active": torch.ones(p, dtype=torch.bool, device=device)}
-    labels = y_all.expand(p, N_TRAIN)
-
-    def step() -> None:
-        idx = orders.batch(box["step"])
-        x, y = gather_rows(x_all, idx), labels.gather(1, idx)
-        loss, grads = pop.loss_and_grad(x, y, dropout.masks(box["step"], BATCH, torch.float32))
-        box["active"] = box["active"] & torch.isfinite(loss)
-        updates, box["state"] = optimizer.update(grads, box["state"], pop.params, box["step"])
-        pop.params = apply_updates(pop.params, updates, box["active"])
-        box["step"] += 1
-
-    return step
+    return loop_step(pop, cfg, x_all, y_all, dropout)
 
 
 def cnn_sequential_step(modules, x_all, y_all, device: str, rates=None):
