@@ -71,7 +71,7 @@ def test_permutations_are_permutations_and_differ_by_key():
 @pytest.mark.parametrize("rate", [0.0, 0.1, 0.5, 0.9])
 def test_keep_mask_drops_exactly_the_words_below_the_threshold(rate):
     keys = torch.tensor([11, 12], dtype=torch.int64)
-    keep = counters.keep_mask(keys, 5000, torch.tensor([rate, rate]))
+    keep = counters.keep_mask(keys, 5000, counters.drop_thresholds(torch.tensor([rate, rate])))
     threshold = round(rate * 2**32)
     words = counters.words32(keys, 5000)
     for row, key_words in zip(keep, words):
@@ -83,11 +83,11 @@ def test_keep_mask_drops_exactly_the_words_below_the_threshold(rate):
 def test_keep_mask_is_uniform_at_the_extremes_of_the_word_range():
     """Rates near 0 and 1 still work: the signed comparison of unsigned words does not wrap."""
     keys = torch.arange(4, dtype=torch.int64)
-    assert bool(counters.keep_mask(keys, 1000, torch.zeros(4)).all())
+    assert bool(counters.keep_mask(keys, 1000, counters.drop_thresholds(torch.zeros(4))).all())
     # 1 − 2⁻⁴⁰ rounds to the threshold 2³², clamped to 2³² − 1: only the largest word is kept
-    assert not bool(counters.keep_mask(keys, 1000, torch.full((4,), 1.0 - 2**-40)).any())
+    assert not bool(counters.keep_mask(keys, 1000, counters.drop_thresholds(torch.full((4,), 1.0 - 2**-40))).any())
     # rate 0.999 over 400,000 draws: 400 kept expected (std 20)
-    assert 300 < int(counters.keep_mask(keys, 100000, torch.full((4,), 0.999)).sum()) < 500
+    assert 300 < int(counters.keep_mask(keys, 100000, counters.drop_thresholds(torch.full((4,), 0.999))).sum()) < 500
 
 
 def test_streams_are_pure_functions_of_key_and_counter():

@@ -92,14 +92,21 @@ def permutations(keys: torch.Tensor, n: int) -> torch.Tensor:
     return torch.sort(words(keys, n), dim=1, stable=True).indices
 
 
-def keep_mask(keys: torch.Tensor, n: int, rate: torch.Tensor) -> torch.Tensor:
-    """Bernoulli keep-decisions: bool [P, n], True with probability 1 − ``rate`` [P] (float).
+def drop_thresholds(rate: torch.Tensor) -> torch.Tensor:
+    """The int32 [P] that :func:`keep_mask` compares words with, for drop rates ``rate`` [P] (float).
 
-    Element i of member p is dropped when its 32-bit word, read unsigned, falls below
-    round(rate_p · 2³²): the realized rate is within 2⁻³³ of the one asked for. Unsigned order
-    is compared as signed order after flipping the sign bit of both sides.
+    round(rate · 2³²), with its sign bit flipped: unsigned order is then signed order.
     """
     threshold = torch.round(rate.double() * 2.0**32).to(torch.int64).clamp_(0, 2**32 - 1)
-    flipped = (threshold - 2**31).to(torch.int32)  # t ^ 0x80000000, as a signed int32
+    return (threshold - 2**31).to(torch.int32)  # t ^ 0x80000000, as a signed int32
+
+
+def keep_mask(keys: torch.Tensor, n: int, thresholds: torch.Tensor) -> torch.Tensor:
+    """Bernoulli keep-decisions: bool [P, n], True with probability 1 − rate_p.
+
+    ``thresholds`` [P] from :func:`drop_thresholds` (computed once per set of rates). Element i of
+    member p is dropped when its 32-bit word, read unsigned, falls below round(rate_p · 2³²): the
+    realized rate is within 2⁻³³ of the one asked for.
+    """
     bits = words32(keys, n).bitwise_xor_(_signed(0x80000000, 32))
-    return bits >= flipped.unsqueeze(1)
+    return bits >= thresholds.unsqueeze(1)
