@@ -9,8 +9,8 @@ give the same bits (Salmon et al. 2011).
   ``SplittableRandom``), the i-th word of stream s being ``mix64(s + φ·(i + 1))`` (passes BigCrush).
 - 32-bit words in bulk (dropout masks, millions per step): Wellons' ``lowbias32`` finalizer over
   the Weyl sequence ``s + φ₃₂·(i + 1)``, with s the low half of a splitmix64 sub-key. Half the
-  memory traffic of 64-bit words, which on a CPU is what the cost is: measured 1.5 ms for 2²⁰
-  words on 2 cores, less than ``torch.rand`` (3.4 ms), where the 64-bit hash took 5.5 ms.
+  memory traffic of 64-bit words, which on a CPU is what the cost is: 2²⁰ words took 3.0 ms on
+  2 cores, as long as ``torch.rand`` (3.0 ms), where the 64-bit hash took about twice that.
 
 PyTorch has no unsigned arithmetic on every device, so words are int64 / int32 holding the same
 bits: additions and multiplications wrap modulo 2⁶⁴ / 2³² exactly as unsigned ones do, and the
