@@ -17,21 +17,7 @@ from implicitreg.runner import read_solutions
 from implicitreg.studies import adaptive_eos as aeos
 from implicitreg.studies.edge_of_stability import teacher_data
 
-from conftest import assert_user_error, invoke_cli, run_cli
-
-
-def dense_hessian(model, x, y) -> np.ndarray:
-    """The Hessian of half_mse over all parameters (named_parameters order), by autograd, float64."""
-    names, params = zip(*model.named_parameters())
-    shapes = [p.shape for p in params]
-
-    def loss(theta):
-        chunks = torch.split(theta, [s.numel() for s in shapes])
-        out = torch.func.functional_call(model, {n: c.view(s) for n, c, s in zip(names, chunks, shapes)}, (x,))
-        return half_mse(out, y)
-
-    flat = torch.nn.utils.parameters_to_vector(params).detach()
-    return torch.autograd.functional.hessian(loss, flat).numpy()
+from conftest import assert_user_error, dense_hessian, invoke_cli, run_cli
 
 
 def recorded(rows, step):
@@ -56,7 +42,7 @@ def test_momentum_records_the_sharpness_of_torch_sgds_trajectory_and_its_ratio_t
     optimizer = torch.optim.SGD(reference.parameters(), lr=lr, momentum=beta, dampening=0)
     for step in range(21):
         if step % 10 == 0:
-            top = np.linalg.eigvalsh(dense_hessian(reference, x, y))[-1]
+            top = np.linalg.eigvalsh(dense_hessian(reference, x, y, half_mse).numpy())[-1]
             m = recorded(rows, step)
             assert m["sharpness"] == pytest.approx(top, rel=1e-9)
             assert m["over_threshold"] == pytest.approx(top * lr / (2 + 2 * beta), rel=1e-9)
@@ -83,7 +69,7 @@ def test_adam_records_lambda_max_of_p_inverse_h_with_the_p_of_the_next_torch_ada
             v = torch.cat([((b2 * s["exp_avg_sq"] if s else 0) + (1 - b2) * g ** 2).reshape(-1)
                            for s, g in zip(state, grads)])
             p = ((1 - b1 ** t) * ((v / (1 - b2 ** t)).sqrt() + eps)).numpy()
-            h = dense_hessian(reference, x, y)
+            h = dense_hessian(reference, x, y, half_mse).numpy()
             top = np.linalg.eigvals(h / p[:, None]).real.max()
             m = recorded(rows, step)
             assert m["preconditioned_sharpness"] == pytest.approx(top, rel=1e-8)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 
 from implicitreg.config import CNNConfig, MLPConfig
 from implicitreg.measures.curvature import hessian_operator, layer_hessians, operator_trace
@@ -16,15 +15,12 @@ from implicitreg.models import build_model
 from implicitreg.population import Population
 from implicitreg.seeding import generator
 
+from conftest import dense_hessian
+
 N, CLASSES = 30, 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp(seed: int = 0):
@@ -38,20 +34,6 @@ def cnn(seed: int = 0):
 def data(d: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(N, d, generator=g, dtype=torch.float64), torch.randint(0, CLASSES, (N,), generator=g)
-
-
-def dense_hessian(model, x, y) -> torch.Tensor:
-    named = [(name, p.detach()) for name, p in model.named_parameters()]
-    flat = torch.cat([p.reshape(-1) for _, p in named])
-
-    def loss(theta):
-        params, i = {}, 0
-        for name, p in named:
-            params[name] = theta[i : i + p.numel()].view(p.shape)
-            i += p.numel()
-        return F.cross_entropy(functional_call(model, params, (x,)), y)
-
-    return torch.autograd.functional.hessian(loss, flat)
 
 
 def block_index(model, names) -> torch.Tensor:

@@ -29,17 +29,12 @@ from implicitreg.models import build_model
 from implicitreg.population import Population
 from implicitreg.seeding import generator
 
+from conftest import dense_hessian
+
 N, CLASSES = 30, 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny problems: with 2 threads on a shared machine each small conv waits ~6 ms on the
-    thread pool (measured: 25 µs on one thread), so these tests run single-threaded."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp(seed: int = 0):
@@ -56,27 +51,11 @@ def data_for(model, seed: int = 0):
     return torch.randn(N, d, generator=g, dtype=torch.float64), torch.randint(0, CLASSES, (N,), generator=g)
 
 
-def dense_hessian(model, data) -> torch.Tensor:
-    """The full Hessian [n, n] of the mean cross-entropy, parameters flattened in named_parameters order."""
-    x, y = data
-    named = [(name, p.detach()) for name, p in model.named_parameters()]
-    flat = torch.cat([p.reshape(-1) for _, p in named])
-
-    def loss(theta):
-        params, i = {}, 0
-        for name, p in named:
-            params[name] = theta[i : i + p.numel()].view(p.shape)
-            i += p.numel()
-        return F.cross_entropy(functional_call(model, params, (x,)), y)
-
-    return torch.autograd.functional.hessian(loss, flat)
-
-
 @pytest.fixture(scope="module", params=["mlp", "cnn"])
 def problem(request):
     model = mlp() if request.param == "mlp" else cnn()
     data = data_for(model)
-    H = dense_hessian(model, data)
+    H = dense_hessian(model, *data)
     return model, data, H, torch.linalg.eigvalsh(H).flip(0)
 
 
@@ -128,7 +107,7 @@ def test_power_iteration_top1_on_a_clear_gap(problem):
 def test_power_iteration_deflation_k3():
     model = mlp()
     data = data_for(model)
-    exact = torch.linalg.eigvalsh(dense_hessian(model, data)).flip(0)
+    exact = torch.linalg.eigvalsh(dense_hessian(model, *data)).flip(0)
     r = hessian_eigenvalues(model, F.cross_entropy, data, k=3, method="power", tol=1e-10, max_hvp=1500)
     assert bool(r.converged.all())
     assert rel_err(r.values, exact[:3]) <= 1e-5
@@ -197,7 +176,7 @@ def test_population_with_per_member_labels(population_case):
     hv = hessian_vector_product(pop, F.cross_entropy, (x, labels), v)
     r = hessian_eigenvalues(pop, F.cross_entropy, (x, labels), k=1, method="power", tol=1e-8, max_hvp=300)
     for i, model in enumerate(models):
-        torch.testing.assert_close(hv[i], dense_hessian(model, (x, labels[i])) @ v[i], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(hv[i], dense_hessian(model, x, labels[i]) @ v[i], rtol=1e-10, atol=1e-12)
         single = hessian_eigenvalues(model, F.cross_entropy, (x, labels[i]), k=1, method="power", tol=1e-8,
                                      max_hvp=300)
         torch.testing.assert_close(r.values[i], single.values, rtol=1e-10, atol=0)
@@ -236,7 +215,7 @@ def test_converged_members_leave_the_products(population_case):
         single = hessian_eigenvalues(model, F.cross_entropy, (x, labels[i]), k=1, tol=1e-10)
         torch.testing.assert_close(r.values[i], single.values, rtol=1e-10, atol=0)
         assert int(r.n_hvp[i]) == single.n_hvp
-        exact = torch.linalg.eigvalsh(dense_hessian(model, (x, labels[i])))[-1]
+        exact = torch.linalg.eigvalsh(dense_hessian(model, x, labels[i]))[-1]
         torch.testing.assert_close(r.values[i, 0], exact, rtol=1e-8, atol=0)
     op = hessian_operator(pop, F.cross_entropy, (x, labels))
     v = torch.randn(2, op.dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
 from implicitreg.config import MLPConfig
@@ -17,16 +16,13 @@ from implicitreg.models import build_model
 from implicitreg.population import Population
 from implicitreg.seeding import generator
 
+from conftest import dense_hessian
+
 N, D, CLASSES = 40, 4, 3
 SIZES = (7, 13, 20)  # uneven batches: the weights N_b / N matter
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp(seed: int = 0, out: int = CLASSES):
@@ -40,20 +36,6 @@ def data(seed: int = 0):
 
 def split(x, y, sizes=SIZES):
     return list(zip(x.split(list(sizes)), y.split(list(sizes))))
-
-
-def dense_hessian(model, x, y, loss_fn=F.cross_entropy) -> torch.Tensor:
-    named = [(name, p.detach()) for name, p in model.named_parameters()]
-    flat = torch.cat([p.reshape(-1) for _, p in named])
-
-    def loss(theta):
-        params, i = {}, 0
-        for name, p in named:
-            params[name] = theta[i : i + p.numel()].view(p.shape)
-            i += p.numel()
-        return loss_fn(functional_call(model, params, (x,)), y)
-
-    return torch.autograd.functional.hessian(loss, flat)
 
 
 def columns(op) -> torch.Tensor:

@@ -12,6 +12,8 @@ from implicitreg.dynamics.adaptive import (Adam, HeavyBall, adam_threshold, heav
                                            preconditioned_sharpness)
 from implicitreg.dynamics.network import build_mlp, half_mse, sharpness, train_full_batch
 
+from conftest import dense_hessian
+
 
 def teacher(n, d, seed):
     """Points x ~ N(0, I) [n, d] and smooth targets y [n, 1] (float64 tensors)."""
@@ -90,19 +92,6 @@ def test_adam_preconditioner_is_the_one_torch_adam_divides_by():
         torch.testing.assert_close(before - vector(theirs), lr * torch_m / ours_p, rtol=1e-10, atol=1e-15)
 
 
-def dense_hessian(model, x, y) -> np.ndarray:
-    """The full Hessian of half_mse over all parameters (named_parameters order), by autograd, float64."""
-    names, params = zip(*model.named_parameters())
-    shapes = [p.shape for p in params]
-
-    def loss(theta):
-        chunks = torch.split(theta, [s.numel() for s in shapes])
-        out = torch.func.functional_call(model, {n: c.view(s) for n, c, s in zip(names, chunks, shapes)}, (x,))
-        return half_mse(out, y)
-
-    return torch.autograd.functional.hessian(loss, vector(model)).numpy()
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_preconditioned_sharpness_is_the_top_eigenvalue_of_dense_p_inverse_h(seed):
     # after 30 Adam steps (so P is Adam's own, far from a multiple of I), against the largest real eigenvalue of
@@ -115,7 +104,7 @@ def test_preconditioned_sharpness_is_the_top_eigenvalue_of_dense_p_inverse_h(see
     train_full_batch(model, x, y, adam, 30, measure_every=100, measure=lambda step, m: [])
     diagonal = adam.preconditioner(gradients(model, x, y))
     p = torch.cat([d.reshape(-1) for d in diagonal]).numpy()
-    h = dense_hessian(model, x, y)
+    h = dense_hessian(model, x, y, half_mse).numpy()
     nonsymmetric = scipy.linalg.eigvals(h / p[:, None])
     assert np.abs(nonsymmetric.imag).max() < 1e-8 * np.abs(nonsymmetric).max()  # similar to a symmetric matrix
     top = nonsymmetric.real.max()

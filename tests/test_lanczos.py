@@ -16,12 +16,7 @@ D = torch.float64
 N = 120
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def with_spectrum(eigs, seed: int = 0) -> torch.Tensor:

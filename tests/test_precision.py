@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from implicitreg.backends import local
 from implicitreg.backends.base import Task
