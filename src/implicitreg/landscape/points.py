@@ -10,16 +10,12 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from implicitreg.landscape.layout import BUDGET, Layout, LossFn, PARAM_BUDGET, Params
+from implicitreg.measures.core import unpack_data
 
 
 def data_pair(data: Any, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x, y)`` or an object with ``x_train``/``y_train`` → x [N, ...], y [N, ...] on the model's device."""
-    if hasattr(data, "x_train") and hasattr(data, "y_train"):
-        x, y = data.x_train, data.y_train
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = data
-    else:
-        raise TypeError(f"data: expected (x, y) or an object with x_train/y_train, got {type(data).__name__}")
+    x, y = unpack_data(data)
     x, y = torch.as_tensor(x), torch.as_tensor(y)
     if x.dim() == 0 or y.dim() == 0 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise ValueError(f"data: expected x [N, ...] and y [N, ...] with the same N ≥ 1, got x {list(x.shape)} and "

@@ -75,6 +75,15 @@ class Stacked:
         return [(name, p) for name, p in self.params.items() if p.dim() >= 3]
 
 
+def unpack_data(data: Any) -> tuple[Any, Any]:
+    """``(x, y)``, or an object with ``x_train``/``y_train`` (a data set), → ``(x, y)`` as given."""
+    if hasattr(data, "x_train") and hasattr(data, "y_train"):
+        return data.x_train, data.y_train
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return data[0], data[1]
+    raise TypeError(f"data: expected (x, y) or an object with x_train/y_train, got {type(data).__name__}")
+
+
 def stacked(model: "nn.Module | PopulationLike | Stacked") -> Stacked:
     """View a plain module (P = 1) or a population (:class:`PopulationLike`) as :class:`Stacked`."""
     if isinstance(model, Stacked):

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.func import functional_call, vmap
 
-from implicitreg.measures.core import Estimate, Stacked, register, require_eval, stacked
+from implicitreg.measures.core import Estimate, Stacked, register, require_eval, stacked, unpack_data
 from implicitreg.seeding import stream_seed
 
 Params = dict[str, torch.Tensor]
@@ -73,12 +73,7 @@ class FlatnessResult:
 def train_data(data: Any, s: Stacked) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x, y)`` or an object with ``x_train``/``y_train`` → x on the parameters' device and
     dtype, y [P, N] (a shared [N] is expanded)."""
-    if hasattr(data, "x_train") and hasattr(data, "y_train"):
-        x, y = data.x_train, data.y_train
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = data
-    else:
-        raise TypeError(f"data: expected (x, y) or an object with x_train/y_train, got {type(data).__name__}")
+    x, y = unpack_data(data)
     like = next(iter(s.params.values()))
     x = torch.as_tensor(x).to(device=like.device, dtype=like.dtype)
     y = torch.as_tensor(y).to(device=like.device)
