@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -56,6 +57,7 @@ from torch.func import functional_call, vmap
 
 from implicitreg.measures.core import Estimate, Stacked, register, require_eval, stacked
 from implicitreg.measures.lanczos import MatVec, Record, lanczos, orthogonalize, relative_residual, start_vector
+from implicitreg.measures.mlp_hessian import MLPHessian, mlp_hessian
 from implicitreg.measures.trace_estimators import MIN_MATVECS, METHODS, MatMat, Method, TraceResult, estimate_trace
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -117,6 +119,9 @@ class CurvatureOperator:
             ``stacked.params``; a block Hessian's: its layer's).
         restrict: members (int64 [A]) → the operator of only those members (:meth:`members`), or
             None where there is none.
+        forms: (V [P, S, n], block) → v ᵀ A_p v for every row, [P, S], computed without A v (cheaper
+            than the products: the written-out MLP Hessian's second-order forward pass), or None
+            (then :meth:`quadratic_forms` takes them from :meth:`matmat`).
     """
 
     stacked: Stacked
@@ -128,6 +133,7 @@ class CurvatureOperator:
     blocked: Callable[[torch.Tensor, int | None], torch.Tensor] | None = None
     params: tuple[str, ...] = ()
     restrict: Callable[[torch.Tensor], CurvatureOperator] | None = None
+    forms: Callable[[torch.Tensor, int | None], torch.Tensor] | None = None
 
     @property
     def size(self) -> int:
@@ -160,6 +166,15 @@ class CurvatureOperator:
             block = max(1, PASS_SAMPLES // max(1, self.size * self.samples)) if self.samples else V.shape[1]
         step = block
         return torch.cat([self.probes(V[:, i : i + step]) for i in range(0, V.shape[1], step)], dim=1)
+
+    def quadratic_forms(self, V: torch.Tensor, block: int | None = None) -> torch.Tensor:
+        """v ᵀ A_p v for S vectors per member: V [P, S, n] → [P, S] (what Hutchinson's estimator needs)."""
+        if self.forms is None:
+            return (V.to(self.flat) * self.matmat(V, block)).sum(-1)
+        if V.dim() != 3 or V.shape[0] != self.size or V.shape[2] != self.dim:
+            raise ValueError(f"V: expected shape [{self.size}, S, {self.dim}] (members, vectors, parameters), "
+                             f"got {tuple(V.shape)}")
+        return self.forms(V.to(self.flat), block)
 
     def members(self, members: torch.Tensor | Sequence[int]) -> CurvatureOperator:
         """The operator of some members only: row i of its products is member ``members[i]``'s.
@@ -320,8 +335,16 @@ def flat_model(model, data) -> FlatModel:
     return FlatModel(s, flat, x, y, per_member_y, forward)
 
 
-def hessian_operator(model, loss_fn: LossFn, data, params: str | Sequence[str] | None = None) -> HessianOperator:
+def hessian_operator(model, loss_fn: LossFn, data, params: str | Sequence[str] | None = None, *,
+                     autograd: bool = False) -> HessianOperator:
     """Build the batched HVP operator of a module (P = 1) or population, on a full batch or on batches.
+
+    A ReLU MLP (:class:`~implicitreg.models.mlp.MLP` or an ``nn.Sequential`` of ``Linear`` and
+    ``ReLU``) with ``F.cross_entropy`` or :func:`~implicitreg.measures.mlp_hessian.mean_squared_error`
+    on one batch, with respect to all its parameters, gets the written-out products of
+    :mod:`~implicitreg.measures.mlp_hessian` (no autograd graph; its quadratic forms vᵀHv, which
+    Hutchinson's trace needs, cost about 60% of a product). Everything else is differentiated by
+    autograd, as follows.
 
     Products reuse the gradient's graph (as PyHessian does): the gradient g = ∇L is computed once,
     with ``create_graph``, and each product H v = ∂(g·v)/∂θ is one backward through that graph —
@@ -341,6 +364,8 @@ def hessian_operator(model, loss_fn: LossFn, data, params: str | Sequence[str] |
         params: the parameters H is taken with respect to (the block H_BB of the full Hessian;
             the others held fixed): names of ``named_parameters()`` or module prefixes (``"0"``
             selects ``"0.weight"`` and ``"0.bias"``). None: all parameters.
+        autograd: True: differentiate with autograd even where the written-out MLP products apply
+            (they agree to rounding: tests/test_mlp_hessian.py).
 
     Returns:
         a :class:`CurvatureOperator` (kind "hessian"): ``matvec`` [P, n] → [P, n], ``matmat``
@@ -409,7 +434,13 @@ def hessian_operator(model, loss_fn: LossFn, data, params: str | Sequence[str] |
         per_member_y = (not s.single) and y.dim() >= 2 and y.shape[0] == s.size and y.shape[1] == x.shape[0]
         return gradient(x, y, per_member_y)
 
-    if _is_pair(data):
+    forms = None
+    written = None if autograd or sub is not flat else _written_out(s, loss_fn, data, flat)
+    if written is not None:  # a ReLU MLP with a known loss: no autograd graph (measures.mlp_hessian)
+        n_total = written.samples
+        blocked = partial(_in_passes, written.matmat, written.pass_probes)
+        forms = partial(_in_passes, written.quadratic, written.pass_probes)
+    elif _is_pair(data):
         graph = build(data)  # once per operator: every product reuses it
         n_total = graph[2]
 
@@ -439,9 +470,25 @@ def hessian_operator(model, loss_fn: LossFn, data, params: str | Sequence[str] |
 
     def restrict(idx: torch.Tensor) -> HessianOperator:
         # a graph of these members alone: the one above would compute every member's product
-        return hessian_operator(_member_stack(s, idx), loss_fn, _member_data(data, idx, s), list(selected))
+        return hessian_operator(_member_stack(s, idx), loss_fn, _member_data(data, idx, s), list(selected),
+                                autograd=autograd)
 
-    return CurvatureOperator(s, sub, matvec, None, "hessian", n_total, blocked, selected, restrict)
+    return CurvatureOperator(s, sub, matvec, None, "hessian", n_total, blocked, selected, restrict, forms)
+
+
+def _written_out(s: Stacked, loss_fn: LossFn, data, flat: torch.Tensor) -> MLPHessian | None:
+    """The written-out Hessian of a ReLU MLP population on one batch, or None (then autograd's)."""
+    if not _is_pair(data):
+        return None
+    x, y = _check_data(data, s)
+    return mlp_hessian(s.template, s.params, loss_fn, _to(x, flat), _to(y, flat))
+
+
+def _in_passes(fn: Callable[[torch.Tensor], torch.Tensor], default: int, V: torch.Tensor,
+               block: int | None) -> torch.Tensor:
+    """fn over V [P, S, n] in passes of ``block`` probes (None: ``default``), joined along the probes."""
+    step = block if block is not None else default
+    return torch.cat([fn(V[:, i : i + step]) for i in range(0, V.shape[1], step)], dim=1)
 
 
 #: Data points × members × probes that one batched backward through a retained gradient graph
@@ -699,7 +746,8 @@ def operator_trace(op: CurvatureOperator, method: Method = "hutchinson", n_matve
     if probe_batch is not None and (isinstance(probe_batch, bool) or not isinstance(probe_batch, int) or probe_batch < 1):
         raise ValueError(f"probe_batch: expected a positive integer or None, got {probe_batch!r}")
     generator = torch.Generator().manual_seed(seed)
-    result = estimate_trace(lambda V: op.matmat(V, block=probe_batch), op.flat, n_matvecs, method, generator)
+    forms = None if op.forms is None else (lambda V: op.quadratic_forms(V, block=probe_batch))
+    result = estimate_trace(lambda V: op.matmat(V, block=probe_batch), op.flat, n_matvecs, method, generator, forms)
     return TraceResult(op.stacked.finish(result.value), op.stacked.finish(result.stderr), result.n_hvp)
 
 

@@ -52,6 +52,7 @@ import torch
 from implicitreg.measures.lanczos import recurrence_dtype
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
+Forms = Callable[[torch.Tensor], torch.Tensor]
 Method = Literal["hutchinson", "hutchpp", "xtrace"]
 METHODS: tuple[str, ...] = ("hutchinson", "hutchpp", "xtrace")
 
@@ -86,7 +87,8 @@ def sphere(generator: torch.Generator, count: int, n: int) -> torch.Tensor:
     return g * (math.sqrt(n) / g.norm(dim=1, keepdim=True))
 
 
-def hutchinson(matmat: MatMat, like: torch.Tensor, n_matvecs: int, generator: torch.Generator) -> TraceResult:
+def hutchinson(matmat: MatMat, like: torch.Tensor, n_matvecs: int, generator: torch.Generator,
+               forms: Forms | None = None) -> TraceResult:
     """Hutchinson's estimate: the mean of zᵀAz over ``n_matvecs`` shared Rademacher probes.
 
     Args:
@@ -94,13 +96,21 @@ def hutchinson(matmat: MatMat, like: torch.Tensor, n_matvecs: int, generator: to
         like: any [P, n] tensor with the operator's members, dimension, dtype and device.
         n_matvecs: products per member (probes), at least 2 (for the standard error).
         generator: draws the probes.
+        forms: V [P, S, n] → zᵀA_p z [P, S], where the operator has quadratic forms cheaper than its
+            products (:meth:`~implicitreg.measures.curvature.CurvatureOperator.quadratic_forms`);
+            None: from ``matmat``.
 
     Returns:
         :class:`TraceResult`, value and stderr [P] in ``like``'s dtype, ``n_hvp = n_matvecs``.
     """
     P, n, work = _shape(like, n_matvecs, 2, "hutchinson")
     z = rademacher(generator, n_matvecs, n).to(device=like.device, dtype=work).expand(P, -1, -1)
-    draws = (z * _apply(matmat, z, like)).sum(-1)  # [P, m]
+    if forms is None:
+        draws = (z * _apply(matmat, z, like)).sum(-1)  # [P, m]
+    else:
+        draws = forms(z.to(like.dtype)).to(work)
+        if draws.shape != z.shape[:2]:
+            raise ValueError(f"forms: expected a result of shape {tuple(z.shape[:2])}, got {tuple(draws.shape)}")
     return _mean(draws, 0.0, like, n_matvecs)
 
 
@@ -182,11 +192,14 @@ MIN_MATVECS = {"hutchinson": 2, "hutchpp": 4, "xtrace": 4}
 
 
 def estimate_trace(matmat: MatMat, like: torch.Tensor, n_matvecs: int, method: Method = "hutchinson",
-                   generator: torch.Generator | None = None) -> TraceResult:
-    """tr(A_p) for every member by ``method`` ("hutchinson", "hutchpp" or "xtrace"); see the module docstring."""
+                   generator: torch.Generator | None = None, forms: Forms | None = None) -> TraceResult:
+    """tr(A_p) for every member by ``method`` ("hutchinson", "hutchpp" or "xtrace"); see the module
+    docstring. ``forms``: the operator's quadratic forms, which Hutchinson's estimate uses (see :func:`hutchinson`)."""
     if method not in ESTIMATORS:
         raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    if method == "hutchinson":
+        return hutchinson(matmat, like, n_matvecs, generator, forms)
     return ESTIMATORS[method](matmat, like, n_matvecs, generator)
 
 
@@ -238,5 +251,5 @@ def _mean(draws: torch.Tensor, offset, like: torch.Tensor, n_matvecs: int) -> Tr
     return TraceResult(value.to(like.dtype), stderr.to(like.dtype), n_matvecs)
 
 
-__all__ = ["ESTIMATORS", "METHODS", "MIN_MATVECS", "MatMat", "Method", "TraceResult", "estimate_trace", "hutchinson",
+__all__ = ["ESTIMATORS", "METHODS", "MIN_MATVECS", "Forms", "MatMat", "Method", "TraceResult", "estimate_trace", "hutchinson",
            "hutchpp", "rademacher", "sphere", "xtrace"]
