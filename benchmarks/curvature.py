@@ -7,15 +7,17 @@ What is measured (float64 throughout; the model is trained in float32 and measur
    batch 128), measured on N training points (``--n``, default 2000) as one batch.
 2. Reference: the dense Hessian (``torch.func.jacfwd`` of ``torch.func.grad``, forward-over-reverse:
    not the reverse-over-reverse products the tools use) and its ``eigvalsh`` spectrum and trace.
-3. One HVP: the cost of a product in each tool (ms; ours one at a time and batched per probe),
-   beside a plain gradient (one forward and backward) for scale; 15 interleaved rounds.
+3. One HVP: the cost of a product in each tool (ms; ours one at a time and batched per probe, by
+   the written-out ReLU-MLP products that ``hessian_operator`` uses for this model and by autograd,
+   and one quadratic form vᵀHv, which is all Hutchinson's trace needs), beside a plain gradient
+   (one forward and backward) for scale; 15 interleaved rounds.
 4. Top eigenvalue to 1e-3 and top-5 to 1e-3, each tool with its own stopping rule at 1e-3:
    ours Lanczos (residual bound), PyHessian power iteration (relative change), hessian-eigenthings
    Lanczos (fixed steps: the fewest of 5, 10, 15, … whose own residual test passes; the
    timing is of that run alone), curvlinops through scipy's ``eigsh`` (ARPACK, ``tol=1e-3``).
 5. The trace at 100 products: Hutchinson in every tool (PyHessian with tol 0 so that it runs all
-   100), and Hutch++ at 99 where a tool has it (ours, curvlinops, hessian-eigenthings); median
-   error over ``--seeds`` probe seeds.
+   100; ours from 100 quadratic forms vᵀHv, the others from 100 HVPs), and Hutch++ at 99 where a
+   tool has it (ours, curvlinops, hessian-eigenthings); median error over ``--seeds`` probe seeds.
 6. A population of ``--population`` models (random inits of the same MLP, the same batch): λ1 to
    1e-3 and the Hutchinson trace at 100 products of all of them in one population call, against a
    loop over the models of each peer's single-model call (hessian-eigenthings with each model's
@@ -339,9 +341,13 @@ def main() -> None:
     def plain_gradient():
         return torch.autograd.grad(F.cross_entropy(model(x), y), params)
 
+    by_autograd = hessian_operator(model, F.cross_entropy, (x, y), autograd=True)
     one = {"plain gradient (forward + backward)": plain_gradient,
            "ours, one product": lambda: op.matvec(v),
-           "ours, 20 probes batched (per probe)": lambda: op.matmat(V)}
+           "ours, 20 probes batched (per probe)": lambda: op.matmat(V),
+           "ours, one quadratic form vᵀHv": lambda: op.quadratic_forms(v[:, None]),
+           "ours by autograd, one product": lambda: by_autograd.matvec(v),
+           "ours by autograd, 20 probes (per probe)": lambda: by_autograd.matmat(V)}
     for name, tools in peers.items():
         one[f"{name}, one product"] = tools["hvp"](model, x, y)
     per_hvp: dict[str, list[float]] = {name: [] for name in one}
@@ -525,7 +531,8 @@ def population(peers: dict, x: torch.Tensor, y: torch.Tensor, hidden: list[int],
         ours_tr = values["trace, Hutchinson 100", "ours, one population call"][:, 0]
         ph_tr, ph_hvps = values["trace, Hutchinson 100", f"PyHessian, loop over {P} models"].T
         agree = np.abs(ours_tr - ph_tr) <= 1e-8 * np.abs(ours_tr)
-        print(f"(the same Rademacher probes: {int(agree.sum())} of {P} traces equal PyHessian's to 1e-8; PyHessian "
+        print(f"(the same Rademacher probes: {int(agree.sum())} of {P} traces equal PyHessian's to 1e-8; ours "
+              f"{'from quadratic forms vᵀHv, ' if hessian_operator(pop, F.cross_entropy, (x, y)).forms else ''}PyHessian "
               f"spent {int(ph_hvps.sum())} HVPs for {100 * P}"
               + ("" if agree.all() else
                  f" — it stopped model(s) {np.flatnonzero(ph_hvps < 100).tolist()} after "

@@ -11,13 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from implicitreg.measures.core import REGISTRY
+from implicitreg.measures.mlp_hessian import mean_squared_error
 
 
 def loss_fn_for(n_classes: int):
     """The mean training loss the measures differentiate: cross-entropy, or MSE for regression."""
-    if n_classes:
-        return F.cross_entropy
-    return lambda out, y: F.mse_loss(out.squeeze(-1), y)
+    return F.cross_entropy if n_classes else mean_squared_error
 
 
 def compute(names: list[str], model, *, init=None, data=None, loss_fn=None, input_shape=None,
