@@ -161,6 +161,33 @@ def test_a_subset_operator_multiplies_only_the_members_still_running():
     torch.testing.assert_close(r.values, torch.linalg.eigvalsh(H).flip(-1)[:, :2], rtol=1e-9, atol=0)
 
 
+def test_a_free_subset_is_taken_at_every_finish_and_wastes_no_product():
+    """subset_fraction = 1 (an operator whose restriction costs nothing): a new operator whenever a
+    member finishes, so the member-products computed are exactly the ones the members used; the
+    results are the same."""
+    eigs = spectra()
+    easy = [5.0, 4.0] + [1.0] * (N - 2)
+    H, matvec, v0 = batch([easy, eigs[0], easy, eigs[1], eigs[3]])
+    spent, restricted = [], []
+
+    def rows_of(members: torch.Tensor):
+        restricted.append(len(members))
+        def product(v):
+            spent.append(len(members))
+            return torch.bmm(H[members], v.unsqueeze(2)).squeeze(2)
+        return product
+
+    full = lanczos(matvec, v0, k=2, tol=1e-10, max_iter=N)
+    r = lanczos(rows_of(torch.arange(len(H))), v0, k=2, tol=1e-10, max_iter=N, subset=rows_of, subset_fraction=1.0)
+    assert sum(spent) == int(r.n_matvec.sum())
+    assert restricted[1:] == sorted(restricted[1:], reverse=True) and len(restricted) > 2
+    torch.testing.assert_close(r.values, full.values, rtol=1e-13, atol=0)
+    assert torch.equal(r.n_matvec, full.n_matvec)
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="subset_fraction: expected a number in"):
+            lanczos(matvec, v0, k=2, subset=rows_of, subset_fraction=bad)
+
+
 def test_a_subset_operator_keeps_vectors_and_the_plain_recurrence():
     H, matvec, v0 = batch(spectra())
     subset = lambda members: (lambda v: torch.bmm(H[members], v.unsqueeze(2)).squeeze(2))  # noqa: E731

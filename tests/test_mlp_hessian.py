@@ -157,3 +157,20 @@ def test_an_unknown_loss_name_is_refused():
     b = [model.layers[i].bias.detach()[None] for i in range(3)]
     with pytest.raises(ValueError, match="loss: expected 'cross_entropy' or 'squared_error', got 'hinge'"):
         MLPHessian(w, b, x, y, "hinge")
+
+
+def test_some_members_are_a_slice_of_the_cached_pass():
+    """MLPHessian.members slices what the gradient's pass cached; it equals a Hessian built from
+    those members alone (to rounding: the same arithmetic in batches of another size)."""
+    models = [mlp(seed) for seed in range(5)]
+    x, y = data(6)
+    labels = torch.stack([torch.roll(y, p) for p in range(5)])
+    params = {k: torch.stack([dict(m.named_parameters())[k].detach() for m in models]) for k, _ in
+              models[0].named_parameters()}
+    whole = mlp_hessian(models[0], params, F.cross_entropy, x, labels)
+    idx = torch.tensor([0, 3, 4])
+    alone = mlp_hessian(models[0], {k: v[idx] for k, v in params.items()}, F.cross_entropy, x, labels[idx])
+    V = torch.randn(3, 2, sum(whole.numels), dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(7))
+    close(whole.members(idx).matmat(V), alone.matmat(V), 1e-14)
+    close(whole.members(idx).quadratic(V), alone.quadratic(V), 1e-14)

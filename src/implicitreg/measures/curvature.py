@@ -57,7 +57,7 @@ from torch.func import functional_call, vmap
 
 from implicitreg.measures.core import Estimate, Stacked, register, require_eval, stacked
 from implicitreg.measures.lanczos import MatVec, Record, lanczos, orthogonalize, relative_residual, start_vector
-from implicitreg.measures.mlp_hessian import MLPHessian, mlp_hessian
+from implicitreg.measures.mlp_hessian import SLICE_COST, MLPHessian, mlp_hessian
 from implicitreg.measures.trace_estimators import MIN_MATVECS, METHODS, MatMat, Method, TraceResult, estimate_trace
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -122,6 +122,8 @@ class CurvatureOperator:
         forms: (V [P, S, n], block) → v ᵀ A_p v for every row, [P, S], computed without A v (cheaper
             than the products: the written-out MLP Hessian's second-order forward pass), or None
             (then :meth:`quadratic_forms` takes them from :meth:`matmat`).
+        restrict_cost: what ``restrict`` costs per member it keeps, in products (Lanczos restricts
+            sooner when it is cheap: ``subset_fraction`` = 1 / (1 + cost)).
     """
 
     stacked: Stacked
@@ -134,6 +136,7 @@ class CurvatureOperator:
     params: tuple[str, ...] = ()
     restrict: Callable[[torch.Tensor], CurvatureOperator] | None = None
     forms: Callable[[torch.Tensor, int | None], torch.Tensor] | None = None
+    restrict_cost: float = 1.0
 
     @property
     def size(self) -> int:
@@ -434,13 +437,10 @@ def hessian_operator(model, loss_fn: LossFn, data, params: str | Sequence[str] |
         per_member_y = (not s.single) and y.dim() >= 2 and y.shape[0] == s.size and y.shape[1] == x.shape[0]
         return gradient(x, y, per_member_y)
 
-    forms = None
     written = None if autograd or sub is not flat else _written_out(s, loss_fn, data, flat)
     if written is not None:  # a ReLU MLP with a known loss: no autograd graph (measures.mlp_hessian)
-        n_total = written.samples
-        blocked = partial(_in_passes, written.matmat, written.pass_probes)
-        forms = partial(_in_passes, written.quadratic, written.pass_probes)
-    elif _is_pair(data):
+        return _written_operator(s, flat, written)
+    if _is_pair(data):
         graph = build(data)  # once per operator: every product reuses it
         n_total = graph[2]
 
@@ -473,7 +473,23 @@ def hessian_operator(model, loss_fn: LossFn, data, params: str | Sequence[str] |
         return hessian_operator(_member_stack(s, idx), loss_fn, _member_data(data, idx, s), list(selected),
                                 autograd=autograd)
 
-    return CurvatureOperator(s, sub, matvec, None, "hessian", n_total, blocked, selected, restrict, forms)
+    return CurvatureOperator(s, sub, matvec, None, "hessian", n_total, blocked, selected, restrict)
+
+
+def _written_operator(s: Stacked, flat: torch.Tensor, written: MLPHessian) -> HessianOperator:
+    """The Hessian operator of the written-out products of ``written`` (members' parameters ``flat`` [P, n])."""
+    blocked = partial(_in_passes, written.matmat, written.pass_probes)
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        if v.shape != flat.shape:
+            raise ValueError(f"v: expected shape {tuple(flat.shape)} (members, parameters), got {tuple(v.shape)}")
+        return blocked(v.to(flat)[:, None], 1)[:, 0]
+
+    def restrict(idx: torch.Tensor) -> HessianOperator:  # the cached gradient pass sliced: nothing recomputed
+        return _written_operator(_member_stack(s, idx), flat[idx.to(flat.device)], written.members(idx))
+
+    return CurvatureOperator(s, flat, matvec, None, "hessian", written.samples, blocked, tuple(s.params), restrict,
+                             partial(_in_passes, written.quadratic, written.pass_probes), SLICE_COST)
 
 
 def _written_out(s: Stacked, loss_fn: LossFn, data, flat: torch.Tensor) -> MLPHessian | None:
@@ -699,9 +715,10 @@ def operator_eigenvalues(op: CurvatureOperator, k: int = 1, method: Literal["lan
     v0 = start_vector(generator, op.dim, op.flat).expand(op.size, -1)
     if method == "lanczos":
         # check_ratio 0: a convergence check (an m × m eigh) after every HVP costs far less than an HVP
-        # converged members leave the products (a new operator of the rest once they are at most half)
+        # converged members leave the products (a new operator of the rest once that pays)
         subset = (lambda idx: op.members(idx).matvec) if op.restrict is not None else None
-        lz = lanczos(op.matvec, v0, k=k, tol=tol, max_iter=max_hvp, generator=generator, subset=subset)
+        lz = lanczos(op.matvec, v0, k=k, tol=tol, max_iter=max_hvp, generator=generator, subset=subset,
+                     subset_fraction=1 / (1 + op.restrict_cost))
         result = EigResult(lz.values, lz.converged, lz.n_matvec, lz.residuals)
     else:
         result = power_iteration(op.matvec, v0, k=k, tol=tol, max_iter=max_hvp, generator=generator)

@@ -142,7 +142,8 @@ def relative_residual(res: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 def lanczos(matvec: MatVec, v0: torch.Tensor, k: int = 1, tol: float = 1e-6, max_iter: int = 200, *,
             which: Literal["largest", "smallest"] = "largest", reorthogonalize: bool = True,
             return_vectors: bool = False, check_ratio: float = 0.0, generator: torch.Generator | None = None,
-            record: Record | None = None, subset: Subset | None = None) -> LanczosResult:
+            record: Record | None = None, subset: Subset | None = None,
+            subset_fraction: float = SUBSET_FRACTION) -> LanczosResult:
     """The k extreme (algebraic) eigenvalues of P symmetric operators by Lanczos, batched over members.
 
     Args:
@@ -175,9 +176,12 @@ def lanczos(matvec: MatVec, v0: torch.Tensor, k: int = 1, tol: float = 1e-6, max
         subset: ``subset(members)`` → a matvec of only those members (int64 indices, ascending;
             row i of its [A, n] argument and result is member ``members[i]``). Without it every
             product multiplies all P members until the slowest finishes (finished members' rows are
-            discarded); with it, once the members still running are at most
-            :data:`SUBSET_FRACTION` of those the operator multiplies, the rest of the run uses
-            ``subset`` of them. The results are those of ``matvec`` to the products' rounding.
+            discarded); with it, once the members still running are at most ``subset_fraction``
+            of those the operator multiplies, the rest of the run uses ``subset`` of them. The
+            results are those of ``matvec`` to the products' rounding.
+        subset_fraction: in (0, 1]; for an operator whose ``subset`` costs c products per member
+            it keeps, 1 / (1 + c) restricts as soon as one step's idle products pay for the new
+            operator (the default, :data:`SUBSET_FRACTION`, is this rule at c = 1).
 
     Memory: with reorthogonalization, the basis of P × m × n float64 numbers after m products (a
     1M-parameter model at m = 50 holds 400 MB per member, float32 model or not); it grows by doubling.
@@ -204,6 +208,8 @@ def lanczos(matvec: MatVec, v0: torch.Tensor, k: int = 1, tol: float = 1e-6, max
         raise ValueError(f"tol: expected a number ≥ 0, got {tol}")
     if not check_ratio >= 0:
         raise ValueError(f"check_ratio: expected a number ≥ 0, got {check_ratio}")
+    if not 0 < subset_fraction <= 1:
+        raise ValueError(f"subset_fraction: expected a number in (0, 1], got {subset_fraction}")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     dtype, device = v0.dtype, v0.device
     work = recurrence_dtype(dtype)
@@ -218,7 +224,7 @@ def lanczos(matvec: MatVec, v0: torch.Tensor, k: int = 1, tol: float = 1e-6, max
     keep = reorthogonalize or return_vectors
     # The recurrence runs on the members still iterating (rows: their indices, ascending); a member
     # that finishes leaves every [A, ...] tensor below. The operator multiplies op_rows ⊇ rows:
-    # all P members until ``subset`` gives one for fewer (at most log2 P times, see SUBSET_FRACTION).
+    # all P members until ``subset`` gives one for fewer (at most log P / log(1 / subset_fraction) times).
     rows = torch.arange(P, device=device)
     op_rows = rows
     # the basis grows by doubling: memory is P × (products actually used) × n, not P × max_iter × n
@@ -288,7 +294,7 @@ def lanczos(matvec: MatVec, v0: torch.Tensor, k: int = 1, tol: float = 1e-6, max
                     basis = basis[going]
                 if len(rows) == 0:
                     break
-                if subset is not None and len(rows) <= SUBSET_FRACTION * len(op_rows):
+                if subset is not None and len(rows) <= subset_fraction * len(op_rows):
                     product, op_rows = _in_dtype(subset(rows), dtype, work), rows
         nxt = w / beta[:, None].clamp_min(tiny)
         if bool(broke.any()):  # (only with reorthogonalization: a plain recurrence's member finished above)
