@@ -543,8 +543,9 @@ def population(peers: dict, x: torch.Tensor, y: torch.Tensor, hidden: list[int],
     print(f"(λ1: each tool to its own rule at {TOL:g} (ours: Lanczos' residual bound); ours' HVPs are the "
           f"member-products computed, {computed[0]}, for {used} that the members' results used "
           f"(without leaving converged members out: {P} × {int(values['λ1 to 1e-3', 'ours, one population call'][:, 1].max())}): "
-          "a converged member leaves the batch, and once at most half are left an operator of only them "
-          "is built (one gradient each))")
+          "a converged member leaves the batch, and an operator of only those still running is made once "
+          "that pays (the written-out MLP Hessian's slices its cached gradient pass: from 4/5 of the members "
+          "left; autograd's builds a new gradient graph: from 1/2))")
     return headline
 
 
