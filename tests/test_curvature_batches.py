@@ -80,9 +80,9 @@ def test_a_dataloader_and_the_solvers_on_it():
 @pytest.mark.parametrize("vmap_members", [True, False])
 def test_population_with_per_member_labels_on_batches(vmap_members, monkeypatch):
     """Both ways of building a population's gradient graph: one vmap over members, or P branches."""
-    import implicitreg.measures.curvature as curvature
+    import implicitreg.measures.hessian as hessian
 
-    monkeypatch.setattr(curvature, "VMAP_MEMBERS_UP_TO", 1 << 40 if vmap_members else 0)
+    monkeypatch.setattr(hessian, "VMAP_MEMBERS_UP_TO", 1 << 40 if vmap_members else 0)
     models = [mlp(seed) for seed in range(3)]
     x, y = data(2)
     labels = torch.stack([y, torch.roll(y, 1), (y + 1) % CLASSES])  # [P, N]

@@ -92,9 +92,9 @@ def test_a_sequential_and_a_single_module():
 def test_the_written_out_path_equals_autograds_on_a_population(vmap_members, monkeypatch):
     """The same operator both ways, with per-member labels, and ReLU kinks hit exactly: zero inputs
     and zero biases give pre-activations exactly 0, where both take ReLU's derivative to be 0."""
-    import implicitreg.measures.curvature as curvature
+    import implicitreg.measures.hessian as hessian
 
-    monkeypatch.setattr(curvature, "VMAP_MEMBERS_UP_TO", 1 << 40 if vmap_members else 0)
+    monkeypatch.setattr(hessian, "VMAP_MEMBERS_UP_TO", 1 << 40 if vmap_members else 0)
     models = [mlp(seed) for seed in range(4)]
     for m in models:
         with torch.no_grad():

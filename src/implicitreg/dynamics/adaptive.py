@@ -21,7 +21,7 @@ parameters in place and keeps the optimizer's state on the object, so that a mea
   gradient included in v, its t = steps taken + 1): the P that multiplies that point's Hessian.
 - :func:`preconditioned_sharpness`: λ_max(P⁻¹H) by Lanczos on the symmetric P^{-1/2} H P^{-1/2}
   (similar to P⁻¹H, so the same eigenvalues), with the Hessian-vector products of
-  :func:`~implicitreg.measures.curvature.hessian_operator`.
+  :func:`~implicitreg.measures.hessian.hessian_operator`.
 
 References:
     Cohen, Kaur, Li, Kolter & Talwalkar (2021), "Gradient descent on neural networks typically occurs

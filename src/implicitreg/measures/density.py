@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from implicitreg.measures.curvature import CurvatureOperator, LossFn, hessian_operator
+from implicitreg.measures.curvature_operator import CurvatureOperator, LossFn
+from implicitreg.measures.hessian import hessian_operator
 from implicitreg.measures.lanczos import lanczos
 
 
@@ -84,7 +85,7 @@ def hessian_density(model, loss_fn: LossFn, data, n_probes: int = 10, n_iter: in
 
     Args:
         model: an ``nn.Module`` or a Population. loss_fn, data: as
-            :func:`~implicitreg.measures.curvature.hessian_operator`.
+            :func:`~implicitreg.measures.hessian.hessian_operator`.
         n_probes: random start vectors (Gaussian, shared by all members, drawn from ``seed``).
         n_iter: Lanczos steps (HVPs) per probe, at most the parameter count.
         sigma: the broadening's standard deviation; None: 1% of each member's spectral range
@@ -93,7 +94,7 @@ def hessian_density(model, loss_fn: LossFn, data, n_probes: int = 10, n_iter: in
         reorthogonalize: full reorthogonalization (memory: P·n_probes·m·n float64 numbers); False
             runs the plain recurrence (two vectors per probe), whose outliers may repeat.
         probe_batch: most probes per vmapped HVP pass (memory); None:
-            :meth:`~implicitreg.measures.curvature.CurvatureOperator.matmat`'s default.
+            :meth:`~implicitreg.measures.curvature_operator.CurvatureOperator.matmat`'s default.
 
     Returns:
         :class:`DensityResult`.

@@ -16,7 +16,7 @@ For a mean loss L(θ) = ℓ(f(X; θ), Y) of the network outputs F = f(X; θ) [N,
   on logits, integer labels). Its expectation over ŷ is the GGN of the cross-entropy (E[r rᵀ] =
   diag(p) − ppᵀ = H_F per sample), which tests/test_ggn.py checks.
 
-All are :class:`~implicitreg.measures.curvature.CurvatureOperator` s, vmapped over the members of a
+All are :class:`~implicitreg.measures.curvature_operator.CurvatureOperator` s, vmapped over the members of a
 population (and over probes), so the Lanczos of :mod:`~implicitreg.measures.lanczos` gives their
 top eigenvalues and the estimators of :mod:`~implicitreg.measures.trace_estimators` their traces.
 
@@ -46,16 +46,8 @@ import torch
 from torch.func import grad, jvp, vjp, vmap
 
 from implicitreg.measures.core import Estimate, register
-from implicitreg.measures.curvature import (
-    CurvatureOperator,
-    EigResult,
-    LossFn,
-    TraceResult,
-    flat_model,
-    operator_eigenvalues,
-    operator_trace,
-    trace_budget,
-)
+from implicitreg.measures.curvature import EigResult, TraceResult, operator_eigenvalues, operator_trace, trace_budget
+from implicitreg.measures.curvature_operator import CurvatureOperator, LossFn, flat_model
 from implicitreg.measures.trace_estimators import Method
 
 FisherKind = Literal["empirical", "mc"]
@@ -67,7 +59,7 @@ def ggn_operator(model, loss_fn: LossFn, data) -> CurvatureOperator:
 
     Args:
         model: an ``nn.Module`` or a Population. loss_fn: ``loss_fn(outputs, y)`` → the mean loss.
-        data: ``(x, y)`` as :func:`~implicitreg.measures.curvature.hessian_operator`.
+        data: ``(x, y)`` as :func:`~implicitreg.measures.hessian.hessian_operator`.
 
     Returns:
         a :class:`CurvatureOperator` of kind "ggn".

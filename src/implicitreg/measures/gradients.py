@@ -44,7 +44,7 @@ import torch
 from torch.func import grad, vmap
 
 from implicitreg.measures.core import register
-from implicitreg.measures.curvature import LossFn, flat_model
+from implicitreg.measures.curvature_operator import LossFn, flat_model
 
 #: Bytes of per-sample gradients held at once by the statistics (chunks of samples beyond it).
 CHUNK_BYTES = 256 * 2 ** 20

@@ -1,7 +1,7 @@
 """Lanczos on a batch of P symmetric operators, seen only through a matrix-vector product.
 
 One recurrence serves every spectral measure of the package: the top Hessian eigenvalues
-(:mod:`~implicitreg.measures.curvature`, the operator is a vmapped Hessian-vector product) and the
+(:mod:`~implicitreg.measures.hessian`: the operator is a batched Hessian-vector product) and the
 operator norm of a ``Conv1d`` layer (:mod:`~implicitreg.measures.layers`, the operator is AᵀA by
 ``conv1d`` and ``conv_transpose1d``). Members are independent: the operator maps [P, n] → [P, n],
 row p by member p's own matrix, and the recurrence runs batched over rows, so a population costs

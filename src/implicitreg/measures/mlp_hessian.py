@@ -16,7 +16,7 @@ as well, so these are the products autograd's reverse-over-reverse computes.) Ev
 features-first, [h, N] per member and probe, so each product is a batched [out, in] × [in, N]
 matrix product, the shape the CPU's dgemm runs fastest; no autograd graph is built or walked.
 
-:func:`~implicitreg.measures.curvature.hessian_operator` uses it for ReLU MLPs (the package's
+:func:`~implicitreg.measures.hessian.hessian_operator` uses it for ReLU MLPs (the package's
 :class:`~implicitreg.models.mlp.MLP`, or an ``nn.Sequential`` of ``Linear`` and ``ReLU``) with
 ``F.cross_entropy`` or :func:`~implicitreg.measures.tracking.mean_squared_error` on one batch;
 ``benchmarks/curvature.py`` measures it against the peers.

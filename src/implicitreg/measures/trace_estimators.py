@@ -1,7 +1,7 @@
 """Stochastic trace estimators of P symmetric operators seen only through batched products.
 
 Three estimators of tr(A) from a budget of m matrix-vector products, generic in the operator
-(Hessian, GGN, Fisher: :mod:`~implicitreg.measures.curvature`, :mod:`~implicitreg.measures.ggn`):
+(Hessian, GGN, Fisher: :mod:`~implicitreg.measures.hessian`, :mod:`~implicitreg.measures.ggn`):
 
 - :func:`hutchinson` — the mean of zᵀAz over m Rademacher probes z (Hutchinson 1989; Girard 1989).
   Its variance is 2 Σ_{i≠j} A_ij² / m: the whole Frobenius mass off the diagonal.
@@ -97,7 +97,7 @@ def hutchinson(matmat: MatMat, like: torch.Tensor, n_matvecs: int, generator: to
         n_matvecs: products per member (probes), at least 2 (for the standard error).
         generator: draws the probes.
         forms: V [P, S, n] → zᵀA_p z [P, S], where the operator has quadratic forms cheaper than its
-            products (:meth:`~implicitreg.measures.curvature.CurvatureOperator.quadratic_forms`);
+            products (:meth:`~implicitreg.measures.curvature_operator.CurvatureOperator.quadratic_forms`);
             None: from ``matmat``.
 
     Returns:
