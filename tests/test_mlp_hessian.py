@@ -62,6 +62,10 @@ def test_products_and_forms_equal_the_dense_hessian(hidden):
     V = torch.randn(3, 5, op.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     close(op.quadratic_forms(V), torch.einsum("psi,pij,psj->ps", V, H, V))
     close(op.quadratic_forms(V, block=2), op.quadratic_forms(V, block=5))
+    with pytest.raises(ValueError, match="block: expected a positive number of vectors per pass or None, got 0"):
+        op.quadratic_forms(V, block=0)
+    with pytest.raises(ValueError, match=r"V: expected shape \[3, S, \d+\]"):
+        op.quadratic_forms(V[0])
 
 
 def test_per_member_labels_and_the_squared_error():
@@ -147,6 +151,12 @@ def test_where_it_does_not_apply_autograd_takes_over():
     assert mlp_hessian(model, params, F.cross_entropy, x, y.double()) is None  # real targets for cross-entropy
     assert mlp_hessian(model, params, mean_squared_error, x, x[:, 0]) is None  # C outputs for a 1-output loss
     assert mlp_hessian(model, params, F.cross_entropy, x[:, :3], y) is None  # inputs of the wrong width
+    assert mlp_hessian(model, params, F.cross_entropy, x, y.int()) is None  # int32 labels: autograd's error
+    ignored = y.clone()
+    ignored[:7] = -100  # F.cross_entropy's ignore_index: autograd's path leaves them out of the mean
+    assert mlp_hessian(model, params, F.cross_entropy, x, ignored) is None
+    op = hessian_operator(model, F.cross_entropy, (x, ignored))
+    close(columns(op)[0], dense_hessian(model, x[7:], y[7:]))
     assert isinstance(mlp_hessian(model, params, F.cross_entropy, x, y), MLPHessian)
 
 

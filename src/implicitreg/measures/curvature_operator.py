@@ -113,6 +113,8 @@ class CurvatureOperator:
         if V.dim() != 3 or V.shape[0] != self.size or V.shape[2] != self.dim:
             raise ValueError(f"V: expected shape [{self.size}, S, {self.dim}] (members, vectors, parameters), "
                              f"got {tuple(V.shape)}")
+        if block is not None and block < 1:
+            raise ValueError(f"block: expected a positive number of vectors per pass or None, got {block}")
         return self.forms(V.to(self.flat), block)
 
     def members(self, members: torch.Tensor | Sequence[int]) -> CurvatureOperator:

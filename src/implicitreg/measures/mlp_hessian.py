@@ -88,7 +88,11 @@ def mlp_hessian(template: nn.Module, params: dict[str, torch.Tensor], loss_fn, x
     P, N = weights[0].shape[0], x.shape[0]
     if x.dim() != 2 or not x.is_floating_point() or x.shape[1] != weights[0].shape[2] or y.shape not in ((N,), (P, N)):
         return None
-    if (loss == "cross_entropy") == y.is_floating_point() or (loss == "squared_error" and weights[-1].shape[1] != 1):
+    if loss == "squared_error" and (not y.is_floating_point() or weights[-1].shape[1] != 1):
+        return None
+    # cross-entropy: int64 labels of the C classes only (autograd's path raises on others, or skips
+    # F.cross_entropy's ignore_index, which these written-out sums do not know)
+    if loss == "cross_entropy" and (y.dtype != torch.int64 or bool((y < 0).any() | (y >= weights[-1].shape[1]).any())):
         return None
     return MLPHessian(weights, [params[b].detach() for _, b in layers], x, y, loss)
 
