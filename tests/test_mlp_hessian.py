@@ -135,7 +135,6 @@ def test_where_it_does_not_apply_autograd_takes_over():
     x, y = data()
     model = mlp(0)
     assert hessian_operator(model, F.cross_entropy, (x, y), params="layers.0").forms is None  # a block
-    assert hessian_operator(model, F.cross_entropy, [(x, y)]).forms is None  # batches
     assert hessian_operator(model, lambda o, t: F.cross_entropy(o, t), (x, y)).forms is None  # an unknown loss
     assert hessian_operator(mlp(0, out=1), F.mse_loss, (x, x[:, 0:1])).forms is None
     tanh = nn.Sequential(nn.Linear(D, 6), nn.Tanh(), nn.Linear(6, C)).double().eval()
@@ -184,3 +183,28 @@ def test_some_members_are_a_slice_of_the_cached_pass():
                     generator=torch.Generator().manual_seed(7))
     close(whole.members(idx).matmat(V), alone.matmat(V), 1e-14)
     close(whole.members(idx).quadratic(V), alone.quadratic(V), 1e-14)
+
+
+def test_batches_are_written_out_batch_by_batch():
+    """A DataLoader of uneven batches: Σ_b N_b H_b / N, the full batch's Hessian (1e-12), both for
+    products and quadratic forms; a batch whose labels the written-out sums do not handle (an
+    ignored label) goes through autograd in the same operator."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    models = [mlp(seed) for seed in range(3)]
+    pop = Population(models, dtype=torch.float64)
+    x, y = data(8)
+    loader = DataLoader(TensorDataset(x, y), batch_size=24, shuffle=False)  # 24, 24, 16
+    full = hessian_operator(pop, F.cross_entropy, (x, y))
+    batched = hessian_operator(pop, F.cross_entropy, loader)
+    assert batched.forms is not None
+    close(columns(batched), columns(full))
+    V = torch.randn(3, 4, full.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    close(batched.quadratic_forms(V), full.quadratic_forms(V))
+    ignored = y.clone()
+    ignored[-3:] = -100
+    mixed = hessian_operator(pop, F.cross_entropy, [(x[:32], ignored[:32]), (x[32:], ignored[32:])])
+    reference = hessian_operator(pop, F.cross_entropy, [(x[:32], ignored[:32]), (x[32:], ignored[32:])],
+                                 autograd=True)
+    close(columns(mixed), columns(reference))
+    close(mixed.quadratic_forms(V), (V * reference.matmat(V)).sum(-1))

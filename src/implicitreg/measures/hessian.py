@@ -3,8 +3,8 @@
 Two ways to its products, with the same results to rounding:
 
 - **Written out** (:mod:`~implicitreg.measures.mlp_hessian`), for a ReLU MLP with cross-entropy or
-  squared error on one batch: Pearlmutter's R-operator batched over members and probes, no
-  autograd graph; quadratic forms vᵀHv (all Hutchinson's trace needs) without Hv.
+  squared error, on one batch or batch by batch: Pearlmutter's R-operator batched over members and
+  probes, no autograd graph; quadratic forms vᵀHv (all Hutchinson's trace needs) without Hv.
 - **Autograd**, for everything else: the gradient g = ∇L is computed once per operator with its
   graph kept (reverse-over-reverse, as PyHessian does), and every product is one backward of g·v
   through that graph, several probes per backward (``is_grads_batched``). On a population the
@@ -38,7 +38,7 @@ from implicitreg.measures.curvature_operator import (
     _member_stack,
     _to,
 )
-from implicitreg.measures.mlp_hessian import SLICE_COST, MLPHessian, mlp_hessian
+from implicitreg.measures.mlp_hessian import LOSSES, SLICE_COST, MLPHessian, mlp_hessian, relu_mlp_layers
 
 
 def hessian_operator(model, loss_fn: LossFn, data, params: str | Sequence[str] | None = None, *,
@@ -46,8 +46,8 @@ def hessian_operator(model, loss_fn: LossFn, data, params: str | Sequence[str] |
     """Build the batched HVP operator of a module (P = 1) or population, on a full batch or on batches.
 
     A ReLU MLP (:class:`~implicitreg.models.mlp.MLP` or an ``nn.Sequential`` of ``Linear`` and
-    ``ReLU``) with ``F.cross_entropy`` or :func:`~implicitreg.measures.mlp_hessian.mean_squared_error`
-    on one batch, with respect to all its parameters, gets the written-out products of
+    ``ReLU``) with ``F.cross_entropy`` or :func:`~implicitreg.measures.mlp_hessian.mean_squared_error`,
+    with respect to all its parameters, on one batch or on batches, gets the written-out products of
     :mod:`~implicitreg.measures.mlp_hessian` (no autograd graph; its quadratic forms vᵀHv, which
     Hutchinson's trace needs, cost about 60% of a product). Everything else is differentiated by
     autograd, as follows.
@@ -149,20 +149,39 @@ def hessian_operator(model, loss_fn: LossFn, data, params: str | Sequence[str] |
 
         def blocked(V: torch.Tensor, block: int | None) -> torch.Tensor:
             return through(graph, V, block) / n_total
+
+        forms = None
     else:
         batches = _batches(data)
         n_total = 0
+        # a ReLU MLP with a known loss: each batch written out (where its data allow; autograd where not)
+        may_write = not autograd and sub is flat and relu_mlp_layers(template) is not None and loss_fn in LOSSES
 
-        def blocked(V: torch.Tensor, block: int | None) -> torch.Tensor:
-            total, count = torch.zeros_like(V), 0
-            for pair in batches:  # one batch's graph alive at a time
-                graph = build(pair)
-                total += through(graph, V, block)
-                count += graph[2]
-                del graph
+        def over_batches(V: torch.Tensor, block: int | None, written_fn: Callable, graph_fn: Callable) -> torch.Tensor:
+            """Σ_b N_b f_b(V) / Σ_b N_b, one batch's pass or graph alive at a time."""
+            total, count = None, 0
+            for pair in batches:
+                written = _written_out(s, loss_fn, pair, flat) if may_write else None
+                if written is not None:
+                    part, n = written_fn(written, V, block) * written.samples, written.samples
+                else:
+                    graph = build(pair)
+                    part, n = graph_fn(graph, V, block), graph[2]
+                    del graph
+                total = part if total is None else total + part
+                count += n
             if count == 0:
                 raise ValueError("data: the batches yielded no data point")
             return total / count
+
+        def blocked(V: torch.Tensor, block: int | None) -> torch.Tensor:
+            return over_batches(V, block, lambda w, V, b: _in_passes(w.matmat, w.pass_probes, V, b), through)
+
+        def batch_forms(V: torch.Tensor, block: int | None) -> torch.Tensor:
+            return over_batches(V, block, lambda w, V, b: _in_passes(w.quadratic, w.pass_probes, V, b),
+                                lambda graph, V, b: (V * through(graph, V, b)).sum(-1))
+
+        forms = batch_forms if may_write else None
 
     def matvec(v: torch.Tensor) -> torch.Tensor:
         if v.shape != sub.shape:
@@ -176,7 +195,7 @@ def hessian_operator(model, loss_fn: LossFn, data, params: str | Sequence[str] |
         return hessian_operator(_member_stack(s, idx), loss_fn, _member_data(data, idx, s), list(selected),
                                 autograd=autograd)
 
-    return CurvatureOperator(s, sub, matvec, None, "hessian", n_total, blocked, selected, restrict)
+    return CurvatureOperator(s, sub, matvec, None, "hessian", n_total, blocked, selected, restrict, forms)
 
 
 def _written_operator(s: Stacked, flat: torch.Tensor, written: MLPHessian) -> HessianOperator:
