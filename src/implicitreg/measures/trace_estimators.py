@@ -68,7 +68,8 @@ class TraceResult:
     Attributes:
         value: the estimate: 0-d for a module, [P] for a population.
         stderr: its standard error, same shape (see the module docstring for each method's).
-        n_hvp: products (matrix-vector, e.g. HVPs) per member.
+        n_hvp: products (matrix-vector, e.g. HVPs) per member; for Hutchinson on an operator with
+            quadratic forms (the written-out MLP Hessian), forms zᵀAz, each cheaper than a product.
     """
 
     value: torch.Tensor
