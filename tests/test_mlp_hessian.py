@@ -208,3 +208,29 @@ def test_batches_are_written_out_batch_by_batch():
                                  autograd=True)
     close(columns(mixed), columns(reference))
     close(mixed.quadratic_forms(V), (V * reference.matmat(V)).sum(-1))
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "squared_error"])
+def test_the_written_out_ggn_equals_jvp_and_vjp(loss):
+    """The Gauss–Newton passes (no δ terms) against the GGN of jvp and vjp (ggn_operator's autograd
+    path; tests/test_ggn.py holds both to the dense JᵀH_FJ), products and forms, per-member targets."""
+    from implicitreg.measures.ggn import ggn_operator
+
+    out = C if loss == "cross_entropy" else 1
+    models = [mlp(seed, out=out) for seed in range(3)]
+    pop = Population(models, dtype=torch.float64)
+    x, y = data(10)
+    if loss == "cross_entropy":
+        targets, loss_fn = torch.stack([y, torch.roll(y, 2), (y + 3) % C]), F.cross_entropy
+    else:
+        targets = torch.randn(3, N, dtype=torch.float64, generator=torch.Generator().manual_seed(11))
+        loss_fn = mean_squared_error
+    written = ggn_operator(pop, loss_fn, (x, targets))
+    reference = ggn_operator(pop, loss_fn, (x, targets), autograd=True)
+    assert written.forms is not None and reference.forms is None and written.kind == reference.kind == "ggn"
+    close(columns(written), columns(reference))
+    V = torch.randn(3, 5, written.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(12))
+    close(written.quadratic_forms(V), (V * reference.matmat(V)).sum(-1))
+    close(columns(written.members([0, 2])), columns(reference)[[0, 2]])
+    hessian = columns(hessian_operator(pop, loss_fn, (x, targets)))
+    assert float((columns(written) - hessian).abs().max()) > 1e-6 * float(hessian.abs().max())  # not H

@@ -48,23 +48,34 @@ from torch.func import grad, jvp, vjp, vmap
 from implicitreg.measures.core import Estimate, register
 from implicitreg.measures.curvature import EigResult, TraceResult, operator_eigenvalues, operator_trace, trace_budget
 from implicitreg.measures.curvature_operator import CurvatureOperator, LossFn, flat_model
+from implicitreg.measures.hessian import written_operator
+from implicitreg.measures.mlp_hessian import mlp_hessian
 from implicitreg.measures.trace_estimators import Method
 
 FisherKind = Literal["empirical", "mc"]
 _NEEDS = ("params", "data", "loss", "hvp")
 
 
-def ggn_operator(model, loss_fn: LossFn, data) -> CurvatureOperator:
+def ggn_operator(model, loss_fn: LossFn, data, *, autograd: bool = False) -> CurvatureOperator:
     """The batched GGN operator Jᵀ H_F J of a module (P = 1) or population on full-batch ``data``.
+
+    A ReLU MLP with ``F.cross_entropy`` or the squared error gets the written-out passes of
+    :mod:`~implicitreg.measures.mlp_hessian` (as :func:`~implicitreg.measures.hessian.hessian_operator`
+    does; vᵀGv from one forward pass); every other model ``jvp`` and ``vjp`` of the vmapped model.
 
     Args:
         model: an ``nn.Module`` or a Population. loss_fn: ``loss_fn(outputs, y)`` → the mean loss.
         data: ``(x, y)`` as :func:`~implicitreg.measures.hessian.hessian_operator`.
+        autograd: True: ``jvp`` and ``vjp`` even where the written-out passes apply.
 
     Returns:
         a :class:`CurvatureOperator` of kind "ggn".
     """
     fm = flat_model(model, data)
+    written = None if autograd else mlp_hessian(fm.stacked.template, fm.stacked.params, loss_fn, fm.x, fm.y,
+                                                 gauss_newton=True)
+    if written is not None:  # a ReLU MLP with a known loss: the written-out passes (measures.mlp_hessian)
+        return written_operator(fm.stacked, fm.flat, written)
     x, forward = fm.x, fm.forward
     output_gradient = grad(loss_fn)  # ∂ℓ/∂F, differentiated once more along J v below
 

@@ -142,7 +142,7 @@ def hessian_operator(model, loss_fn: LossFn, data, params: str | Sequence[str] |
 
     written = None if autograd or sub is not flat else _written_out(s, loss_fn, data, flat)
     if written is not None:  # a ReLU MLP with a known loss: no autograd graph (measures.mlp_hessian)
-        return _written_operator(s, flat, written)
+        return written_operator(s, flat, written)
     if _is_pair(data):
         graph = build(data)  # once per operator: every product reuses it
         n_total = graph[2]
@@ -198,8 +198,9 @@ def hessian_operator(model, loss_fn: LossFn, data, params: str | Sequence[str] |
     return CurvatureOperator(s, sub, matvec, None, "hessian", n_total, blocked, selected, restrict, forms)
 
 
-def _written_operator(s: Stacked, flat: torch.Tensor, written: MLPHessian) -> HessianOperator:
-    """The Hessian operator of the written-out products of ``written`` (members' parameters ``flat`` [P, n])."""
+def written_operator(s: Stacked, flat: torch.Tensor, written: MLPHessian) -> CurvatureOperator:
+    """The operator of the written-out products of ``written`` (members' parameters ``flat`` [P, n]):
+    kind "hessian", or "ggn" for a Gauss–Newton one."""
     blocked = partial(_in_passes, written.matmat, written.pass_probes)
 
     def matvec(v: torch.Tensor) -> torch.Tensor:
@@ -208,9 +209,10 @@ def _written_operator(s: Stacked, flat: torch.Tensor, written: MLPHessian) -> He
         return blocked(v.to(flat)[:, None], 1)[:, 0]
 
     def restrict(idx: torch.Tensor) -> HessianOperator:  # the cached gradient pass sliced: nothing recomputed
-        return _written_operator(_member_stack(s, idx), flat[idx.to(flat.device)], written.members(idx))
+        return written_operator(_member_stack(s, idx), flat[idx.to(flat.device)], written.members(idx))
 
-    return CurvatureOperator(s, flat, matvec, None, "hessian", written.samples, blocked, tuple(s.params), restrict,
+    kind = "ggn" if written.gauss_newton else "hessian"
+    return CurvatureOperator(s, flat, matvec, None, kind, written.samples, blocked, tuple(s.params), restrict,
                              partial(_in_passes, written.quadratic, written.pass_probes), SLICE_COST)
 
 

@@ -76,10 +76,10 @@ SLICE_COST = 0.25
 
 
 def mlp_hessian(template: nn.Module, params: dict[str, torch.Tensor], loss_fn, x: torch.Tensor,
-                y: torch.Tensor) -> MLPHessian | None:
-    """The written-out Hessian of ``template`` with stacked ``params`` (name → [P, ...]) on (x, y),
-    or None where it does not apply (another architecture or loss, or data of other shapes):
-    then the caller differentiates with autograd."""
+                y: torch.Tensor, gauss_newton: bool = False) -> MLPHessian | None:
+    """The written-out Hessian (or GGN) of ``template`` with stacked ``params`` (name → [P, ...]) on
+    (x, y), or None where it does not apply (another architecture or loss, or data of other
+    shapes): then the caller differentiates with autograd."""
     layers = relu_mlp_layers(template)
     loss = LOSSES.get(loss_fn)
     if layers is None or loss is None or list(params) != [name for pair in layers for name in pair]:
@@ -94,7 +94,7 @@ def mlp_hessian(template: nn.Module, params: dict[str, torch.Tensor], loss_fn, x
     # F.cross_entropy's ignore_index, which these written-out sums do not know)
     if loss == "cross_entropy" and (y.dtype != torch.int64 or bool((y < 0).any() | (y >= weights[-1].shape[1]).any())):
         return None
-    return MLPHessian(weights, [params[b].detach() for _, b in layers], x, y, loss)
+    return MLPHessian(weights, [params[b].detach() for _, b in layers], x, y, loss, gauss_newton)
 
 
 class MLPHessian:
@@ -106,17 +106,21 @@ class MLPHessian:
         x: inputs [N, D] shared by the members.
         y: class labels (int64) or real targets, [N] shared or [P, N] per member.
         loss: "cross_entropy" (logits [N, C]) or "squared_error" (one output, N⁻¹ Σ (f − y)²).
+        gauss_newton: the generalized Gauss–Newton G = Jᵀ ∇²ℓ J instead of H: the same passes
+            without the terms in δ (those that carry the network's own second derivatives) —
+            G v = Jᵀ(∇²ℓ · J v), and vᵀGv from the first-derivative forward pass alone.
 
     Parameters are flattened layer by layer, weight (row-major) then bias — the order of
     ``named_parameters()``.
     """
 
     def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                 loss: str):
+                 loss: str, gauss_newton: bool = False):
         if loss not in ("cross_entropy", "squared_error"):
             raise ValueError(f"loss: expected 'cross_entropy' or 'squared_error', got {loss!r}")
         self.weights = weights
         self.loss = loss
+        self.gauss_newton = gauss_newton
         P, N = weights[0].shape[0], x.shape[0]
         self.samples = N
         self.numels = [n for w in weights for n in (math.prod(w.shape[1:]), w.shape[1])]
@@ -157,6 +161,7 @@ class MLPHessian:
         at = idx.to(self.inputs.device)
         out = object.__new__(MLPHessian)
         out.loss, out.samples, out.numels, out.inputs = self.loss, self.samples, self.numels, self.inputs
+        out.gauss_newton = self.gauss_newton
         out.weights = [w[at] for w in self.weights]
         out.acts = [self.inputs.expand(len(at), -1, -1)] + [a[at] for a in self.acts[1:]]
         out.masks = [m[at] for m in self.masks]
@@ -176,7 +181,7 @@ class MLPHessian:
         return t
 
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
-        """H_p V_p for S probes per member: V [P, S, n] → [P, S, n]."""
+        """H_p V_p (or G_p V_p) for S probes per member: V [P, S, n] → [P, S, n]."""
         P, S, N = V.shape[0], V.shape[1], self.samples
         Vw, Vb = self._directions(V)
         L = len(self.weights)
@@ -207,18 +212,21 @@ class MLPHessian:
                 gw = torch.mm(Rd.view(P * S * out, N), self.inputs.t()).view(P, S, out, inp)
             else:
                 gw = torch.bmm(Rd.view(P, S * out, N), a.transpose(1, 2)).view(P, S, out, inp)
-            if Ra[i] is not None and S == 1:  # δ_l R{a_{l−1}}ᵀ
-                gw.view(P, out, inp).baddbmm_(d, Ra[i].transpose(1, 2))
-            elif Ra[i] is not None:  # the same, computed transposed as R{a} δᵀ to keep the probes outermost
-                gw += torch.bmm(Ra[i].view(P, S * inp, N), d.transpose(1, 2)).view(P, S, inp, out).transpose(2, 3)
+            if Ra[i] is not None and not self.gauss_newton:  # δ_l R{a_{l−1}}ᵀ (the GGN has no δ terms)
+                if S == 1:
+                    gw.view(P, out, inp).baddbmm_(d, Ra[i].transpose(1, 2))
+                else:  # computed transposed, as R{a} δᵀ, to keep the probes outermost
+                    gw += torch.bmm(Ra[i].view(P, S * inp, N), d.transpose(1, 2)).view(P, S, inp, out).transpose(2, 3)
             out_w[i], out_b[i] = gw, Rd.sum(2).view(P, S, out)
             if i > 0:
-                back = torch.bmm(Vw[i].transpose(2, 3).reshape(P, S * inp, out), d,
-                                 out=self._buffer("Rd", i - 1, (P, S * inp, N))).view(P * S, inp, N)
-                back.baddbmm_(_per_probe(w, S).transpose(1, 2), Rd)
+                back = self._buffer("Rd", i - 1, (P, S * inp, N))
+                if self.gauss_newton:
+                    torch.bmm(_per_probe(w, S).transpose(1, 2), Rd, out=back.view(P * S, inp, N))
+                else:
+                    torch.bmm(Vw[i].transpose(2, 3).reshape(P, S * inp, out), d, out=back)
+                    back.view(P * S, inp, N).baddbmm_(_per_probe(w, S).transpose(1, 2), Rd)
                 Rd = back.view(P, S, inp, N).mul_(self.masks[i - 1].unsqueeze(1)).view(P * S, inp, N)
         return torch.cat([t.reshape(P, S, -1) for pair in zip(out_w, out_b) for t in pair], dim=2)
-
 
     def quadratic(self, V: torch.Tensor) -> torch.Tensor:
         """v_s ᵀ H_p v_s for S probes per member, without H v: V [P, S, n] → [P, S].
@@ -239,6 +247,7 @@ class MLPHessian:
             if da is not None:
                 w_s = _per_probe(w, S)
                 dz.baddbmm_(w_s, da)
+            if da is not None and not self.gauss_newton:  # the GGN's form has no second derivatives
                 ddz = torch.bmm(Vw[i].reshape(P * S, out, inp), da, out=self._buffer("ddz", i, (P * S, out, N))).mul_(2)
                 if dda is not None:
                     ddz.baddbmm_(w_s, dda)
