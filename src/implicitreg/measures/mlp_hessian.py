@@ -16,9 +16,13 @@ as well, so these are the products autograd's reverse-over-reverse computes.) Ev
 features-first, [h, N] per member and probe, so each product is a batched [out, in] × [in, N]
 matrix product, the shape the CPU's dgemm runs fastest; no autograd graph is built or walked.
 
+Dropping the terms in δ (those that carry the network's own second derivatives) leaves the
+generalized Gauss–Newton product G v = Jᵀ(∇²ℓ · J v) (``gauss_newton=True``,
+:func:`~implicitreg.measures.ggn.ggn_operator`).
+
 :func:`~implicitreg.measures.hessian.hessian_operator` uses it for ReLU MLPs (the package's
 :class:`~implicitreg.models.mlp.MLP`, or an ``nn.Sequential`` of ``Linear`` and ``ReLU``) with
-``F.cross_entropy`` or :func:`~implicitreg.measures.tracking.mean_squared_error` on one batch;
+``F.cross_entropy`` or :func:`mean_squared_error`, on one batch or batch by batch;
 ``benchmarks/curvature.py`` measures it against the peers.
 
 Reference: Pearlmutter, *Fast exact multiplication by the Hessian*, Neural Computation 6 (1994).
