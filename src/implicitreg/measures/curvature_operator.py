@@ -9,7 +9,7 @@
   parameters on one batch, vmapped over members — the view of the GGN, the Fishers and the
   gradient statistics.
 - The data: one batch ``(x, y)`` with x shared and y shared [N, ...] or per member [P, N, ...],
-  or a re-iterable of such batches (:func:`_check_data`, :func:`_batches`).
+  or a re-iterable of such batches (:func:`check_data`, :func:`data_batches`).
 
 The Hessian's own operator is built in :mod:`~implicitreg.measures.hessian`.
 """
@@ -213,19 +213,19 @@ def _vmapped(s: Stacked, flat: torch.Tensor, member_product: Callable, aux: torc
 
     def restrict(idx: torch.Tensor) -> CurvatureOperator:  # a vmap over fewer members: no graph to rebuild
         at = idx.to(flat.device)
-        return _vmapped(_member_stack(s, idx), flat[at], member_product, aux[at] if aux_per_member else aux,
+        return _vmapped(member_stack(s, idx), flat[at], member_product, aux[at] if aux_per_member else aux,
                         aux_per_member, kind, samples)
 
     return CurvatureOperator(s, flat, matvec, lambda V: many(flat, V, aux), kind, samples, restrict=restrict)
 
 
-def _member_stack(s: Stacked, idx: torch.Tensor) -> Stacked:
+def member_stack(s: Stacked, idx: torch.Tensor) -> Stacked:
     """The stacked view of members ``idx`` (int64, CPU) of ``s``: a population of len(idx)."""
     return Stacked(s.template, {name: p[idx.to(p.device)] for name, p in s.params.items()}, False)
 
 
-def _member_data(data, idx: torch.Tensor, s: Stacked):
-    """``data`` for members ``idx`` of ``s``: per-member targets [P, N, ...] sliced (the rule of :func:`_check_data`)."""
+def member_data(data, idx: torch.Tensor, s: Stacked):
+    """``data`` for members ``idx`` of ``s``: per-member targets [P, N, ...] sliced (the rule of :func:`check_data`)."""
     if s.single:
         return data
     size = s.size
@@ -236,7 +236,7 @@ def _member_data(data, idx: torch.Tensor, s: Stacked):
         per_member = y.dim() >= 2 and y.shape[0] == size and y.shape[1] == torch.as_tensor(x).shape[0]
         return (x, y[idx.to(y.device)]) if per_member else (x, y)
 
-    return part(data) if _is_pair(data) else _MemberBatches(data, part)
+    return part(data) if is_full_batch(data) else _MemberBatches(data, part)
 
 
 @dataclass(frozen=True)
@@ -260,7 +260,7 @@ def flat_model(model, data) -> FlatModel:
     """View ``model`` (a module or population) as a function of flat parameters on full-batch ``data``."""
     s = stacked(model)
     require_eval(s.template)
-    x, y = _check_data(data, s)
+    x, y = check_data(data, s)
     names = list(s.params)
     shapes = [tuple(p.shape[1:]) for p in s.params.values()]
     numels = [math.prod(shape) for shape in shapes]
@@ -277,16 +277,17 @@ def flat_model(model, data) -> FlatModel:
     return FlatModel(s, flat, x, y, per_member_y, forward)
 
 
-def _to(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def to_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` on ``like``'s device, and in its dtype if ``t`` is floating (labels stay integers)."""
     return t.to(device=like.device, dtype=like.dtype) if t.is_floating_point() else t.to(like.device)
 
 
-def _is_pair(data) -> bool:
+def is_full_batch(data) -> bool:
     """A full batch ``(x, y)`` (x a tensor or array), as opposed to an iterable of batches."""
     return isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], (torch.Tensor, np.ndarray))
 
 
-def _batches(data):
+def data_batches(data):
     """``data`` as a re-iterable of (x, y) batches, or a TypeError saying what was expected."""
     if isinstance(data, torch.Tensor) or not isinstance(data, Iterable):
         raise TypeError(f"data: expected a pair (x, y) of tensors or a re-iterable of such pairs "
@@ -297,7 +298,9 @@ def _batches(data):
     return data
 
 
-def _check_data(data, s: Stacked) -> tuple[torch.Tensor, torch.Tensor]:
+def check_data(data, s: Stacked) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch ``(x, y)`` as tensors: x [N, ...] with N ≥ 1, y [N, ...] or (a population's) [P, N, ...];
+    otherwise a TypeError or ValueError that says what was expected."""
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise TypeError(f"data: expected a pair (x, y) of tensors, got {type(data).__name__}")
     x, y = (torch.as_tensor(t) for t in data)

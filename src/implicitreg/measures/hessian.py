@@ -31,12 +31,12 @@ from implicitreg.measures.curvature_operator import (
     CurvatureOperator,
     HessianOperator,
     LossFn,
-    _batches,
-    _check_data,
-    _is_pair,
-    _member_data,
-    _member_stack,
-    _to,
+    check_data,
+    data_batches,
+    is_full_batch,
+    member_data,
+    member_stack,
+    to_like,
 )
 from implicitreg.measures.mlp_hessian import LOSSES, SLICE_COST, MLPHessian, mlp_hessian, relu_mlp_layers
 
@@ -135,15 +135,15 @@ def hessian_operator(model, loss_fn: LossFn, data, params: str | Sequence[str] |
         return torch.cat(out, dim=1).detach()
 
     def build(pair) -> tuple[torch.Tensor, torch.Tensor, int]:
-        x, y = _check_data(pair, s)
-        x, y = _to(x, flat), _to(y, flat)
+        x, y = check_data(pair, s)
+        x, y = to_like(x, flat), to_like(y, flat)
         per_member_y = (not s.single) and y.dim() >= 2 and y.shape[0] == s.size and y.shape[1] == x.shape[0]
         return gradient(x, y, per_member_y)
 
     written = None if autograd or sub is not flat else _written_out(s, loss_fn, data, flat)
     if written is not None:  # a ReLU MLP with a known loss: no autograd graph (measures.mlp_hessian)
         return written_operator(s, flat, written)
-    if _is_pair(data):
+    if is_full_batch(data):
         graph = build(data)  # once per operator: every product reuses it
         n_total = graph[2]
 
@@ -152,7 +152,7 @@ def hessian_operator(model, loss_fn: LossFn, data, params: str | Sequence[str] |
 
         forms = None
     else:
-        batches = _batches(data)
+        batches = data_batches(data)
         n_total = 0
         # a ReLU MLP with a known loss: each batch written out (where its data allow; autograd where not)
         may_write = not autograd and sub is flat and relu_mlp_layers(template) is not None and loss_fn in LOSSES
@@ -192,7 +192,7 @@ def hessian_operator(model, loss_fn: LossFn, data, params: str | Sequence[str] |
 
     def restrict(idx: torch.Tensor) -> HessianOperator:
         # a graph of these members alone: the one above would compute every member's product
-        return hessian_operator(_member_stack(s, idx), loss_fn, _member_data(data, idx, s), list(selected),
+        return hessian_operator(member_stack(s, idx), loss_fn, member_data(data, idx, s), list(selected),
                                 autograd=autograd)
 
     return CurvatureOperator(s, sub, matvec, None, "hessian", n_total, blocked, selected, restrict, forms)
@@ -209,7 +209,7 @@ def written_operator(s: Stacked, flat: torch.Tensor, written: MLPHessian) -> Cur
         return blocked(v.to(flat)[:, None], 1)[:, 0]
 
     def restrict(idx: torch.Tensor) -> HessianOperator:  # the cached gradient pass sliced: nothing recomputed
-        return written_operator(_member_stack(s, idx), flat[idx.to(flat.device)], written.members(idx))
+        return written_operator(member_stack(s, idx), flat[idx.to(flat.device)], written.members(idx))
 
     kind = "ggn" if written.gauss_newton else "hessian"
     return CurvatureOperator(s, flat, matvec, None, kind, written.samples, blocked, tuple(s.params), restrict,
@@ -218,10 +218,10 @@ def written_operator(s: Stacked, flat: torch.Tensor, written: MLPHessian) -> Cur
 
 def _written_out(s: Stacked, loss_fn: LossFn, data, flat: torch.Tensor) -> MLPHessian | None:
     """The written-out Hessian of a ReLU MLP population on one batch, or None (then autograd's)."""
-    if not _is_pair(data):
+    if not is_full_batch(data):
         return None
-    x, y = _check_data(data, s)
-    return mlp_hessian(s.template, s.params, loss_fn, _to(x, flat), _to(y, flat))
+    x, y = check_data(data, s)
+    return mlp_hessian(s.template, s.params, loss_fn, to_like(x, flat), to_like(y, flat))
 
 
 def _in_passes(fn: Callable[[torch.Tensor], torch.Tensor], default: int, V: torch.Tensor,
