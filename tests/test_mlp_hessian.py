@@ -234,3 +234,31 @@ def test_the_written_out_ggn_equals_jvp_and_vjp(loss):
     close(columns(written.members([0, 2])), columns(reference)[[0, 2]])
     hessian = columns(hessian_operator(pop, loss_fn, (x, targets)))
     assert float((columns(written) - hessian).abs().max()) > 1e-6 * float(hessian.abs().max())  # not H
+
+
+@pytest.mark.parametrize("kind, loss", [("empirical", "cross_entropy"), ("mc", "cross_entropy"),
+                                        ("empirical", "squared_error")])
+def test_the_written_out_fishers_equal_jvp_and_vjp(kind, loss):
+    """Empirical and Monte-Carlo Fishers through the Gauss–Newton passes with Σ_j r_j r_jᵀ / R at the
+    outputs, against fisher_operator's jvp/vjp path (tests/test_ggn.py holds both to dense references)."""
+    from implicitreg.measures.ggn import fisher_operator
+
+    out = C if loss == "cross_entropy" else 1
+    models = [mlp(seed, out=out) for seed in range(3)]
+    pop = Population(models, dtype=torch.float64)
+    x, y = data(13)
+    if loss == "cross_entropy":
+        targets, loss_fn = torch.stack([y, torch.roll(y, 1), (y + 2) % C]), F.cross_entropy
+    else:
+        targets = torch.randn(N, dtype=torch.float64, generator=torch.Generator().manual_seed(14))
+        loss_fn = mean_squared_error
+    options = {"kind": kind, "mc_samples": 3, "seed": 4}
+    written = fisher_operator(pop, loss_fn, (x, targets), **options)
+    reference = fisher_operator(pop, loss_fn, (x, targets), **options, autograd=True)
+    assert written.forms is not None and reference.forms is None and written.kind == reference.kind
+    close(columns(written), columns(reference))
+    V = torch.randn(3, 4, written.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(15))
+    close(written.quadratic_forms(V), (V * reference.matmat(V)).sum(-1))
+    sub = written.members([1, 2])
+    assert sub.kind == reference.kind
+    close(columns(sub), columns(reference)[[1, 2]])

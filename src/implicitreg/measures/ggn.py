@@ -92,7 +92,7 @@ def ggn_operator(model, loss_fn: LossFn, data, *, autograd: bool = False) -> Cur
 
 
 def fisher_operator(model, loss_fn: LossFn, data, kind: FisherKind = "empirical", mc_samples: int = 1,
-                    seed: int = 0) -> CurvatureOperator:
+                    seed: int = 0, *, autograd: bool = False) -> CurvatureOperator:
     """The batched empirical (``kind="empirical"``) or Monte-Carlo (``kind="mc"``) Fisher operator.
 
     Args:
@@ -105,6 +105,8 @@ def fisher_operator(model, loss_fn: LossFn, data, kind: FisherKind = "empirical"
         mc_samples: labels drawn per sample (kind "mc").
         seed: seed of the drawn labels: uniforms shared by all members, each member inverting its
             own softmax, so a population's operator equals a loop over its members.
+        autograd: True: ``jvp`` and ``vjp`` even where the written-out passes of a ReLU MLP apply
+            (as in :func:`ggn_operator`).
 
     Returns:
         a :class:`CurvatureOperator` of kind "empirical_fisher" or "mc_fisher"; for "mc" its
@@ -130,6 +132,11 @@ def fisher_operator(model, loss_fn: LossFn, data, kind: FisherKind = "empirical"
     per_sample = vmap(vmap(grad(loss_fn), in_dims=(None, 0)), in_dims=(0, 0))
     with torch.no_grad():
         r = n * per_sample(outputs, labels)  # [P, S, N, ...]: ∂ℓ_i/∂f_i for every drawn label
+    kind_name = "empirical_fisher" if kind == "empirical" else "mc_fisher"
+    written = None if autograd else mlp_hessian(fm.stacked.template, fm.stacked.params, loss_fn, fm.x, fm.y,
+                                                 gauss_newton=True)
+    if written is not None:  # a ReLU MLP with a known loss: the written-out passes (measures.mlp_hessian)
+        return written_operator(fm.stacked, fm.flat, written.fisher(r.transpose(2, 3).contiguous()), kind_name)
 
     def member_fisher(theta: torch.Tensor, v: torch.Tensor, rs: torch.Tensor) -> torch.Tensor:
         jv = jvp(lambda t: forward(t, x), (theta,), (v,))[1]  # [N, ...]
@@ -138,7 +145,7 @@ def fisher_operator(model, loss_fn: LossFn, data, kind: FisherKind = "empirical"
         _, pullback = vjp(lambda t: forward(t, x), theta)
         return pullback(u)[0]
 
-    return fm.operator(member_fisher, r, True, "empirical_fisher" if kind == "empirical" else "mc_fisher")
+    return fm.operator(member_fisher, r, True, kind_name)
 
 
 def sample_labels(logits: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:

@@ -198,9 +198,9 @@ def hessian_operator(model, loss_fn: LossFn, data, params: str | Sequence[str] |
     return CurvatureOperator(s, sub, matvec, None, "hessian", n_total, blocked, selected, restrict, forms)
 
 
-def written_operator(s: Stacked, flat: torch.Tensor, written: MLPHessian) -> CurvatureOperator:
+def written_operator(s: Stacked, flat: torch.Tensor, written: MLPHessian, kind: str | None = None) -> CurvatureOperator:
     """The operator of the written-out products of ``written`` (members' parameters ``flat`` [P, n]):
-    kind "hessian", or "ggn" for a Gauss–Newton one."""
+    of ``kind``, by default "hessian", or "ggn" for a Gauss–Newton one."""
     blocked = partial(_in_passes, written.matmat, written.pass_probes)
 
     def matvec(v: torch.Tensor) -> torch.Tensor:
@@ -209,9 +209,9 @@ def written_operator(s: Stacked, flat: torch.Tensor, written: MLPHessian) -> Cur
         return blocked(v.to(flat)[:, None], 1)[:, 0]
 
     def restrict(idx: torch.Tensor) -> HessianOperator:  # the cached gradient pass sliced: nothing recomputed
-        return written_operator(member_stack(s, idx), flat[idx.to(flat.device)], written.members(idx))
+        return written_operator(member_stack(s, idx), flat[idx.to(flat.device)], written.members(idx), kind)
 
-    kind = "ggn" if written.gauss_newton else "hessian"
+    kind = kind if kind is not None else ("ggn" if written.gauss_newton else "hessian")
     return CurvatureOperator(s, flat, matvec, None, kind, written.samples, blocked, tuple(s.params), restrict,
                              partial(_in_passes, written.quadratic, written.pass_probes), SLICE_COST)
 

@@ -18,7 +18,9 @@ matrix product, the shape the CPU's dgemm runs fastest; no autograd graph is bui
 
 Dropping the terms in δ (those that carry the network's own second derivatives) leaves the
 generalized Gauss–Newton product G v = Jᵀ(∇²ℓ · J v) (``gauss_newton=True``,
-:func:`~implicitreg.measures.ggn.ggn_operator`).
+:func:`~implicitreg.measures.ggn.ggn_operator`); with Σ_j r_j r_jᵀ / R of the per-sample output
+gradients in place of ∇²ℓ, the empirical and Monte-Carlo Fishers (:meth:`MLPHessian.fisher`,
+:func:`~implicitreg.measures.ggn.fisher_operator`).
 
 :func:`~implicitreg.measures.hessian.hessian_operator` uses it for ReLU MLPs (the package's
 :class:`~implicitreg.models.mlp.MLP`, or an ``nn.Sequential`` of ``Linear`` and ``ReLU``) with
@@ -125,6 +127,7 @@ class MLPHessian:
         self.weights = weights
         self.loss = loss
         self.gauss_newton = gauss_newton
+        self.outer: torch.Tensor | None = None  # a Fisher's output gradients r [P, R, C, N] (see fisher)
         P, N = weights[0].shape[0], x.shape[0]
         self.samples = N
         self.numels = [n for w in weights for n in (math.prod(w.shape[1:]), w.shape[1])]
@@ -163,15 +166,33 @@ class MLPHessian:
         """The Hessians of members ``idx`` (int64 [A]) only: the gradient's pass sliced, not recomputed
         (:data:`SLICE_COST`)."""
         at = idx.to(self.inputs.device)
-        out = object.__new__(MLPHessian)
-        out.loss, out.samples, out.numels, out.inputs = self.loss, self.samples, self.numels, self.inputs
-        out.gauss_newton = self.gauss_newton
+        out = self._copy()
         out.weights = [w[at] for w in self.weights]
         out.acts = [self.inputs.expand(len(at), -1, -1)] + [a[at] for a in self.acts[1:]]
         out.masks = [m[at] for m in self.masks]
         out.deltas = [d[at] for d in self.deltas]
         if self.loss == "cross_entropy":
             out.softmax = self.softmax[at]
+        out.outer = None if self.outer is None else self.outer[at]
+        return out
+
+    def fisher(self, r: torch.Tensor) -> MLPHessian:
+        """The Fisher (1 / (N R)) Σ_i Σ_j g_ij g_ijᵀ of per-sample gradients g_ij = J_iᵀ r_ij instead:
+        the Gauss–Newton passes with Σ_j r_ij r_ijᵀ / R in place of ∇²ℓ. r: the loss's gradients with
+        respect to each sample's outputs, [P, R, C, N] (R = 1 for the empirical Fisher's data labels,
+        R labels drawn per sample for the Monte-Carlo Fisher)."""
+        out = self._copy()
+        out.weights, out.acts, out.masks, out.deltas = self.weights, self.acts, self.masks, self.deltas
+        if self.loss == "cross_entropy":
+            out.softmax = self.softmax
+        out.gauss_newton, out.outer = True, r
+        return out
+
+    def _copy(self) -> MLPHessian:
+        """A new object with this one's fixed attributes and fresh buffers (the caller sets the rest)."""
+        out = object.__new__(MLPHessian)
+        out.loss, out.samples, out.numels, out.inputs = self.loss, self.samples, self.numels, self.inputs
+        out.gauss_newton, out.outer = self.gauss_newton, self.outer
         out._buffers = {}
         return out
 
@@ -199,8 +220,13 @@ class MLPHessian:
                 Rz.baddbmm_(_per_probe(w, S), Ra[-1])
             if i < L - 1:
                 Ra.append(Rz.view(P, S, out, N).mul_(self.masks[i].unsqueeze(1)).view(P * S, out, N))
-        # R{δ_L}: the loss's second derivative at the outputs times R{z_L}
-        if self.loss == "cross_entropy":
+        # R{δ_L}: the loss's second derivative at the outputs times R{z_L} (a Fisher's Σ_j r_j r_jᵀ / R)
+        if self.outer is not None:
+            Rz = Rz.view(P, S, -1, N)
+            dots = torch.einsum("prcn,pscn->psrn", self.outer, Rz)
+            Rd = torch.einsum("prcn,psrn->pscn", self.outer, dots).contiguous().div_(N * self.outer.shape[1])
+            Rd = Rd.view(P * S, -1, N)
+        elif self.loss == "cross_entropy":
             p = self.softmax.unsqueeze(1)  # [P, 1, C, N]
             Rz = Rz.view(P, S, -1, N)
             Rd = torch.mul(p, Rz, out=self._buffer("Rd", L - 1, Rz.shape))
@@ -260,7 +286,9 @@ class MLPHessian:
                 da = dz.view(P, S, out, N).mul_(mask).view(P * S, out, N)
                 dda = None if ddz is None else ddz.view(P, S, out, N).mul_(mask).view(P * S, out, N)
         dz = dz.view(P, S, -1, N)
-        if self.loss == "cross_entropy":  # żᵀ(diag p − p pᵀ)ż = Σ_c p_c ż_c² − (Σ_c p_c ż_c)²
+        if self.outer is not None:  # a Fisher's Σ_j (r_j · ż)² / R
+            curvature = torch.einsum("prcn,pscn->psrn", self.outer, dz).square_().sum((2, 3)) / self.outer.shape[1]
+        elif self.loss == "cross_entropy":  # żᵀ(diag p − p pᵀ)ż = Σ_c p_c ż_c² − (Σ_c p_c ż_c)²
             p = self.softmax.unsqueeze(1)
             pdz = torch.mul(p, dz, out=self._buffer("pdz", L, dz.shape))
             curvature = (pdz * dz).sum((2, 3)) - pdz.sum(2).square_().sum(2)
