@@ -210,28 +210,38 @@ def test_batches_are_written_out_batch_by_batch():
     close(mixed.quadratic_forms(V), (V * reference.matmat(V)).sum(-1))
 
 
+def three_members(loss: str, seed: int):
+    """A population of 3 MLPs with per-member targets: (population, x, targets, loss_fn)."""
+    models = [mlp(s, out=C if loss == "cross_entropy" else 1) for s in range(3)]
+    x, y = data(seed)
+    if loss == "cross_entropy":
+        return Population(models, dtype=torch.float64), x, torch.stack([y, torch.roll(y, 2), (y + 3) % C]), \
+            F.cross_entropy
+    targets = torch.randn(3, N, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return Population(models, dtype=torch.float64), x, targets, mean_squared_error
+
+
+def same_operator(written, reference, seed: int) -> None:
+    """Written-out and autograd operators agree: products, quadratic forms, a restriction, the kind."""
+    assert written.forms is not None and reference.forms is None and written.kind == reference.kind
+    close(columns(written), columns(reference))
+    V = torch.randn(3, 5, written.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    close(written.quadratic_forms(V), (V * reference.matmat(V)).sum(-1))
+    sub = written.members([0, 2])
+    assert sub.kind == reference.kind
+    close(columns(sub), columns(reference)[[0, 2]])
+
+
 @pytest.mark.parametrize("loss", ["cross_entropy", "squared_error"])
 def test_the_written_out_ggn_equals_jvp_and_vjp(loss):
     """The Gauss–Newton passes (no δ terms) against the GGN of jvp and vjp (ggn_operator's autograd
     path; tests/test_ggn.py holds both to the dense JᵀH_FJ), products and forms, per-member targets."""
     from implicitreg.measures.ggn import ggn_operator
 
-    out = C if loss == "cross_entropy" else 1
-    models = [mlp(seed, out=out) for seed in range(3)]
-    pop = Population(models, dtype=torch.float64)
-    x, y = data(10)
-    if loss == "cross_entropy":
-        targets, loss_fn = torch.stack([y, torch.roll(y, 2), (y + 3) % C]), F.cross_entropy
-    else:
-        targets = torch.randn(3, N, dtype=torch.float64, generator=torch.Generator().manual_seed(11))
-        loss_fn = mean_squared_error
+    pop, x, targets, loss_fn = three_members(loss, 10)
     written = ggn_operator(pop, loss_fn, (x, targets))
-    reference = ggn_operator(pop, loss_fn, (x, targets), autograd=True)
-    assert written.forms is not None and reference.forms is None and written.kind == reference.kind == "ggn"
-    close(columns(written), columns(reference))
-    V = torch.randn(3, 5, written.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(12))
-    close(written.quadratic_forms(V), (V * reference.matmat(V)).sum(-1))
-    close(columns(written.members([0, 2])), columns(reference)[[0, 2]])
+    assert written.kind == "ggn"
+    same_operator(written, ggn_operator(pop, loss_fn, (x, targets), autograd=True), 12)
     hessian = columns(hessian_operator(pop, loss_fn, (x, targets)))
     assert float((columns(written) - hessian).abs().max()) > 1e-6 * float(hessian.abs().max())  # not H
 
@@ -243,22 +253,7 @@ def test_the_written_out_fishers_equal_jvp_and_vjp(kind, loss):
     outputs, against fisher_operator's jvp/vjp path (tests/test_ggn.py holds both to dense references)."""
     from implicitreg.measures.ggn import fisher_operator
 
-    out = C if loss == "cross_entropy" else 1
-    models = [mlp(seed, out=out) for seed in range(3)]
-    pop = Population(models, dtype=torch.float64)
-    x, y = data(13)
-    if loss == "cross_entropy":
-        targets, loss_fn = torch.stack([y, torch.roll(y, 1), (y + 2) % C]), F.cross_entropy
-    else:
-        targets = torch.randn(N, dtype=torch.float64, generator=torch.Generator().manual_seed(14))
-        loss_fn = mean_squared_error
+    pop, x, targets, loss_fn = three_members(loss, 13)
     options = {"kind": kind, "mc_samples": 3, "seed": 4}
-    written = fisher_operator(pop, loss_fn, (x, targets), **options)
-    reference = fisher_operator(pop, loss_fn, (x, targets), **options, autograd=True)
-    assert written.forms is not None and reference.forms is None and written.kind == reference.kind
-    close(columns(written), columns(reference))
-    V = torch.randn(3, 4, written.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(15))
-    close(written.quadratic_forms(V), (V * reference.matmat(V)).sum(-1))
-    sub = written.members([1, 2])
-    assert sub.kind == reference.kind
-    close(columns(sub), columns(reference)[[1, 2]])
+    same_operator(fisher_operator(pop, loss_fn, (x, targets), **options),
+                  fisher_operator(pop, loss_fn, (x, targets), **options, autograd=True), 15)
