@@ -183,11 +183,6 @@ def hessian_operator(model, loss_fn: LossFn, data, params: str | Sequence[str] |
 
         forms = batch_forms if may_write else None
 
-    def matvec(v: torch.Tensor) -> torch.Tensor:
-        if v.shape != sub.shape:
-            raise ValueError(f"v: expected shape {tuple(sub.shape)} (members, parameters), got {tuple(v.shape)}")
-        return blocked(v.to(sub)[:, None], 1)[:, 0]
-
     selected = tuple(name for name in names if name in chosen)
 
     def restrict(idx: torch.Tensor) -> HessianOperator:
@@ -195,25 +190,32 @@ def hessian_operator(model, loss_fn: LossFn, data, params: str | Sequence[str] |
         return hessian_operator(member_stack(s, idx), loss_fn, member_data(data, idx, s), list(selected),
                                 autograd=autograd)
 
-    return CurvatureOperator(s, sub, matvec, None, "hessian", n_total, blocked, selected, restrict, forms)
+    return CurvatureOperator(s, sub, _one_probe(blocked, sub), None, "hessian", n_total, blocked, selected, restrict,
+                             forms)
 
 
 def written_operator(s: Stacked, flat: torch.Tensor, written: MLPHessian, kind: str | None = None) -> CurvatureOperator:
     """The operator of the written-out products of ``written`` (members' parameters ``flat`` [P, n]):
     of ``kind``, by default "hessian", or "ggn" for a Gauss–Newton one."""
+    kind = kind if kind is not None else ("ggn" if written.gauss_newton else "hessian")
     blocked = partial(_in_passes, written.matmat, written.pass_probes)
-
-    def matvec(v: torch.Tensor) -> torch.Tensor:
-        if v.shape != flat.shape:
-            raise ValueError(f"v: expected shape {tuple(flat.shape)} (members, parameters), got {tuple(v.shape)}")
-        return blocked(v.to(flat)[:, None], 1)[:, 0]
 
     def restrict(idx: torch.Tensor) -> HessianOperator:  # the cached gradient pass sliced: nothing recomputed
         return written_operator(member_stack(s, idx), flat[idx.to(flat.device)], written.members(idx), kind)
 
-    kind = kind if kind is not None else ("ggn" if written.gauss_newton else "hessian")
-    return CurvatureOperator(s, flat, matvec, None, kind, written.samples, blocked, tuple(s.params), restrict,
-                             partial(_in_passes, written.quadratic, written.pass_probes), SLICE_COST)
+    return CurvatureOperator(s, flat, _one_probe(blocked, flat), None, kind, written.samples, blocked,
+                             tuple(s.params), restrict, partial(_in_passes, written.quadratic, written.pass_probes),
+                             SLICE_COST)
+
+
+def _one_probe(blocked: Callable[[torch.Tensor, int | None], torch.Tensor], like: torch.Tensor):
+    """v [P, n] (``like``'s shape) → A v, through ``blocked`` with one probe per member."""
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        if v.shape != like.shape:
+            raise ValueError(f"v: expected shape {tuple(like.shape)} (members, parameters), got {tuple(v.shape)}")
+        return blocked(v.to(like)[:, None], 1)[:, 0]
+
+    return matvec
 
 
 def _written_out(s: Stacked, loss_fn: LossFn, data, flat: torch.Tensor) -> MLPHessian | None:

@@ -32,6 +32,7 @@ Reference: Pearlmutter, *Fast exact multiplication by the Hessian*, Neural Compu
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -143,8 +144,8 @@ class MLPHessian:
                 self.masks.append(mask)
                 self.acts.append(a)
         y = y.to(z.device).expand(P, N) if y.dim() == 1 else y.to(z.device)
+        self.softmax = torch.softmax(z, dim=1) if loss == "cross_entropy" else None  # [P, C, N]
         if loss == "cross_entropy":
-            self.softmax = torch.softmax(z, dim=1)  # [P, C, N]
             classes = torch.arange(z.shape[1], device=z.device).view(1, -1, 1)
             delta = (self.softmax - (y.unsqueeze(1) == classes).to(z.dtype)) / N
         else:
@@ -166,13 +167,12 @@ class MLPHessian:
         """The Hessians of members ``idx`` (int64 [A]) only: the gradient's pass sliced, not recomputed
         (:data:`SLICE_COST`)."""
         at = idx.to(self.inputs.device)
-        out = self._copy()
+        out = self._sharing()
         out.weights = [w[at] for w in self.weights]
         out.acts = [self.inputs.expand(len(at), -1, -1)] + [a[at] for a in self.acts[1:]]
         out.masks = [m[at] for m in self.masks]
         out.deltas = [d[at] for d in self.deltas]
-        if self.loss == "cross_entropy":
-            out.softmax = self.softmax[at]
+        out.softmax = None if self.softmax is None else self.softmax[at]
         out.outer = None if self.outer is None else self.outer[at]
         return out
 
@@ -181,18 +181,13 @@ class MLPHessian:
         the Gauss–Newton passes with Σ_j r_ij r_ijᵀ / R in place of ∇²ℓ. r: the loss's gradients with
         respect to each sample's outputs, [P, R, C, N] (R = 1 for the empirical Fisher's data labels,
         R labels drawn per sample for the Monte-Carlo Fisher)."""
-        out = self._copy()
-        out.weights, out.acts, out.masks, out.deltas = self.weights, self.acts, self.masks, self.deltas
-        if self.loss == "cross_entropy":
-            out.softmax = self.softmax
+        out = self._sharing()
         out.gauss_newton, out.outer = True, r
         return out
 
-    def _copy(self) -> MLPHessian:
-        """A new object with this one's fixed attributes and fresh buffers (the caller sets the rest)."""
-        out = object.__new__(MLPHessian)
-        out.loss, out.samples, out.numels, out.inputs = self.loss, self.samples, self.numels, self.inputs
-        out.gauss_newton, out.outer = self.gauss_newton, self.outer
+    def _sharing(self) -> MLPHessian:
+        """A shallow copy that shares this one's cached pass and has buffers of its own."""
+        out = copy.copy(self)
         out._buffers = {}
         return out
 
